@@ -1,0 +1,45 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (and, later, the
+//! operator API). Kept apart from ingress so it can stay private.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// What readiness depends on; each check must be cheap (no network I/O).
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub ready: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    if (state.ready)() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: RabbitMQ not connected\n",
+        )
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,245 @@
+//! Startup and orderly shutdown of a whole hookwire process.
+//!
+//! [`start`] is what `hookwire serve` runs and what the integration tests
+//! call with port 0: it returns the bound addresses and a handle whose
+//! [`App::shutdown`] drains in the order that loses nothing:
+//! 1. ingress stops accepting and finishes in-flight requests (their
+//!    publishes still need the broker);
+//! 2. workers stop consuming and settle in-flight deliveries;
+//! 3. the broker connection closes (unsettled deliveries return to queues);
+//! 4. the admin listener stops last, so probes see the drain.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{self, AdminState},
+    broker::{Broker, Publisher, Topology},
+    config::{Config, ConfigError},
+    delivery::{Worker, http::Destination},
+    ingress::{self, IngressState, Sources},
+    telemetry,
+};
+
+/// Which side(s) of the pipeline this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Role {
+    /// Only the HTTP ingress (webhooks in → RabbitMQ).
+    Ingress,
+    /// Only the delivery workers (RabbitMQ → destinations).
+    Worker,
+    /// Both.
+    #[default]
+    All,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::All)
+    }
+
+    fn worker(self) -> bool {
+        matches!(self, Self::Worker | Self::All)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("subscriptions.{name}: cannot build its HTTP client: {source}")]
+    Client {
+        name: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// A running hookwire.
+pub struct App {
+    /// Where webhooks are received (`None` for `--role worker`).
+    pub ingress_addr: Option<SocketAddr>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin_addr: SocketAddr,
+    pub broker: Broker,
+    draining: Arc<AtomicBool>,
+    drain_timeout: Duration,
+    http_token: CancellationToken,
+    worker_token: CancellationToken,
+    broker_token: CancellationToken,
+    admin_token: CancellationToken,
+    ingress_task: Option<JoinHandle<()>>,
+    workers: tokio::task::JoinSet<()>,
+    broker_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
+    // Build everything that can fail on config before touching the network.
+    let sources = Sources::build(&config.sources)?;
+    let destinations = config
+        .subscriptions
+        .iter()
+        .map(|(name, sub)| {
+            Destination::new(sub)
+                .map(|d| (name.clone(), Arc::new(d)))
+                .map_err(|source| StartError::Client {
+                    name: name.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let topology = Arc::new(Topology::from_config(&config));
+    let metrics = telemetry::metrics_handle();
+
+    let broker_token = CancellationToken::new();
+    let (broker, broker_task) =
+        Broker::spawn(&config.rabbitmq, topology.clone(), broker_token.clone());
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_token = CancellationToken::new();
+    let admin_listener = bind(config.admin.listen).await?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let ready = {
+        let broker = broker.clone();
+        let draining = draining.clone();
+        Box::new(move || broker.is_ready() && !draining.load(Ordering::Relaxed))
+    };
+    let admin_router = admin::router(Arc::new(AdminState { metrics, ready }));
+    let admin_task = serve(admin_listener, admin_router, admin_token.clone());
+
+    let http_token = CancellationToken::new();
+    let (ingress_addr, ingress_task) = if role.ingress() {
+        let listener = bind(config.ingress.listen).await?;
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let state = IngressState {
+            sources,
+            publisher: Publisher::new(broker.clone(), config.ingress.publish_timeout),
+            events_exchange: topology.events_exchange.clone(),
+            topics: config
+                .subscriptions
+                .values()
+                .flat_map(|s| s.topics.clone())
+                .collect(),
+            max_body_bytes: config.ingress.max_body_bytes,
+            retry_after: config.ingress.retry_after,
+        };
+        let task = serve(
+            listener,
+            ingress::router(Arc::new(state)),
+            http_token.clone(),
+        );
+        tracing::info!(%addr, "ingress listening");
+        (Some(addr), Some(task))
+    } else {
+        (None, None)
+    };
+
+    let worker_token = CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    if role.worker() {
+        for (name, destination) in destinations {
+            let sub = &config.subscriptions[&name];
+            let worker = Worker {
+                queues: topology
+                    .subscription(&name)
+                    .expect("planned from the same config")
+                    .clone(),
+                name,
+                destination,
+                schedule: sub.retry.clone(),
+                concurrency: sub.concurrency,
+                broker: broker.clone(),
+                drain_timeout: config.shutdown.drain_timeout,
+            };
+            workers.spawn(worker.run(worker_token.clone()));
+        }
+    }
+    tracing::info!(%admin_addr, ?role, "admin listening");
+    Ok(App {
+        ingress_addr,
+        admin_addr,
+        broker,
+        draining,
+        drain_timeout: config.shutdown.drain_timeout,
+        http_token,
+        worker_token,
+        broker_token,
+        admin_token,
+        ingress_task,
+        workers,
+        broker_task,
+        admin_task,
+    })
+}
+
+impl App {
+    /// Drains and stops everything (see the module docs for the order).
+    pub async fn shutdown(mut self) {
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!(drain_timeout = ?self.drain_timeout, "shutting down");
+        self.http_token.cancel();
+        if let Some(task) = self.ingress_task.take() {
+            join_within(task, self.drain_timeout, "ingress").await;
+        }
+        self.worker_token.cancel();
+        // Each worker bounds its own drain; the extra second covers closing.
+        let deadline = self.drain_timeout + Duration::from_secs(1);
+        let left = crate::shutdown::drain(&mut self.workers, deadline).await;
+        if left > 0 {
+            tracing::warn!(left, "workers did not stop in time");
+        }
+        self.broker_token.cancel();
+        join_within(
+            self.broker_task,
+            Duration::from_secs(15),
+            "broker connection",
+        )
+        .await;
+        self.admin_token.cancel();
+        join_within(self.admin_task, Duration::from_secs(5), "admin").await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+async fn join_within(task: JoinHandle<()>, deadline: Duration, what: &str) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(deadline, task).await.is_err() {
+        abort.abort();
+        tracing::warn!(what, "did not stop within the deadline; aborted");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn serve(listener: TcpListener, router: axum::Router, token: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    })
+}

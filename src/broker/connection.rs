@@ -1,0 +1,218 @@
+//! Owns the one RabbitMQ connection of the process and keeps it alive.
+//!
+//! lapin's own auto-recovery is young, so hookwire runs its own loop: connect
+//! (bounded), declare the topology, publish a [`Session`] to everyone watching,
+//! then wait for the connection to fail; on failure withdraw the session, back
+//! off with jitter, and start over. Publishers and workers never reconnect
+//! themselves: they wait for the next session.
+//! Must not: publish or consume.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties};
+use rand::Rng;
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::{publisher::ChannelPool, topology::Topology};
+use crate::{config::RabbitConfig, telemetry::metric};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the supervisor double-checks the connection status, in case a
+/// failure event is missed.
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+/// A live, topology-declared connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    /// Increases with every reconnect, so holders can tell sessions apart.
+    pub generation: u64,
+    pub connection: Arc<Connection>,
+    /// Confirm-mode channels for publishing, shared by the whole process.
+    pub publish_channels: Arc<ChannelPool>,
+}
+
+/// A handle on the supervised connection.
+#[derive(Clone)]
+pub struct Broker {
+    session: watch::Receiver<Option<Session>>,
+    pub topology: Arc<Topology>,
+    pub operation_timeout: Duration,
+}
+
+impl Broker {
+    /// Starts the supervisor. It stops (closing the connection) when `token`
+    /// is cancelled; cancel it only after every user of the connection is done.
+    pub fn spawn(
+        config: &RabbitConfig,
+        topology: Arc<Topology>,
+        token: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = watch::channel(None);
+        let supervisor = Supervisor {
+            url: config.url.expose().to_owned(),
+            connect_timeout: config.connect_timeout,
+            operation_timeout: config.operation_timeout,
+            topology: topology.clone(),
+            tx,
+            generation: AtomicU64::new(0),
+        };
+        let handle = tokio::spawn(supervisor.run(token));
+        let broker = Self {
+            session: rx,
+            topology,
+            operation_timeout: config.operation_timeout,
+        };
+        (broker, handle)
+    }
+
+    /// The current session, if connected.
+    pub fn session(&self) -> Option<Session> {
+        self.session.borrow().clone()
+    }
+
+    /// A receiver that sees every session change.
+    pub fn watch(&self) -> watch::Receiver<Option<Session>> {
+        self.session.clone()
+    }
+
+    /// Connected and topology declared: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.session
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.connection.status().connected())
+    }
+}
+
+struct Supervisor {
+    url: String,
+    connect_timeout: Duration,
+    operation_timeout: Duration,
+    topology: Arc<Topology>,
+    tx: watch::Sender<Option<Session>>,
+    generation: AtomicU64,
+}
+
+impl Supervisor {
+    async fn run(self, token: CancellationToken) {
+        metrics::gauge!(metric::BROKER_CONNECTED).set(0.0);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let attempt = tokio::select! {
+                _ = token.cancelled() => break,
+                result = self.connect() => result,
+            };
+            match attempt {
+                Ok(session) => {
+                    backoff = MIN_BACKOFF;
+                    let connection = session.connection.clone();
+                    tracing::info!(
+                        generation = session.generation,
+                        "connected to RabbitMQ, topology declared"
+                    );
+                    metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
+                    self.tx.send_replace(Some(session));
+                    let lost = wait_for_failure(&connection, &token).await;
+                    self.tx.send_replace(None);
+                    metrics::gauge!(metric::BROKER_CONNECTED).set(0.0);
+                    if !lost {
+                        let close = connection.close(200, "hookwire shutting down".into());
+                        let _ = tokio::time::timeout(self.operation_timeout, close).await;
+                        tracing::info!("RabbitMQ connection closed");
+                        break;
+                    }
+                    metrics::counter!(metric::BROKER_RECONNECTS).increment(1);
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ");
+                }
+            }
+            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(jittered) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.tx.send_replace(None);
+    }
+
+    async fn connect(&self) -> Result<Session, String> {
+        let properties = ConnectionProperties::default().with_connection_name("hookwire".into());
+        let connection = tokio::time::timeout(
+            self.connect_timeout,
+            Connection::connect(&self.url, properties),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let channel = tokio::time::timeout(self.operation_timeout, connection.create_channel())
+            .await
+            .map_err(|_| "opening a channel timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self
+            .topology
+            .declare(&channel, self.operation_timeout)
+            .await
+        {
+            tracing::error!(error = %e, "declaring the RabbitMQ topology failed");
+            let _ = tokio::time::timeout(
+                self.operation_timeout,
+                connection.close(200, "topology".into()),
+            )
+            .await;
+            return Err(e.to_string());
+        }
+        let _ = tokio::time::timeout(
+            self.operation_timeout,
+            channel.close(200, "declared".into()),
+        )
+        .await;
+        let connection = Arc::new(connection);
+        Ok(Session {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            publish_channels: Arc::new(ChannelPool::new(
+                connection.clone(),
+                self.operation_timeout,
+            )),
+            connection,
+        })
+    }
+}
+
+/// Returns `true` when the connection failed, `false` when shutdown was asked.
+async fn wait_for_failure(connection: &Connection, token: &CancellationToken) -> bool {
+    let mut events = connection.events_listener();
+    let mut poll = tokio::time::interval(STATUS_POLL);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return false,
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => {
+                    tracing::warn!(%error, "RabbitMQ connection error");
+                    return true;
+                }
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "RabbitMQ blocked the connection (resource alarm)");
+                }
+                Some(_) => {}
+                None => return true,
+            },
+            _ = poll.tick() => {
+                if !connection.status().connected() {
+                    return true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! RabbitMQ: the durable middle of the pipeline.
+//!
+//! - `topology` — names and declaration of every exchange and queue.
+//! - `connection` — the supervised connection ([`Broker`], [`Session`]).
+//! - `publisher` — publishing with confirms ([`Publisher`]).
+//! - `message` — the envelope's AMQP encoding.
+
+pub mod connection;
+pub mod message;
+pub mod publisher;
+pub mod topology;
+
+pub use connection::{Broker, Session};
+pub use publisher::{PublishError, Publisher};
+pub use topology::Topology;

@@ -1,0 +1,178 @@
+//! What each CLI subcommand does. `main.rs` parses arguments and calls here.
+
+use std::{path::Path, process::ExitCode, time::SystemTime};
+
+use crate::{
+    app::{self, Role},
+    broker::Topology,
+    config::{Config, format_duration},
+    ingress::Sources,
+};
+
+fn load(path: &Path) -> Result<(Config, Sources), String> {
+    let config = Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sources =
+        Sources::build(&config.sources).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((config, sources))
+}
+
+/// `hookwire serve`: run until SIGTERM/SIGINT, then drain.
+pub async fn serve(config_path: &Path, role: Role) -> ExitCode {
+    let config = match load(config_path) {
+        Ok((config, _)) => config,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let app = match app::start(config, role).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::shutdown::signal().await;
+    app.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// `hookwire check`: validate and print what would be declared.
+pub fn check(config_path: &Path) -> ExitCode {
+    let (config, _) = match load(config_path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: OK", config_path.display());
+    println!(
+        "ingress: http://{}/webhooks/{{source}}",
+        config.ingress.listen
+    );
+    println!(
+        "admin:   http://{} (/healthz /readyz /metrics)",
+        config.admin.listen
+    );
+    println!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose()));
+    println!("sources:");
+    for (name, source) in &config.sources {
+        println!(
+            "  {name}: scheme={} secrets={} (not shown) event_type={} event_id={}",
+            source.scheme.as_str(),
+            source.secrets.len(),
+            source.event_type.as_deref().unwrap_or("(scheme default)"),
+            source
+                .event_id
+                .as_deref()
+                .unwrap_or("(scheme default, else generated)"),
+        );
+    }
+    println!("subscriptions:");
+    for (name, sub) in &config.subscriptions {
+        let retry: Vec<String> = sub.retry.iter().map(|d| format_duration(*d)).collect();
+        println!(
+            "  {name}: {} topics={:?} timeout={} concurrency={} retry=[{}]",
+            redact_url(&sub.url),
+            sub.topics,
+            format_duration(sub.timeout),
+            sub.concurrency,
+            retry.join(", "),
+        );
+    }
+    print!("{}", Topology::from_config(&config).describe());
+    let warnings = config.warnings();
+    if !warnings.is_empty() {
+        println!("warnings:");
+        for warning in warnings {
+            println!("  {warning}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `hookwire sign`: headers (or a curl line) that make a valid request.
+pub fn sign(
+    config_path: &Path,
+    source: &str,
+    body_path: &Path,
+    curl: bool,
+    id: Option<String>,
+) -> ExitCode {
+    let (config, sources) = match load(config_path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(built) = sources.get(source) else {
+        let known: Vec<&String> = config.sources.keys().collect();
+        eprintln!(
+            "error: no source named {source:?} in {} (configured: {known:?})",
+            config_path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let body = match std::fs::read(body_path) {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", body_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let id = id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::now_v7().simple()));
+    let headers = built.scheme.sign(&body, SystemTime::now(), &id);
+    if !curl {
+        for (name, value) in headers {
+            println!("{name}: {value}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut addr = config.ingress.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut line = format!(
+        "curl -sS -X POST 'http://{addr}/webhooks/{source}' -H 'content-type: application/json'"
+    );
+    for (name, value) in headers {
+        line += &format!(" -H '{name}: {value}'");
+    }
+    line += &format!(" --data-binary @'{}'", body_path.display());
+    println!("{line}");
+    ExitCode::SUCCESS
+}
+
+/// `amqp://user:***@host/vhost`: the password never reaches the terminal.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://{userinfo}@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(redact_url("http://u@h/x"), "http://u@h/x");
+    }
+}

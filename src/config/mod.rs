@@ -1,0 +1,567 @@
+//! The configuration file: one TOML document, parsed once at startup into
+//! typed values.
+//!
+//! Owns: reading the file, `${VAR}` interpolation, defaults, and every check
+//! that needs nothing but the config itself (names, topic patterns, URLs,
+//! durations). Scheme-specific checks (can this secret be decoded?) belong to
+//! the scheme and run in [`crate::ingress::Sources::build`].
+//! Must not: touch the network or the broker.
+//!
+//! Every error names the key it is about (`subscriptions.billing.timeout: ...`)
+//! and never contains a secret: values that came from the environment are
+//! scrubbed from messages.
+
+mod duration;
+mod interpolate;
+mod secret;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+pub use duration::{format as format_duration, parse as parse_duration};
+pub use interpolate::InterpolateError;
+pub use secret::Secret;
+
+/// Upper bound for `concurrency`: it becomes the consumer prefetch, and
+/// beyond this a single subscription would monopolise the process.
+pub const MAX_CONCURRENCY: u16 = 1024;
+/// Bound on the retry schedule length; each distinct delay is a queue.
+pub const MAX_RETRIES: usize = 25;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TOML: {0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Interpolate(#[from] InterpolateError),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub ingress: IngressConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub rabbitmq: RabbitConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, SubscriptionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// How long to wait for the broker's publisher confirm before answering 503.
+    #[serde(with = "duration")]
+    pub publish_timeout: Duration,
+    /// The `Retry-After` sent with a 503 when the broker is unavailable.
+    #[serde(with = "duration")]
+    pub retry_after: Duration,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            publish_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitConfig {
+    /// A secret because it usually carries the broker password.
+    pub url: Secret,
+    pub namespace: String,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Timeout for every other broker round trip (declare, ack, publish confirm
+    /// on the delivery side).
+    #[serde(with = "duration")]
+    pub operation_timeout: Duration,
+    /// `x-delivery-limit` on work queues: a message redelivered this many times
+    /// without being settled (a worker crashing on it) goes to the dead-letter
+    /// queue instead of looping forever.
+    pub delivery_limit: u32,
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            namespace: "hookwire".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(10),
+            delivery_limit: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for in-flight requests and deliveries; what is
+    /// still running after that is abandoned unacked and returns to its queue.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemeKind {
+    StandardWebhooks,
+    Hmac,
+}
+
+impl SchemeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StandardWebhooks => "standard-webhooks",
+            Self::Hmac => "hmac",
+        }
+    }
+}
+
+/// One webhook source. The fields are flat (as in the documented contract);
+/// which of them a scheme accepts is checked when the scheme is built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub scheme: SchemeKind,
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Where the event type comes from: `json:/pointer`, `header:Name` or
+    /// `static:value`. Default depends on the scheme.
+    pub event_type: Option<String>,
+    /// Where the event id comes from: `header:Name` or `json:/pointer`;
+    /// when absent (or the header/field is missing) a UUIDv7 is generated.
+    pub event_id: Option<String>,
+    /// Request headers copied into the event envelope (case-insensitive names).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Timestamp tolerance (standard-webhooks).
+    #[serde(default, with = "duration_opt")]
+    pub tolerance: Option<Duration>,
+    /// hmac: header carrying the signature.
+    pub header: Option<String>,
+    /// hmac: `sha256` (default) or `sha512`.
+    pub algorithm: Option<String>,
+    /// hmac: `hex` (default) or `base64`.
+    pub encoding: Option<String>,
+    /// hmac: prefix before the signature, such as `sha256=`.
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub topics: Vec<String>,
+    pub url: String,
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u16,
+    #[serde(
+        default = "default_retry",
+        deserialize_with = "duration::deserialize_list"
+    )]
+    pub retry: Vec<Duration>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_concurrency() -> u16 {
+    16
+}
+
+fn default_retry() -> Vec<Duration> {
+    ["1s", "5s", "30s", "2m", "10m"]
+        .iter()
+        .map(|d| duration::parse(d).expect("default durations parse"))
+        .collect()
+}
+
+mod duration_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| super::duration::parse(&text).map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
+impl Config {
+    /// Reads, interpolates from the process environment, parses and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses a config document; `env` resolves `${VAR}` references.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let subs = interpolate::interpolate_table(&mut table, env)?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let message = subs.scrub(&e.into_inner().to_string());
+                ConfigError::Invalid { key, message }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !is_name(&self.rabbitmq.namespace, true) {
+            return Err(ConfigError::invalid(
+                "rabbitmq.namespace",
+                "must be non-empty and use only letters, digits, '_', '-' and '.'",
+            ));
+        }
+        if self
+            .rabbitmq
+            .url
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .is_err()
+        {
+            return Err(ConfigError::invalid(
+                "rabbitmq.url",
+                "not a valid amqp:// or amqps:// URL",
+            ));
+        }
+        if self.ingress.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "ingress.max_body_bytes",
+                "must be greater than 0",
+            ));
+        }
+        for (key, d) in [
+            ("ingress.publish_timeout", self.ingress.publish_timeout),
+            ("rabbitmq.connect_timeout", self.rabbitmq.connect_timeout),
+            (
+                "rabbitmq.operation_timeout",
+                self.rabbitmq.operation_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.rabbitmq.delivery_limit == 0 {
+            return Err(ConfigError::invalid(
+                "rabbitmq.delivery_limit",
+                "must be at least 1",
+            ));
+        }
+        for name in self.sources.keys() {
+            if !is_name(name, false) {
+                return Err(ConfigError::invalid(
+                    format!("sources.{name}"),
+                    "source names use only letters, digits, '_' and '-' (they are the first word of routing keys)",
+                ));
+            }
+        }
+        for (name, sub) in &self.subscriptions {
+            sub.validate(name)?;
+        }
+        Ok(())
+    }
+
+    /// Human-readable problems that do not stop hookwire from running.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.subscriptions.is_empty() {
+            out.push(
+                "no subscriptions: every accepted event goes to the unrouted queue".to_owned(),
+            );
+        }
+        for (name, sub) in &self.subscriptions {
+            for (i, topic) in sub.topics.iter().enumerate() {
+                let first = topic.split('.').next().unwrap_or_default();
+                if first != "*" && first != "#" && !self.sources.contains_key(first) {
+                    out.push(format!(
+                        "subscriptions.{name}.topics[{i}]: {topic:?} names source {first:?}, which is not configured"
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl SubscriptionConfig {
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("subscriptions.{name}.{field}");
+        if !is_name(name, false) {
+            return Err(ConfigError::invalid(
+                format!("subscriptions.{name}"),
+                "subscription names use only letters, digits, '_' and '-'",
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                key("topics"),
+                "at least one topic pattern is required",
+            ));
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            validate_topic(topic)
+                .map_err(|m| ConfigError::invalid(key(&format!("topics[{i}]")), m))?;
+        }
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    "must be an absolute http:// or https:// URL",
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                key("timeout"),
+                "must be greater than 0",
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return Err(ConfigError::invalid(
+                key("concurrency"),
+                format!("must be between 1 and {MAX_CONCURRENCY}"),
+            ));
+        }
+        if self.retry.len() > MAX_RETRIES {
+            return Err(ConfigError::invalid(
+                key("retry"),
+                format!("at most {MAX_RETRIES} delays"),
+            ));
+        }
+        if let Some(i) = self.retry.iter().position(|d| d.as_millis() == 0) {
+            return Err(ConfigError::invalid(
+                key(&format!("retry[{i}]")),
+                "delays must be at least 1ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_name(name: &str, allow_dot: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
+}
+
+/// A RabbitMQ topic binding pattern over `{source}.{event_type}`: dot-separated
+/// words, where `*` matches one word and `#` zero or more.
+fn validate_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 255 {
+        return Err("a topic pattern must be 1 to 255 characters".to_owned());
+    }
+    for word in topic.split('.') {
+        if word.is_empty() {
+            return Err(format!(
+                "{topic:?} has an empty word (\"..\" or a leading/trailing dot)"
+            ));
+        }
+        if word != "*" && word != "#" && (word.contains('*') || word.contains('#')) {
+            return Err(format!(
+                "{topic:?}: '*' and '#' must stand alone as a whole word"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[ingress]
+listen = "127.0.0.1:8080"
+max_body_bytes = 1048576
+
+[admin]
+listen = "127.0.0.1:9090"
+
+[rabbitmq]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+namespace = "hookwire"
+
+[sources.acme]
+scheme = "standard-webhooks"
+secrets = ["${ACME_WEBHOOK_SECRET}"]
+event_type = "json:/type"
+
+[subscriptions.billing]
+topics = ["acme.invoice.*", "acme.customer.#"]
+url = "http://127.0.0.1:9000/hooks"
+timeout = "10s"
+concurrency = 16
+retry = ["1s", "5s", "30s", "2m", "10m"]
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "ACME_WEBHOOK_SECRET").then(|| "whsec_c2VjcmV0LXZhbHVlLWZvci10ZXN0cw==".to_owned())
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &env)
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_documented_contract() {
+        let config = parse(EXAMPLE).unwrap();
+        let sub = &config.subscriptions["billing"];
+        assert_eq!(sub.topics, ["acme.invoice.*", "acme.customer.#"]);
+        assert_eq!(sub.timeout, Duration::from_secs(10));
+        assert_eq!(sub.retry.len(), 5);
+        assert_eq!(sub.retry[3], Duration::from_secs(120));
+        let source = &config.sources["acme"];
+        assert_eq!(source.scheme, SchemeKind::StandardWebhooks);
+        assert_eq!(
+            source.secrets[0].expose(),
+            "whsec_c2VjcmV0LXZhbHVlLWZvci10ZXN0cw=="
+        );
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let config = parse("").unwrap();
+        assert_eq!(config.ingress.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.rabbitmq.namespace, "hookwire");
+        assert_eq!(config.warnings().len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = error(&EXAMPLE.replace("timeout = \"10s\"", "timeout = \"10s\"\ntimout = \"1s\""));
+        assert!(e.starts_with("subscriptions.billing"), "{e}");
+        assert!(e.contains("timout"), "{e}");
+        let e = error("[ingres]\nlisten = \"127.0.0.1:1\"");
+        assert!(e.contains("ingres"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = error(&EXAMPLE.replace("timeout = \"10s\"", "timeout = \"10x\""));
+        assert!(e.starts_with("subscriptions.billing.timeout:"), "{e}");
+        let e = error(&EXAMPLE.replace("\"acme.invoice.*\"", "\"acme.inv*\""));
+        assert!(e.starts_with("subscriptions.billing.topics[0]:"), "{e}");
+        let e = error(&EXAMPLE.replace("http://127.0.0.1:9000/hooks", "ftp://x"));
+        assert!(e.starts_with("subscriptions.billing.url:"), "{e}");
+        let e = error(&EXAMPLE.replace("concurrency = 16", "concurrency = 0"));
+        assert!(e.starts_with("subscriptions.billing.concurrency:"), "{e}");
+        let e = error(&EXAMPLE.replace("\"standard-webhooks\"", "\"carrier-pigeon\""));
+        assert!(e.starts_with("sources.acme.scheme:"), "{e}");
+        let e = error(&EXAMPLE.replace("namespace = \"hookwire\"", "namespace = \"a b\""));
+        assert!(e.starts_with("rabbitmq.namespace:"), "{e}");
+        let e = error(&EXAMPLE.replace("[sources.acme]", "[sources.\"ac.me\"]"));
+        assert!(e.starts_with("sources.ac.me:"), "{e}");
+        let e = error("[ingress\nlisten=1");
+        assert!(e.starts_with("invalid TOML"), "{e}");
+    }
+
+    #[test]
+    fn unset_variable_is_an_error_naming_it() {
+        let e = Config::from_toml(EXAMPLE, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "sources.acme.secrets[0]: environment variable ACME_WEBHOOK_SECRET is not set"
+        );
+    }
+
+    #[test]
+    fn errors_never_echo_interpolated_secrets() {
+        // A secret put where a list is expected: serde's message would quote it.
+        let text = EXAMPLE.replace(
+            "secrets = [\"${ACME_WEBHOOK_SECRET}\"]",
+            "secrets = \"${ACME_WEBHOOK_SECRET}\"",
+        );
+        let e = error(&text);
+        assert!(e.starts_with("sources.acme.secrets"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "secret leaked: {e}");
+        assert!(format!("{:?}", parse(EXAMPLE).unwrap()).contains("***"));
+        assert!(!format!("{:?}", parse(EXAMPLE).unwrap()).contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn warns_about_topics_naming_unknown_sources() {
+        let config = parse(&EXAMPLE.replace("\"acme.customer.#\"", "\"github.push\"")).unwrap();
+        assert_eq!(config.warnings().len(), 1);
+        assert!(config.warnings()[0].contains("github"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Delivery out: consume each subscription's queue and POST every event to
+//! its destination, with retries through the retry queues and a dead-letter
+//! queue at the end.
+//!
+//! - `worker` — the consumer loop and the settle rules.
+//! - `http` — one attempt against a destination.
+//! - `retry` — what follows an attempt (`is_retriable`, `next`).
+
+pub mod http;
+pub mod retry;
+pub mod worker;
+
+pub use worker::Worker;

@@ -1,0 +1,346 @@
+//! One worker per subscription: consume its work queue, deliver each event,
+//! and settle each delivery only after its outcome is safe.
+//!
+//! Settling rules (the "never lose an event" invariant):
+//! - delivered (2xx) → ack;
+//! - failed → publish to the retry queue (or the dead-letter queue when the
+//!   schedule is exhausted), wait for the broker's confirm, then ack;
+//! - if that publish fails → nack with requeue (the delivery comes back);
+//! - if the ack itself fails → nothing to do: the broker redelivers it
+//!   (a duplicate is possible, a loss is not).
+//!
+//! Must not: share its consumer channel, HTTP client or concurrency budget
+//! with any other subscription.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
+    types::FieldTable,
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    http::Destination,
+    retry::{self, Next, Outcome},
+};
+use crate::{
+    broker::{
+        Broker, Session,
+        message::{self, Attempt, DeliveryState},
+        publisher::publish_confirmed,
+        topology::SubscriptionQueues,
+    },
+    shutdown,
+    telemetry::metric,
+};
+
+/// Pause before handing a delivery back after its outcome could not be
+/// stored, so a broker in trouble is not hammered in a tight loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    pub name: String,
+    pub queues: SubscriptionQueues,
+    pub destination: Arc<Destination>,
+    pub schedule: Vec<Duration>,
+    pub concurrency: u16,
+    pub broker: Broker,
+    /// How long shutdown waits for in-flight deliveries.
+    pub drain_timeout: Duration,
+}
+
+/// Why a consume loop ended.
+enum Ended {
+    Shutdown,
+    ConnectionLost,
+}
+
+impl Worker {
+    /// Runs until `token` is cancelled, then drains in-flight deliveries.
+    pub async fn run(self, token: CancellationToken) {
+        let this = Arc::new(self);
+        let mut sessions = this.broker.watch();
+        let mut tasks = JoinSet::new();
+        loop {
+            let session = tokio::select! {
+                _ = token.cancelled() => break,
+                changed = sessions.wait_for(Option::is_some) => match changed {
+                    Ok(session) => session.clone().expect("waited for Some"),
+                    Err(_) => break, // the supervisor is gone
+                },
+            };
+            match this.clone().consume(&session, &token, &mut tasks).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::ConnectionLost) => {}
+                Err(error) => {
+                    tracing::warn!(subscription = %this.name, %error, "consumer failed; restarting")
+                }
+            }
+            // Consume again once this session is gone or replaced; meanwhile
+            // back off a little so a broken channel does not spin.
+            let generation = session.generation;
+            drop(session);
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = sessions.wait_for(|s| s.as_ref().is_none_or(|s| s.generation != generation)) => {}
+                // The session may still be fine (only our channel failed).
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let abandoned = shutdown::drain(&mut tasks, this.drain_timeout).await;
+        if abandoned > 0 {
+            tracing::warn!(subscription = %this.name, abandoned, "drain deadline passed; unfinished deliveries return to the queue");
+        }
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        session: &Session,
+        token: &CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Ended, lapin::Error> {
+        let timeout = self.broker.operation_timeout;
+        let channel = bounded(timeout, session.connection.create_channel()).await?;
+        bounded(
+            timeout,
+            channel.basic_qos(self.concurrency, BasicQosOptions::default()),
+        )
+        .await?;
+        let tag = format!("hookwire-{}-{}", self.name, uuid::Uuid::now_v7().simple());
+        let mut consumer = bounded(
+            timeout,
+            channel.basic_consume(
+                self.queues.work.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        tracing::info!(subscription = %self.name, queue = %self.queues.work, "consuming");
+        // Permits bound the deliveries being processed; each task holds one
+        // until its delivery is settled.
+        let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let ended = loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                _ = token.cancelled() => break Ended::Shutdown,
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            let delivery = tokio::select! {
+                _ = token.cancelled() => break Ended::Shutdown,
+                next = consumer.next() => next,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let this = self.clone();
+                    let session = session.clone();
+                    tasks.spawn(async move { this.handle(session, delivery, permit).await });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(subscription = %self.name, %error, "consumer stream failed");
+                    break Ended::ConnectionLost;
+                }
+                None => break Ended::ConnectionLost,
+            }
+        };
+        if let Ended::Shutdown = ended {
+            // Stop new deliveries, let the in-flight ones settle, then close:
+            // anything prefetched but never started returns to the queue.
+            let _ = tokio::time::timeout(
+                timeout,
+                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
+            let abandoned = shutdown::drain(tasks, self.drain_timeout).await;
+            if abandoned > 0 {
+                tracing::warn!(subscription = %self.name, abandoned, "drain deadline passed; unfinished deliveries return to the queue");
+            }
+            let _ =
+                tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into()))
+                    .await;
+        }
+        Ok(ended)
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        session: Session,
+        delivery: Delivery,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
+        gauge.increment(1.0);
+        let Delivery {
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        let settle = match message::decode(&properties, data.clone()) {
+            Ok((envelope, state)) => {
+                let span = tracing::info_span!("delivery", subscription = %self.name, event_id = %envelope.id, attempt = state.attempts + 1);
+                self.deliver(&session, envelope, state)
+                    .instrument(span)
+                    .await
+            }
+            Err(error) => {
+                // Not ours to interpret: keep it, untouched, for an operator.
+                tracing::error!(subscription = %self.name, %error, "undecodable message; dead-lettering it as is");
+                let mut headers = properties.headers().clone().unwrap_or_default();
+                headers.insert(
+                    message::DEAD_LETTER_REASON.into(),
+                    lapin::types::AMQPValue::LongString("malformed".into()),
+                );
+                let properties = properties.with_headers(headers);
+                self.store(&session, &self.queues.dead, properties, &data).await.map(|()| {
+                    metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => "malformed").increment(1);
+                })
+            }
+        };
+        let timeout = self.broker.operation_timeout;
+        match settle {
+            Ok(()) => {
+                match tokio::time::timeout(timeout, acker.ack(BasicAckOptions::default())).await {
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        tracing::warn!(subscription = %self.name, "ack failed; the broker will redeliver (a duplicate, not a loss)")
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(subscription = %self.name, %error, "could not store the outcome; handing the delivery back");
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued").increment(1);
+                tokio::time::sleep(REQUEUE_PAUSE).await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                let _ = tokio::time::timeout(timeout, acker.nack(requeue)).await;
+            }
+        }
+        gauge.decrement(1.0);
+    }
+
+    /// Attempts the delivery and stores its outcome; `Ok` means the delivery
+    /// may be acked.
+    async fn deliver(
+        &self,
+        session: &Session,
+        envelope: crate::envelope::Envelope,
+        mut state: DeliveryState,
+    ) -> Result<(), crate::broker::PublishError> {
+        let attempt = state.attempts + 1;
+        let started = Instant::now();
+        let outcome = self.destination.send(&envelope, attempt).await;
+        let label = if matches!(outcome, Outcome::Delivered { .. }) {
+            "success"
+        } else {
+            "failure"
+        };
+        metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => self.name.clone(), "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
+        let (status, error) = match &outcome {
+            Outcome::Delivered { status } => {
+                let age = SystemTime::now()
+                    .duration_since(envelope.received_at)
+                    .unwrap_or_default();
+                metrics::histogram!(metric::END_TO_END, "subscription" => self.name.clone())
+                    .record(age.as_secs_f64());
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "delivered").increment(1);
+                tracing::debug!(status, "delivered");
+                return Ok(());
+            }
+            Outcome::Failed { status, error } => (*status, error.clone()),
+        };
+        let next = retry::next(&outcome, attempt, &self.schedule);
+        state.record_failure(Attempt::new(SystemTime::now(), status, &error));
+        match next {
+            Next::Ack => unreachable!("a failed attempt is never simply acked"),
+            Next::Retry { delay } => {
+                let queue = &self
+                    .queues
+                    .retry_queue(delay)
+                    .expect("every scheduled delay has a queue")
+                    .name;
+                self.store(
+                    session,
+                    queue,
+                    message::encode(&envelope, &state),
+                    &envelope.body,
+                )
+                .await?;
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried").increment(1);
+                tracing::info!(?status, %error, retry_in = ?delay, "delivery failed; scheduled a retry");
+            }
+            Next::DeadLetter { reason } => {
+                state.dead_letter_reason = Some(reason.to_owned());
+                self.store(
+                    session,
+                    &self.queues.dead,
+                    message::encode(&envelope, &state),
+                    &envelope.body,
+                )
+                .await?;
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered").increment(1);
+                metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
+                tracing::warn!(?status, %error, reason, attempts = state.attempts, "delivery failed; dead-lettered");
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes to one of this subscription's queues (through the default
+    /// exchange) and waits for the confirm.
+    async fn store(
+        &self,
+        session: &Session,
+        queue: &str,
+        properties: lapin::BasicProperties,
+        body: &[u8],
+    ) -> Result<(), crate::broker::PublishError> {
+        let channel: Channel = session.publish_channels.get().await?;
+        publish_confirmed(
+            &channel,
+            "",
+            queue,
+            properties,
+            body,
+            self.broker.operation_timeout,
+        )
+        .await
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(lapin::Error::from(lapin::ErrorKind::IOError(
+            std::sync::Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "broker operation timed out",
+            )),
+        ))),
+    }
+}

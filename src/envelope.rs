@@ -1,0 +1,108 @@
+//! The event as hookwire carries it from ingress to delivery.
+//!
+//! Built only from a verified request (see [`crate::ingress::Source::accept`]);
+//! the body is the sender's bytes, exactly, never re-serialized.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// Longest event type kept in a routing key. AMQP routing keys are at most
+/// 255 bytes and the source name and a dot come first.
+const MAX_EVENT_TYPE_LEN: usize = 180;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Stable across retries and replays: destinations dedup on it.
+    pub id: String,
+    pub source: String,
+    /// The event type as the provider named it (sanitized only in the routing key).
+    pub event_type: String,
+    pub received_at: SystemTime,
+    pub content_type: Option<String>,
+    /// The configured subset of request headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Envelope {
+    /// `{source}.{event_type}`, the key subscriptions' topic patterns match.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.source, routing_word(&self.event_type))
+    }
+}
+
+/// Makes an event type safe as the tail of an AMQP routing key: `/` becomes
+/// `.` (so `orders/create` matches `shop.orders.*`), characters outside
+/// `[A-Za-z0-9_.:-]` become `_`, empty words are dropped, length is capped, and
+/// an empty result is `unknown`.
+pub fn routing_word(event_type: &str) -> String {
+    let mapped: String = event_type
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            c if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.') => c,
+            _ => '_',
+        })
+        .collect();
+    let mut out = mapped
+        .split('.')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
+    if out.len() > MAX_EVENT_TYPE_LEN {
+        out.truncate(MAX_EVENT_TYPE_LEN);
+        out = out.trim_end_matches('.').to_owned();
+    }
+    if out.is_empty() {
+        "unknown".to_owned()
+    } else {
+        out
+    }
+}
+
+/// A topic-pattern matcher with RabbitMQ's semantics, used to count unrouted
+/// events at ingress and to explain routing in `hookwire check`.
+pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(pw), Some(kw)) => pw == kw && go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = routing_key.split('.').collect();
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_words_are_amqp_safe() {
+        assert_eq!(routing_word("invoice.paid"), "invoice.paid");
+        assert_eq!(routing_word("orders/create"), "orders.create");
+        assert_eq!(routing_word("a b*#c"), "a_b__c");
+        assert_eq!(routing_word(""), "unknown");
+        assert_eq!(routing_word("..x.."), "x");
+        assert_eq!(routing_word("ü"), "_");
+        assert!(routing_word(&"a".repeat(1000)).len() <= MAX_EVENT_TYPE_LEN);
+    }
+
+    #[test]
+    fn topic_matching_follows_rabbitmq() {
+        assert!(topic_matches("acme.invoice.*", "acme.invoice.paid"));
+        assert!(!topic_matches("acme.invoice.*", "acme.invoice.paid.late"));
+        assert!(!topic_matches("acme.invoice.*", "acme.invoice"));
+        assert!(topic_matches("acme.customer.#", "acme.customer"));
+        assert!(topic_matches("acme.customer.#", "acme.customer.a.b"));
+        assert!(topic_matches("#", "x.y"));
+        assert!(topic_matches("*.push", "github.push"));
+        assert!(!topic_matches("acme.#", "other.x"));
+        assert!(topic_matches("#.paid", "acme.invoice.paid"));
+    }
+}

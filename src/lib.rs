@@ -1,0 +1,53 @@
+//! # hookwire
+//!
+//! A webhook broker. SaaS platforms POST signed events to the **ingress**,
+//! which verifies them and answers `202` only once RabbitMQ has confirmed the
+//! event as stored. Events go to a topic exchange keyed `{source}.{event_type}`;
+//! every **subscription** has its own durable queue, consumed by a **worker**
+//! that POSTs each event to the subscriber, retrying through delay queues and
+//! finally parking what cannot be delivered in a **dead-letter queue**.
+//!
+//! ```text
+//!  sender ──POST──▶ ingress ──publish+confirm──▶ ns.events (topic)
+//!                   verify                        │ no match ─▶ ns.unrouted
+//!                                                 ▼
+//!                                      ns.sub.NAME (quorum) ◀── ns.sub.NAME.retry.D (TTL)
+//!                                                 │                      ▲
+//!                                         worker ─┴─ POST ─▶ destination │ failed
+//!                                                 └──────────────────────┘
+//!                                                 └─ exhausted ─▶ ns.sub.NAME.dead
+//! ```
+//!
+//! # Layout
+//! The modules follow the data's path:
+//!
+//! - [`ingress`] — HTTP in: body limits, signature schemes, envelope building.
+//! - [`broker`] — RabbitMQ: topology, the supervised connection, confirmed
+//!   publishing, the message encoding.
+//! - [`delivery`] — workers: consume, POST, decide retry/dead-letter, settle.
+//! - [`admin`] — `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Cross-cutting: [`config`] (the TOML file), [`envelope`] (the event as it
+//! travels), [`app`] (startup and ordered shutdown, callable from tests with
+//! port 0), [`commands`] (the CLI subcommands), [`telemetry`] (logs, metric
+//! names), [`shutdown`] (signals, bounded drains), [`error`] (the
+//! problem+json edge).
+//!
+//! # Invariants
+//! - A sender gets `2xx` only after the publisher confirm; otherwise `503`
+//!   with `Retry-After`.
+//! - A delivery is acked only after its outcome (delivered, or the retry or
+//!   dead-letter publish) is confirmed. A crash can duplicate, never lose.
+//! - Secrets are [`config::Secret`]s and never printed.
+
+pub mod admin;
+pub mod app;
+pub mod broker;
+pub mod commands;
+pub mod config;
+pub mod delivery;
+pub mod envelope;
+pub mod error;
+pub mod ingress;
+pub mod shutdown;
+pub mod telemetry;

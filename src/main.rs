@@ -1,0 +1,79 @@
+//! The `hookwire` command line. Parsing only: each subcommand is a function
+//! in `hookwire::commands`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use hookwire::{app::Role, commands, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "hookwire",
+    version,
+    about = "Webhook broker: signed webhooks in, RabbitMQ in the middle, reliable delivery out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingress and/or the delivery workers until SIGTERM/SIGINT.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "config/hookwire.toml")]
+        config: PathBuf,
+        /// Which side to run; run each on its own to scale them separately.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+        /// Log format (level from RUST_LOG, default info).
+        #[arg(long, value_enum, default_value_t = telemetry::LogFormat::Pretty, env = "HOOKWIRE_LOG_FORMAT")]
+        log_format: telemetry::LogFormat,
+    },
+    /// Validate a config and print the RabbitMQ topology it declares (no broker needed).
+    Check {
+        #[arg(short, long, default_value = "config/hookwire.toml")]
+        config: PathBuf,
+    },
+    /// Print the headers (or a curl command) of a validly signed request for a source.
+    Sign {
+        #[arg(short, long, default_value = "config/hookwire.toml")]
+        config: PathBuf,
+        /// Source name, as in [sources.NAME].
+        #[arg(long)]
+        source: String,
+        /// File holding the request body to sign.
+        #[arg(long)]
+        body: PathBuf,
+        /// Print a ready-to-run curl command instead of the headers.
+        #[arg(long)]
+        curl: bool,
+        /// Event id to sign with, where the scheme carries one (default: a fresh msg_ id).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            role,
+            log_format,
+        } => {
+            telemetry::init_logging(log_format);
+            let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+            runtime.block_on(commands::serve(&config, role))
+        }
+        Command::Check { config } => commands::check(&config),
+        Command::Sign {
+            config,
+            source,
+            body,
+            curl,
+            id,
+        } => commands::sign(&config, &source, &body, curl, id),
+    }
+}

@@ -1,0 +1,103 @@
+//! Logs and metrics.
+//!
+//! Metric names live in [`metric`], and the README's metrics table lists
+//! them with their labels. Labels are fixed and low-cardinality (source,
+//! subscription, outcome, reason): never an event id or a URL.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub mod metric {
+    /// Counter; labels `source`, `outcome` (`accepted` or a rejection reason).
+    pub const INGRESS_REQUESTS: &str = "hookwire_ingress_requests_total";
+    /// Histogram (seconds); label `outcome` (`confirmed` or a failure reason).
+    pub const PUBLISH_DURATION: &str = "hookwire_publish_duration_seconds";
+    /// Counter; label `source`. Accepted events that matched no subscription.
+    pub const UNROUTED: &str = "hookwire_unrouted_total";
+    /// Counter; labels `subscription`, `outcome`.
+    pub const DELIVERIES: &str = "hookwire_deliveries_total";
+    /// Histogram (seconds) of one HTTP attempt; labels `subscription`, `outcome`.
+    pub const DELIVERY_DURATION: &str = "hookwire_delivery_duration_seconds";
+    /// Histogram (seconds) from ingress receipt to successful delivery; label `subscription`.
+    pub const END_TO_END: &str = "hookwire_end_to_end_seconds";
+    /// Counter; labels `subscription`, `reason`.
+    pub const DEAD_LETTERED: &str = "hookwire_dead_lettered_total";
+    /// Gauge: 1 while connected to RabbitMQ with the topology declared.
+    pub const BROKER_CONNECTED: &str = "hookwire_broker_connected";
+    /// Counter: connections lost and re-established.
+    pub const BROKER_RECONNECTS: &str = "hookwire_broker_reconnects_total";
+    /// Gauge; label `subscription`: deliveries being processed now.
+    pub const IN_FLIGHT: &str = "hookwire_deliveries_in_flight";
+}
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// Several apps in one process (the integration tests) share it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("bucket list is non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (a test
+            // harness); metrics then go there and ours stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metric::*;
+    metrics::describe_counter!(INGRESS_REQUESTS, "Webhook requests by source and outcome");
+    metrics::describe_histogram!(
+        PUBLISH_DURATION,
+        metrics::Unit::Seconds,
+        "Publish-to-confirm latency"
+    );
+    metrics::describe_counter!(UNROUTED, "Accepted events that matched no subscription");
+    metrics::describe_counter!(DELIVERIES, "Delivery attempts by subscription and outcome");
+    metrics::describe_histogram!(
+        DELIVERY_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of one HTTP delivery attempt"
+    );
+    metrics::describe_histogram!(
+        END_TO_END,
+        metrics::Unit::Seconds,
+        "Ingress receipt to successful delivery"
+    );
+    metrics::describe_counter!(DEAD_LETTERED, "Events moved to a dead-letter queue");
+    metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
+    metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
+    metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Installs the tracing subscriber. Level from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
