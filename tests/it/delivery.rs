@@ -1,0 +1,164 @@
+//! End to end: signed POST → 202 → the destination, and what happens when the
+//! destination fails.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::helpers::{Behavior, Sink, TestApp};
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn delivers_the_exact_body_with_event_headers() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let app = TestApp::start(&format!(
+        "[subscriptions.billing]\ntopics = [\"acme.invoice.*\"]\nurl = \"{}\"\n",
+        sink.url("/hooks")
+    ))
+    .await;
+    // Odd spacing, key order and non-ASCII: any re-serialization would show.
+    let body = "{\"type\":\"invoice.paid\",  \"b\":1,\"a\":\"ünïcode ✓\"}\n";
+    let response = app.post_acme("msg_e2e_1", body).await;
+    assert_eq!(response.status(), 202);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["id"], "msg_e2e_1");
+
+    let got = sink.wait_for(1, T).await;
+    let r = &got[0];
+    assert_eq!(r.path, "/hooks");
+    assert_eq!(r.body.as_ref(), body.as_bytes());
+    assert_eq!(r.header("webhook-id"), "msg_e2e_1");
+    assert_eq!(r.header("hookwire-source"), "acme");
+    assert_eq!(r.header("hookwire-event-type"), "invoice.paid");
+    assert_eq!(r.header("hookwire-attempt"), "1");
+    assert_eq!(r.header("content-type"), "application/json");
+    let ts: u64 = r.header("webhook-timestamp").parse().unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now.abs_diff(ts) < 60,
+        "webhook-timestamp {ts} is not current"
+    );
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("hookwire_ingress_requests_total{source=\"acme\",outcome=\"accepted\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("hookwire_deliveries_total{subscription=\"billing\",outcome=\"delivered\"}")
+    );
+    assert!(metrics.contains("hookwire_publish_duration_seconds_bucket"));
+    assert!(metrics.contains("hookwire_broker_connected 1"));
+    app.wait_depth(&app.topology.subscription("billing").unwrap().work, 0, T)
+        .await;
+}
+
+#[tokio::test]
+async fn failing_destination_is_retried_then_delivered_once() {
+    let sink = Sink::start(Behavior::FailTimes(2, 503)).await;
+    let app = TestApp::start(&format!(
+        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nretry = [\"100ms\", \"300ms\", \"10s\"]\n",
+        sink.url("/")
+    ))
+    .await;
+    assert_eq!(
+        app.post_acme("msg_retry_1", r#"{"type":"invoice.paid"}"#)
+            .await
+            .status(),
+        202
+    );
+    let got = sink.wait_for(3, T).await;
+    let attempts: Vec<&str> = got.iter().map(|r| r.header("hookwire-attempt")).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert!(got.iter().all(|r| r.header("webhook-id") == "msg_retry_1"));
+    // The delays of the schedule were waited out (100ms, then 300ms).
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(90),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+    assert!(
+        got[2].at - got[1].at >= Duration::from_millis(290),
+        "{:?}",
+        got[2].at - got[1].at
+    );
+    // Delivered: nothing more arrives, nothing is dead-lettered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.received().len(), 3);
+    let queues = app.topology.subscription("billing").unwrap().clone();
+    assert_eq!(app.depth(&queues.dead).await, 0);
+    for retry in &queues.retries {
+        assert_eq!(app.depth(&retry.name).await, 0, "{}", retry.name);
+    }
+}
+
+#[tokio::test]
+async fn exhausted_retries_dead_letter_with_failure_history() {
+    let sink = Sink::start(Behavior::Status(500)).await;
+    let app = TestApp::start(&format!(
+        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nretry = [\"50ms\", \"50ms\"]\n",
+        sink.url("/")
+    ))
+    .await;
+    let body = r#"{"type":"invoice.paid","n":7}"#;
+    assert_eq!(app.post_acme("msg_dead_1", body).await.status(), 202);
+    let dead = app.topology.subscription("billing").unwrap().dead.clone();
+    app.wait_depth(&dead, 1, T).await;
+    assert_eq!(sink.received().len(), 3, "1 attempt + 2 retries");
+
+    let letters = app.drain_queue(&dead).await;
+    let (envelope, state) = &letters[0];
+    assert_eq!(envelope.id, "msg_dead_1");
+    assert_eq!(envelope.body.as_ref(), body.as_bytes());
+    assert_eq!(envelope.event_type, "invoice.paid");
+    assert_eq!(state.attempts, 3);
+    assert_eq!(
+        state.dead_letter_reason.as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(state.history.len(), 3);
+    assert!(
+        state
+            .history
+            .iter()
+            .all(|a| a.status == Some(500) && a.error.starts_with("HTTP 500"))
+    );
+    assert!(state.history[0].at <= state.history[2].at);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(
+        "hookwire_dead_lettered_total{subscription=\"billing\",reason=\"retries_exhausted\"}"
+    ));
+}
+
+#[tokio::test]
+async fn unreachable_destination_counts_as_a_failure() {
+    // A port nobody listens on: connection refused on every attempt.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = TestApp::start(&format!(
+        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"http://{closed}/\"\nretry = [\"50ms\"]\n"
+    ))
+    .await;
+    assert_eq!(
+        app.post_acme("msg_refused", r#"{"type":"x"}"#)
+            .await
+            .status(),
+        202
+    );
+    let dead = app.topology.subscription("billing").unwrap().dead.clone();
+    app.wait_depth(&dead, 1, T).await;
+    let letters = app.drain_queue(&dead).await;
+    assert_eq!(letters[0].1.history[0].status, None);
+    assert!(
+        letters[0].1.history[0]
+            .error
+            .starts_with("connection failed"),
+        "{:?}",
+        letters[0].1.history
+    );
+}

@@ -1,0 +1,511 @@
+//! The test harness: a real hookwire (`app::start` on port 0) against the real
+//! RabbitMQ, a real HTTP destination the test can make fail, and a TCP proxy
+//! the test can cut to simulate a broker outage.
+//!
+//! Every `TestApp` gets its own namespace, deleted when it is dropped (even
+//! when the test panics).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri},
+    routing::any,
+};
+use hookwire::{
+    app::{self, App, Role},
+    broker::{
+        Topology,
+        message::{self, DeliveryState},
+    },
+    config::Config,
+    envelope::Envelope,
+    ingress::Sources,
+};
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The Standard Webhooks spec's sample secret, used by the `acme` test source.
+pub const ACME_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+// ---------------------------------------------------------------- destination
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// How the destination answers.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    Ok,
+    /// Answer `status` this many more times, then 200.
+    FailTimes(usize, u16),
+    Status(u16),
+    /// Answer 200 after a delay.
+    Delay(Duration),
+}
+
+struct SinkState {
+    received: Mutex<Vec<Received>>,
+    behavior: Mutex<Behavior>,
+    notify: Notify,
+}
+
+/// A real HTTP destination on loopback that records every request.
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<SinkState>,
+    token: CancellationToken,
+}
+
+impl Sink {
+    pub async fn start(behavior: Behavior) -> Self {
+        let state = Arc::new(SinkState {
+            received: Mutex::new(Vec::new()),
+            behavior: Mutex::new(behavior),
+            notify: Notify::new(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new()
+            .fallback(any(record))
+            .with_state(state.clone());
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Self { addr, state, token }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set(&self, behavior: Behavior) {
+        *self.state.behavior.lock().unwrap() = behavior;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived; returns all of them.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                panic!(
+                    "destination got {} of {n} requests within {timeout:?}",
+                    self.received().len()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn record(
+    State(state): State<Arc<SinkState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    state.received.lock().unwrap().push(Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    state.notify.notify_waiters();
+    let behavior = {
+        let mut guard = state.behavior.lock().unwrap();
+        let current = guard.clone();
+        if let Behavior::FailTimes(n, status) = current {
+            *guard = if n <= 1 {
+                Behavior::Ok
+            } else {
+                Behavior::FailTimes(n - 1, status)
+            };
+        }
+        current
+    };
+    match behavior {
+        Behavior::Ok => StatusCode::OK,
+        Behavior::FailTimes(_, status) | Behavior::Status(status) => {
+            StatusCode::from_u16(status).unwrap()
+        }
+        Behavior::Delay(d) => {
+            tokio::time::sleep(d).await;
+            StatusCode::OK
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- proxy
+
+/// A TCP proxy in front of RabbitMQ that the test can cut and restore.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: Arc<Mutex<CancellationToken>>,
+    token: CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let token = CancellationToken::new();
+        let (up2, cut2, stop, upstream) =
+            (up.clone(), cut.clone(), token.clone(), upstream.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refuse while "down"
+                    continue;
+                }
+                let conn_cut = cut2.lock().unwrap().clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = conn_cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            cut,
+            token,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let mut cut = self.cut.lock().unwrap();
+        cut.cancel();
+        *cut = CancellationToken::new();
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.token.cancel();
+        self.cut.lock().unwrap().cancel();
+    }
+}
+
+// ------------------------------------------------------------------------ app
+
+/// Builds a test config: sources `acme` (standard-webhooks) and `github`
+/// (hmac), a fresh namespace, ports 0, plus the test's own TOML.
+pub fn config_text(namespace: &str, amqp_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[ingress]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+publish_timeout = "2s"
+retry_after = "3s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[rabbitmq]
+url = "{amqp_url}"
+namespace = "{namespace}"
+connect_timeout = "2s"
+operation_timeout = "5s"
+
+[shutdown]
+drain_timeout = "5s"
+
+[sources.acme]
+scheme = "standard-webhooks"
+secrets = ["{ACME_SECRET}"]
+forward_headers = ["user-agent"]
+
+[sources.github]
+scheme = "hmac"
+secrets = ["{GITHUB_SECRET}"]
+header = "X-Hub-Signature-256"
+prefix = "sha256="
+event_type = "header:X-GitHub-Event"
+event_id = "header:X-GitHub-Delivery"
+
+{extra}
+"#
+    )
+}
+
+pub struct TestApp {
+    pub app: Option<App>,
+    pub config: Config,
+    pub sources: Sources,
+    pub topology: Topology,
+    pub http: reqwest::Client,
+    _guard: NamespaceGuard,
+}
+
+impl TestApp {
+    /// Starts hookwire (all roles) with `extra` TOML and waits until ready.
+    pub async fn start(extra: &str) -> Self {
+        Self::start_with(AMQP_URL, extra).await
+    }
+
+    pub async fn start_with(amqp_url: &str, extra: &str) -> Self {
+        let namespace = format!("hwtest-{}", uuid::Uuid::now_v7().simple());
+        let config =
+            Config::from_toml(&config_text(&namespace, amqp_url, extra), &|_| None).unwrap();
+        let topology = Topology::from_config(&config);
+        let guard = NamespaceGuard {
+            topology: topology.clone(),
+        };
+        let mut this = Self {
+            app: None,
+            sources: Sources::build(&config.sources).unwrap(),
+            config,
+            topology,
+            http: reqwest::Client::new(),
+            _guard: guard,
+        };
+        this.restart().await;
+        this
+    }
+
+    /// Starts (again) on the same namespace, after [`TestApp::stop`].
+    pub async fn restart(&mut self) {
+        assert!(self.app.is_none(), "stop the running app first");
+        let app = app::start(self.config.clone(), Role::All).await.unwrap();
+        let broker = app.broker.clone();
+        eventually(Duration::from_secs(15), "hookwire ready", || {
+            let ready = broker.is_ready();
+            async move { ready }
+        })
+        .await;
+        self.app = Some(app);
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(&mut self) {
+        self.app.take().expect("app is running").shutdown().await;
+    }
+
+    fn app(&self) -> &App {
+        self.app.as_ref().expect("app is running")
+    }
+
+    pub fn webhook_url(&self, source: &str) -> String {
+        format!(
+            "http://{}/webhooks/{source}",
+            self.app().ingress_addr.unwrap()
+        )
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app().admin_addr)
+    }
+
+    /// Headers that make `body` valid for `source`, as `hookwire sign` makes them.
+    pub fn sign(&self, source: &str, body: &[u8], id: &str) -> Vec<(String, String)> {
+        self.sources
+            .get(source)
+            .unwrap()
+            .scheme
+            .sign(body, SystemTime::now(), id)
+    }
+
+    /// POSTs `body` signed for `acme` with the given event id.
+    pub async fn post_acme(&self, id: &str, body: &str) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.webhook_url("acme"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (name, value) in self.sign("acme", body.as_bytes(), id) {
+            request = request.header(name, value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn post(
+        &self,
+        source: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.webhook_url(source)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Ready messages in `queue`, read from the real broker.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "".into()).await;
+        queue.message_count()
+    }
+
+    /// Waits until `queue` holds exactly `n` ready messages.
+    pub async fn wait_depth(&self, queue: &str, n: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let depth = self.depth(queue).await;
+            if depth == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue} holds {depth} messages, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Takes every message out of `queue` (acking them) and decodes it.
+    pub async fn drain_queue(&self, queue: &str) -> Vec<(Envelope, DeliveryState)> {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let delivery = message.delivery;
+            out.push(message::decode(&delivery.properties, delivery.data).unwrap());
+        }
+        let _ = conn.close(200, "".into()).await;
+        out
+    }
+}
+
+/// Deletes the namespace's queues and exchanges on drop, panicking test or
+/// not. Runs on its own thread and runtime since `Drop` cannot await.
+struct NamespaceGuard {
+    topology: Topology,
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+                let channel = conn.create_channel().await?;
+                topology.delete(&channel).await?;
+                conn.close(200, "".into()).await
+            })
+        })
+        .join();
+    }
+}
