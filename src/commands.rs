@@ -148,6 +148,51 @@ pub fn sign(
     ExitCode::SUCCESS
 }
 
+/// `hookwire sink`: a throwaway destination that prints every webhook it
+/// receives and answers 200, for trying hookwire out (the quick start runs
+/// it on the example config's subscription URLs).
+pub async fn sink(listen: std::net::SocketAddr) -> ExitCode {
+    use axum::{body::Bytes, http::HeaderMap, http::Uri};
+    async fn print(uri: Uri, headers: HeaderMap, body: Bytes) -> &'static str {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        println!(
+            "{} webhook-id={} source={} type={} attempt={}\n  {}",
+            uri.path(),
+            header("webhook-id"),
+            header("hookwire-source"),
+            header("hookwire-event-type"),
+            header("hookwire-attempt"),
+            String::from_utf8_lossy(&body).trim_end()
+        );
+        "ok"
+    }
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("sink listening on http://{listen} (prints every request, answers 200)");
+    let router = axum::Router::new().fallback(axum::routing::any(print));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(crate::shutdown::signal())
+        .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `amqp://user:***@host/vhost`: the password never reaches the terminal.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

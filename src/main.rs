@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Run a debug destination that prints every webhook it receives.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,5 +80,9 @@ fn main() -> ExitCode {
             curl,
             id,
         } => commands::sign(&config, &source, &body, curl, id),
+        Command::Sink { listen } => {
+            let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+            runtime.block_on(commands::sink(listen))
+        }
     }
 }
