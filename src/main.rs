@@ -6,6 +6,12 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use hookwire::{app::Role, commands, telemetry};
 
+/// mimalloc instead of glibc malloc: the ingress hot path allocates per
+/// request, and glibc's malloc/free showed up as ~10% of its CPU profile
+/// (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hookwire",

@@ -1,0 +1,488 @@
+//! The pipeline benchmark: `cargo bench --bench pipeline [-- --seconds N]`.
+//!
+//! In one run, on this machine, against the real RabbitMQ on 127.0.0.1:5672:
+//! (a) the raw RabbitMQ ceiling: persistent 1 KiB messages published with
+//!     confirms to a quorum queue by 64 concurrent publishers (lapin directly);
+//! (b) hookwire's ingress alone (`serve --role ingress`, a child process),
+//!     driven by 64 concurrent connections of signed 1 KiB webhooks: accepted/s,
+//!     request latency p50/p99, peak RSS, and the ratio to (a);
+//! (c) the whole pipeline (`serve --role all`) into a local sink: delivered/s,
+//!     ingress→destination latency p50/p99, peak RSS.
+//! Results go to stdout; docs/BENCHMARKS.md records them with the machine.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post};
+use futures_util::future::join_all;
+use hookwire::{config::Secret, ingress::schemes::StandardWebhooks, ingress::verify::Scheme};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
+};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const CONCURRENCY: usize = 64;
+const BODY_BYTES: usize = 1024;
+/// The steady load at which end-to-end latency is reported (well below saturation).
+const PACED_RATE: f64 = 1000.0;
+
+fn main() {
+    // `cargo test` runs harness-less benches without `--bench`: do nothing then.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10u64);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(run(Duration::from_secs(seconds)));
+}
+
+async fn run(duration: Duration) {
+    println!(
+        "pipeline benchmark: {CONCURRENCY} concurrent senders, {BODY_BYTES} B bodies, {duration:?} per phase"
+    );
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        rabbitmq_version()
+    );
+
+    let raw = raw_ceiling(duration).await;
+    println!("(a) raw RabbitMQ ceiling: {raw:.0} msg/s (confirmed, persistent, quorum queue)");
+
+    let ingress = ingress_only(duration).await;
+    println!(
+        "(b) ingress: {:.0} accepted/s, latency p50 {:.2} ms p99 {:.2} ms, peak RSS {:.1} MiB, hookwire CPU {:.0} µs/request, errors {}",
+        ingress.rate,
+        ingress.p50_ms,
+        ingress.p99_ms,
+        ingress.rss_mib,
+        ingress.cpu_us_per_request,
+        ingress.errors
+    );
+    println!("    ingress / raw = {:.0}%", 100.0 * ingress.rate / raw);
+
+    let e2e = end_to_end(duration, None).await;
+    println!(
+        "(c) end to end, saturated: {:.0} delivered/s ({} events), accepted {:.0}/s, ingress→destination p50 {:.2} ms p99 {:.2} ms (queueing), peak RSS {:.1} MiB",
+        e2e.delivered_rate, e2e.delivered, e2e.accepted_rate, e2e.p50_ms, e2e.p99_ms, e2e.rss_mib
+    );
+    let paced = end_to_end(duration, Some(PACED_RATE)).await;
+    println!(
+        "(c) end to end at {PACED_RATE:.0}/s: {:.0} delivered/s ({} events), ingress→destination p50 {:.2} ms p99 {:.2} ms, peak RSS {:.1} MiB",
+        paced.delivered_rate, paced.delivered, paced.p50_ms, paced.p99_ms, paced.rss_mib
+    );
+}
+
+fn rabbitmq_version() -> String {
+    Command::new("rabbitmqctl")
+        .args(["version"])
+        .output()
+        .ok()
+        .map(|o| format!("RabbitMQ {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| "RabbitMQ (version unknown)".into())
+}
+
+fn body(seq: u64) -> Vec<u8> {
+    let head = format!(r#"{{"type":"invoice.paid","seq":{seq},"pad":""#);
+    let mut body = head.into_bytes();
+    body.resize(BODY_BYTES - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+// ---------------------------------------------------------------- (a) raw
+
+async fn raw_ceiling(duration: Duration) -> f64 {
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let setup = conn.create_channel().await.unwrap();
+    let queue = format!("bench-raw-{}", uuid::Uuid::now_v7().simple());
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    setup
+        .queue_declare(queue.as_str().into(), durable, args)
+        .await
+        .unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload = body(0);
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let (sent, stop, queue, payload) =
+            (sent.clone(), stop.clone(), queue.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let props = BasicProperties::default().with_delivery_mode(2);
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &payload,
+                        props,
+                    )
+                    .await
+                    .unwrap();
+                assert!(confirm.await.unwrap().is_ack());
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    join_all(tasks).await;
+    let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    setup
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    rate
+}
+
+// ------------------------------------------------------------ hookwire child
+
+struct Hookwire {
+    child: Child,
+    ingress: SocketAddr,
+    admin: SocketAddr,
+    namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl Hookwire {
+    async fn start(role: &str, sink: Option<SocketAddr>) -> Self {
+        let (ingress, admin) = (free_port(), free_port());
+        let namespace = format!("bench-{}", uuid::Uuid::now_v7().simple());
+        let url = match sink {
+            Some(addr) => format!("http://{addr}/"),
+            None => "http://127.0.0.1:9/".to_owned(), // never consumed in role=ingress
+        };
+        let config = format!(
+            r#"
+[ingress]
+listen = "{ingress}"
+[admin]
+listen = "{admin}"
+[rabbitmq]
+url = "{AMQP}"
+namespace = "{namespace}"
+[sources.bench]
+scheme = "standard-webhooks"
+secrets = ["{SECRET}"]
+[subscriptions.sink]
+topics = ["bench.#"]
+url = "{url}"
+concurrency = 64
+"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookwire.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hookwire"))
+            .args(["serve", "--config", path.to_str().unwrap(), "--role", role])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let this = Self {
+            child,
+            ingress,
+            admin,
+            namespace,
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        let ready = format!("http://{}/readyz", this.admin);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "hookwire did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        this
+    }
+
+    /// Peak resident set size (VmHWM) in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+
+    /// User + system CPU seconds the process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0 // USER_HZ is 100 on Linux
+    }
+
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = self.child.wait();
+        })
+        .await;
+        // Delete the namespace the run declared.
+        let config = hookwire::config::Config::from_toml(
+            &format!(
+                "[rabbitmq]\nnamespace = \"{}\"\n[subscriptions.sink]\ntopics = [\"bench.#\"]\nurl = \"http://127.0.0.1:9/\"\n",
+                self.namespace
+            ),
+            &|_| None,
+        )
+        .unwrap();
+        let topology = hookwire::broker::Topology::from_config(&config);
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        topology
+            .delete(&conn.create_channel().await.unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+// ------------------------------------------------------------------- load
+
+struct Load {
+    accepted: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+/// 64 senders, each on its own connection, for `duration`: closed-loop (as
+/// fast as answers come) or, with `rate`, paced to that many requests/s in all.
+async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>) -> Load {
+    let scheme = Arc::new(StandardWebhooks::new(&[Secret::new(SECRET)], None).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!("http://{ingress}/webhooks/bench");
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENCY {
+        let (scheme, stop, url) = (scheme.clone(), stop.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let (mut accepted, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
+            let mut seq = 0u64;
+            let mut pace = rate
+                .map(|r| tokio::time::interval(Duration::from_secs_f64(CONCURRENCY as f64 / r)));
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
+                seq += 1;
+                let payload = body(seq);
+                let sent_ns = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                let id = format!("b{task}-{seq}-{sent_ns}");
+                let mut request = client.post(&url).header("content-type", "application/json");
+                for (name, value) in scheme.sign(&payload, SystemTime::now(), &id) {
+                    request = request.header(name, value);
+                }
+                let started = Instant::now();
+                match request.body(payload).send().await {
+                    Ok(r) if r.status() == 202 => {
+                        accepted += 1;
+                        latencies.push(started.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (accepted, errors, latencies)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut load = Load {
+        accepted: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for (accepted, errors, latencies) in join_all(tasks).await.into_iter().map(Result::unwrap) {
+        load.accepted += accepted;
+        load.errors += errors;
+        load.latencies_us.extend(latencies);
+    }
+    load.elapsed = started.elapsed();
+    load
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+// --------------------------------------------------------------- (b) ingress
+
+struct IngressResult {
+    rate: f64,
+    cpu_us_per_request: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_mib: f64,
+    errors: u64,
+}
+
+async fn ingress_only(duration: Duration) -> IngressResult {
+    let hookwire = Hookwire::start("ingress", None).await;
+    let cpu_before = hookwire.cpu_seconds();
+    let mut load = drive(hookwire.ingress, duration, None).await;
+    let cpu = hookwire.cpu_seconds() - cpu_before;
+    load.latencies_us.sort_unstable();
+    let result = IngressResult {
+        rate: load.accepted as f64 / load.elapsed.as_secs_f64(),
+        cpu_us_per_request: cpu * 1e6 / load.accepted.max(1) as f64,
+        p50_ms: percentile(&load.latencies_us, 0.50),
+        p99_ms: percentile(&load.latencies_us, 0.99),
+        rss_mib: hookwire.peak_rss_mib(),
+        errors: load.errors,
+    };
+    hookwire.stop().await;
+    result
+}
+
+// ----------------------------------------------------------- (c) end to end
+
+#[derive(Default)]
+struct SinkStats {
+    latencies_us: Vec<u64>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+async fn sink(
+    State(stats): State<Arc<Mutex<SinkStats>>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> &'static str {
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let sent_ns: u128 = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| id.rsplit('-').next())
+        .and_then(|ns| ns.parse().ok())
+        .unwrap_or(now_ns);
+    let mut stats = stats.lock().unwrap();
+    stats.latencies_us.push(((now_ns - sent_ns) / 1000) as u64);
+    let now = Instant::now();
+    stats.first.get_or_insert(now);
+    stats.last = Some(now);
+    "ok"
+}
+
+struct EndToEnd {
+    delivered: usize,
+    delivered_rate: f64,
+    accepted_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_mib: f64,
+}
+
+async fn end_to_end(duration: Duration, rate: Option<f64>) -> EndToEnd {
+    let stats = Arc::new(Mutex::new(SinkStats::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/", post(sink))
+        .with_state(stats.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let hookwire = Hookwire::start("all", Some(sink_addr)).await;
+    let load = drive(hookwire.ingress, duration, rate).await;
+    // Let the backlog drain: wait until deliveries stop growing.
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stats.lock().unwrap().latencies_us.len();
+        if now as u64 >= load.accepted || now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let rss_mib = hookwire.peak_rss_mib();
+    hookwire.stop().await;
+    let mut stats = stats.lock().unwrap();
+    stats.latencies_us.sort_unstable();
+    let window = match (stats.first, stats.last) {
+        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    EndToEnd {
+        delivered: stats.latencies_us.len(),
+        delivered_rate: stats.latencies_us.len() as f64 / window,
+        accepted_rate: load.accepted as f64 / load.elapsed.as_secs_f64(),
+        p50_ms: percentile(&stats.latencies_us, 0.50),
+        p99_ms: percentile(&stats.latencies_us, 0.99),
+        rss_mib,
+    }
+}
