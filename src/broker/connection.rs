@@ -115,6 +115,7 @@ impl Supervisor {
                 Ok(session) => {
                     backoff = MIN_BACKOFF;
                     let connection = session.connection.clone();
+                    let channels = session.publish_channels.clone();
                     tracing::info!(
                         generation = session.generation,
                         "connected to RabbitMQ, topology declared"
@@ -125,6 +126,7 @@ impl Supervisor {
                     self.tx.send_replace(None);
                     metrics::gauge!(metric::BROKER_CONNECTED).set(0.0);
                     if !lost {
+                        channels.close().await;
                         let close = connection.close(200, "hookwire shutting down".into());
                         let _ = tokio::time::timeout(self.operation_timeout, close).await;
                         tracing::info!("RabbitMQ connection closed");

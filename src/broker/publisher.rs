@@ -82,6 +82,22 @@ impl ChannelPool {
     }
 }
 
+impl ChannelPool {
+    /// Closes the open channels, before the connection itself is closed (lapin
+    /// logs a spurious error when a connection closes under open channels).
+    pub async fn close(&self) {
+        for slot in &self.slots {
+            if let Some(channel) = slot.lock().await.take() {
+                let _ = tokio::time::timeout(
+                    self.timeout,
+                    channel.close(200, "hookwire shutting down".into()),
+                )
+                .await;
+            }
+        }
+    }
+}
+
 pub async fn open_confirm_channel(
     connection: &Connection,
     timeout: Duration,
