@@ -36,6 +36,13 @@ impl Envelope {
 /// `.` (so `orders/create` matches `shop.orders.*`), characters outside
 /// `[A-Za-z0-9_.:-]` become `_`, empty words are dropped, length is capped, and
 /// an empty result is `unknown`.
+///
+/// ```
+/// use hookwire::envelope::routing_word;
+/// assert_eq!(routing_word("orders/create"), "orders.create");
+/// assert_eq!(routing_word("invoice paid!"), "invoice_paid_");
+/// assert_eq!(routing_word(""), "unknown");
+/// ```
 pub fn routing_word(event_type: &str) -> String {
     let mapped: String = event_type
         .chars()
@@ -62,7 +69,14 @@ pub fn routing_word(event_type: &str) -> String {
 }
 
 /// A topic-pattern matcher with RabbitMQ's semantics, used to count unrouted
-/// events at ingress and to explain routing in `hookwire check`.
+/// events at ingress.
+///
+/// ```
+/// use hookwire::envelope::topic_matches;
+/// assert!(topic_matches("acme.invoice.*", "acme.invoice.paid"));
+/// assert!(topic_matches("acme.#", "acme"));
+/// assert!(!topic_matches("acme.*", "acme.invoice.paid"));
+/// ```
 pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     fn go(p: &[&str], k: &[&str]) -> bool {
         match (p.first(), k.first()) {
