@@ -7,6 +7,7 @@ use crate::{
     broker::Topology,
     config::{Config, format_duration},
     ingress::Sources,
+    telemetry::{self, LogFormat},
 };
 
 fn load(path: &Path) -> Result<(Config, Sources), String> {
@@ -16,8 +17,17 @@ fn load(path: &Path) -> Result<(Config, Sources), String> {
     Ok((config, sources))
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("starting the tokio runtime")
+}
+
 /// `hookwire serve`: run until SIGTERM/SIGINT, then drain.
-pub async fn serve(config_path: &Path, role: Role) -> ExitCode {
+pub fn serve(config_path: &Path, role: Role, log_format: LogFormat) -> ExitCode {
+    telemetry::init_logging(log_format);
+    runtime().block_on(serve_async(config_path, role))
+}
+
+async fn serve_async(config_path: &Path, role: Role) -> ExitCode {
     let config = match load(config_path) {
         Ok((config, _)) => config,
         Err(e) => {
@@ -102,6 +112,7 @@ pub fn sign(
     body_path: &Path,
     curl: bool,
     id: Option<String>,
+    extra_headers: &[String],
 ) -> ExitCode {
     let (config, sources) = match load(config_path) {
         Ok(loaded) => loaded,
@@ -143,6 +154,9 @@ pub fn sign(
     for (name, value) in headers {
         line += &format!(" -H '{name}: {value}'");
     }
+    for header in extra_headers {
+        line += &format!(" -H '{header}'");
+    }
     line += &format!(" --data-binary @'{}'", body_path.display());
     println!("{line}");
     ExitCode::SUCCESS
@@ -151,7 +165,11 @@ pub fn sign(
 /// `hookwire sink`: a throwaway destination that prints every webhook it
 /// receives and answers 200, for trying hookwire out (the quick start runs
 /// it on the example config's subscription URLs).
-pub async fn sink(listen: std::net::SocketAddr) -> ExitCode {
+pub fn sink(listen: std::net::SocketAddr) -> ExitCode {
+    runtime().block_on(sink_async(listen))
+}
+
+async fn sink_async(listen: std::net::SocketAddr) -> ExitCode {
     use axum::{body::Bytes, http::HeaderMap, http::Uri};
     async fn print(uri: Uri, headers: HeaderMap, body: Bytes) -> &'static str {
         let header = |name: &str| {

@@ -58,6 +58,9 @@ enum Command {
         /// Event id to sign with, where the scheme carries one (default: a fresh msg_ id).
         #[arg(long)]
         id: Option<String>,
+        /// Extra header for the curl command, e.g. -H 'X-GitHub-Event: push' (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
     },
     /// Run a debug destination that prints every webhook it receives.
     Sink {
@@ -73,11 +76,7 @@ fn main() -> ExitCode {
             config,
             role,
             log_format,
-        } => {
-            telemetry::init_logging(log_format);
-            let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
-            runtime.block_on(commands::serve(&config, role))
-        }
+        } => commands::serve(&config, role, log_format),
         Command::Check { config } => commands::check(&config),
         Command::Sign {
             config,
@@ -85,10 +84,8 @@ fn main() -> ExitCode {
             body,
             curl,
             id,
-        } => commands::sign(&config, &source, &body, curl, id),
-        Command::Sink { listen } => {
-            let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
-            runtime.block_on(commands::sink(listen))
-        }
+            headers,
+        } => commands::sign(&config, &source, &body, curl, id, &headers),
+        Command::Sink { listen } => commands::sink(listen),
     }
 }

@@ -75,6 +75,10 @@ impl Worker {
         let this = Arc::new(self);
         let mut sessions = this.broker.watch();
         let mut tasks = JoinSet::new();
+        // One budget for the worker's lifetime, not per connection: tasks of a
+        // lost session still hold their permits until they finish, so a
+        // reconnect never runs more than `concurrency` deliveries at once.
+        let permits = Arc::new(Semaphore::new(usize::from(this.concurrency)));
         loop {
             let session = tokio::select! {
                 _ = token.cancelled() => break,
@@ -83,7 +87,11 @@ impl Worker {
                     Err(_) => break, // the supervisor is gone
                 },
             };
-            match this.clone().consume(&session, &token, &mut tasks).await {
+            match this
+                .clone()
+                .consume(&session, &token, &permits, &mut tasks)
+                .await
+            {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::ConnectionLost) => {}
                 Err(error) => {
@@ -115,6 +123,7 @@ impl Worker {
         self: Arc<Self>,
         session: &Session,
         token: &CancellationToken,
+        permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Ended, lapin::Error> {
         let timeout = self.broker.operation_timeout;
@@ -136,9 +145,6 @@ impl Worker {
         )
         .await?;
         tracing::info!(subscription = %self.name, queue = %self.queues.work, "consuming");
-        // Permits bound the deliveries being processed; each task holds one
-        // until its delivery is settled.
-        let permits = Arc::new(Semaphore::new(usize::from(self.concurrency)));
         let ended = loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
@@ -204,7 +210,7 @@ impl Worker {
             }
             Err(error) => {
                 // Not ours to interpret: keep it, untouched, for an operator.
-                tracing::error!(subscription = %self.name, %error, "undecodable message; dead-lettering it as is");
+                tracing::error!(%error, "undecodable message; dead-lettering it as is");
                 let mut headers = properties.headers().clone().unwrap_or_default();
                 headers.insert(
                     message::DEAD_LETTER_REASON.into(),
@@ -227,7 +233,7 @@ impl Worker {
                 }
             }
             Err(error) => {
-                tracing::warn!(subscription = %self.name, %error, "could not store the outcome; handing the delivery back");
+                tracing::warn!(%error, "could not store the outcome; handing the delivery back");
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued").increment(1);
                 tokio::time::sleep(REQUEUE_PAUSE).await;
                 let requeue = BasicNackOptions {

@@ -449,6 +449,19 @@ impl TestApp {
         queue.message_count()
     }
 
+    /// Deletes `queue` behind hookwire's back.
+    pub async fn delete_queue(&self, queue: &str) {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .queue_delete(queue.into(), Default::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "".into()).await;
+    }
+
     /// Waits until `queue` holds exactly `n` ready messages.
     pub async fn wait_depth(&self, queue: &str, n: u32, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -197,3 +197,24 @@ async fn health_and_readiness() {
     let ready = app.http.get(app.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn a_message_the_broker_returns_is_a_503_never_a_202() {
+    // No subscriptions: events reach only the alternate exchange's queue.
+    let app = TestApp::start("").await;
+    assert_eq!(
+        app.post_acme("msg_kept", r#"{"type":"a"}"#).await.status(),
+        202
+    );
+    // Without that queue the broker cannot route the mandatory publish and
+    // returns it (basic.return) before acking: the sender must not get a 202.
+    app.delete_queue(&app.topology.unrouted_queue).await;
+    let response = app.post_acme("msg_returned", r#"{"type":"a"}"#).await;
+    let p = problem(response, 503, "broker-unavailable").await;
+    assert!(p["detail"].as_str().unwrap().contains("retry"));
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("hookwire_publish_duration_seconds_count{outcome=\"returned\"}"),
+        "{metrics}"
+    );
+}
