@@ -338,7 +338,10 @@ async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>) -> Lo
                     .as_nanos();
                 let id = format!("b{task}-{seq}-{sent_ns}");
                 let mut request = client.post(&url).header("content-type", "application/json");
-                for (name, value) in scheme.sign(&payload, SystemTime::now(), &id) {
+                for (name, value) in scheme
+                    .sign(&payload, SystemTime::now(), &id)
+                    .expect("HMAC sources sign")
+                {
                     request = request.header(name, value);
                 }
                 let started = Instant::now();

@@ -139,11 +139,19 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
                 .flat_map(|s| s.topics.clone())
                 .collect(),
             max_body_bytes: config.ingress.max_body_bytes,
+            read_timeout: config.ingress.read_timeout,
             retry_after: config.ingress.retry_after,
+            trusted_proxies: config.ingress.trusted_proxies.clone(),
         };
-        let task = serve(
+        let limits = ingress::server::Limits {
+            header_read_timeout: config.ingress.read_timeout,
+            max_headers: config.ingress.max_headers,
+            max_header_bytes: config.ingress.max_header_bytes,
+        };
+        let task = ingress::server::spawn(
             listener,
             ingress::router(Arc::new(state)),
+            limits,
             http_token.clone(),
         );
         tracing::info!(%addr, "ingress listening");

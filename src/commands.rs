@@ -137,7 +137,10 @@ pub fn sign(
         }
     };
     let id = id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::now_v7().simple()));
-    let headers = built.scheme.sign(&body, SystemTime::now(), &id);
+    let Some(headers) = built.scheme.sign(&body, SystemTime::now(), &id) else {
+        eprintln!("error: source {source:?} holds only public keys (whpk_), which cannot sign");
+        return ExitCode::FAILURE;
+    };
     if !curl {
         for (name, value) in headers {
             println!("{name}: {value}");

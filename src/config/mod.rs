@@ -13,6 +13,7 @@
 
 mod duration;
 mod interpolate;
+mod limits;
 mod secret;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use interpolate::InterpolateError;
+pub use limits::{Cidr, Rate};
 pub use secret::Secret;
 
 /// Upper bound for `concurrency`: it becomes the consumer prefetch, and
@@ -82,6 +84,18 @@ pub struct IngressConfig {
     /// The `Retry-After` sent with a 503 when the broker is unavailable.
     #[serde(with = "duration")]
     pub retry_after: Duration,
+    /// Bound on receiving a request's headers, and again on its body: a
+    /// sender that trickles bytes (slow loris) cannot hold a connection.
+    #[serde(with = "duration")]
+    pub read_timeout: Duration,
+    /// Most headers a request may carry (more: 431).
+    pub max_headers: usize,
+    /// Most bytes of request line and headers (more: 431). At least 8192.
+    pub max_header_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` is believed when deciding a client's IP
+    /// for `allow_ips`. Empty: the socket's peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for IngressConfig {
@@ -91,6 +105,10 @@ impl Default for IngressConfig {
             max_body_bytes: 1024 * 1024,
             publish_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(10),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -160,14 +178,34 @@ impl Default for ShutdownConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum SchemeKind {
     StandardWebhooks,
+    Github,
+    Stripe,
+    Shopify,
+    Slack,
+    Paddle,
+    Square,
+    Twilio,
     Hmac,
+    Basic,
+    Token,
+    None,
 }
 
 impl SchemeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::StandardWebhooks => "standard-webhooks",
+            Self::Github => "github",
+            Self::Stripe => "stripe",
+            Self::Shopify => "shopify",
+            Self::Slack => "slack",
+            Self::Paddle => "paddle",
+            Self::Square => "square",
+            Self::Twilio => "twilio",
             Self::Hmac => "hmac",
+            Self::Basic => "basic",
+            Self::Token => "token",
+            Self::None => "none",
         }
     }
 }
@@ -189,17 +227,37 @@ pub struct SourceConfig {
     /// Request headers copied into the event envelope (case-insensitive names).
     #[serde(default)]
     pub forward_headers: Vec<String>,
-    /// Timestamp tolerance (standard-webhooks).
+    /// Timestamp tolerance, both directions (schemes with a timestamp).
     #[serde(default, with = "duration_opt")]
     pub tolerance: Option<Duration>,
-    /// hmac: header carrying the signature.
+    /// hmac, token: header carrying the signature or token.
     pub header: Option<String>,
-    /// hmac: `sha256` (default) or `sha512`.
+    /// hmac: `sha256` (default), `sha512` or `sha1`.
     pub algorithm: Option<String>,
     /// hmac: `hex` (default) or `base64`.
     pub encoding: Option<String>,
-    /// hmac: prefix before the signature, such as `sha256=`.
+    /// hmac, token: prefix before the signature or token, such as `sha256=`.
     pub prefix: Option<String>,
+    /// hmac: signed content over `{body}`, `{timestamp}`, `{id}`.
+    pub template: Option<String>,
+    /// hmac: header holding `{timestamp}` (then checked against `tolerance`).
+    pub timestamp_header: Option<String>,
+    /// hmac: header holding `{id}`.
+    pub id_header: Option<String>,
+    /// square, twilio: the URL the provider was configured to call, which is
+    /// part of what it signs (behind a proxy hookwire cannot see it).
+    pub public_url: Option<String>,
+    /// Only these client addresses may post (empty: any).
+    #[serde(default)]
+    pub allow_ips: Vec<Cidr>,
+    /// Refuse bodies that are not valid JSON (400), before publishing.
+    #[serde(default)]
+    pub require_json: bool,
+    /// Requests accepted per time unit (`"100/s"`); more get 429.
+    pub rate_limit: Option<Rate>,
+    /// Requests allowed in a burst above `rate_limit` (default: one
+    /// second's worth, at least 1).
+    pub rate_limit_burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,10 +364,23 @@ impl Config {
                 "rabbitmq.operation_timeout",
                 self.rabbitmq.operation_timeout,
             ),
+            ("ingress.read_timeout", self.ingress.read_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
+        }
+        if self.ingress.max_headers == 0 {
+            return Err(ConfigError::invalid(
+                "ingress.max_headers",
+                "must be at least 1",
+            ));
+        }
+        if self.ingress.max_header_bytes < 8192 {
+            return Err(ConfigError::invalid(
+                "ingress.max_header_bytes",
+                "must be at least 8192",
+            ));
         }
         if self.rabbitmq.delivery_limit == 0 {
             return Err(ConfigError::invalid(
@@ -317,7 +388,19 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for name in self.sources.keys() {
+        for (name, source) in &self.sources {
+            if source.rate_limit_burst == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("sources.{name}.rate_limit_burst"),
+                    "must be at least 1",
+                ));
+            }
+            if source.rate_limit_burst.is_some() && source.rate_limit.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("sources.{name}.rate_limit_burst"),
+                    "needs rate_limit",
+                ));
+            }
             if !is_name(name, false) {
                 return Err(ConfigError::invalid(
                     format!("sources.{name}"),
@@ -334,6 +417,13 @@ impl Config {
     /// Human-readable problems that do not stop hookwire from running.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for (name, source) in &self.sources {
+            if source.scheme == SchemeKind::None {
+                out.push(format!(
+                    "sources.{name}: scheme \"none\" verifies nothing: anyone who can reach the ingress can publish to it"
+                ));
+            }
+        }
         if self.subscriptions.is_empty() {
             out.push(
                 "no subscriptions: every accepted event goes to the unrouted queue".to_owned(),

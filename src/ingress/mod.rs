@@ -1,34 +1,41 @@
 //! HTTP in: `POST /webhooks/{source}`.
 //!
-//! Owns: reading the body (bounded), verifying it with the source's scheme,
-//! building the envelope, and answering the sender. The answer is `202` only
-//! after RabbitMQ confirmed the event as stored; anything short of that is a
-//! `503` with `Retry-After`, so the sender retries and nothing is lost.
+//! Owns: the listener and its limits, per-source edge checks (client IP, rate
+//! limit), reading the body (bounded in size and time), verifying it with the
+//! source's scheme, building the envelope, and answering the sender. The
+//! answer is `202` only after RabbitMQ confirmed the event as stored; anything
+//! short of that is a `503` with `Retry-After`, so the sender retries and
+//! nothing is lost.
 //! Must not: know about subscriptions beyond counting unrouted events.
 //!
+//! - `server` — the hyper server with header limits and timeouts.
+//! - `guard` — client IP and rate limiting.
 //! - `verify` — the [`verify::Scheme`] seam and its helpers.
 //! - `schemes/` — one file per signature scheme.
-//! - `source` — a built source: scheme + event id/type extraction.
+//! - `source` — a built source: scheme, limits, event id/type extraction.
 
+pub mod guard;
 pub mod schemes;
+pub mod server;
 pub mod source;
 pub mod verify;
 
-use std::{sync::Arc, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::Duration, time::SystemTime};
 
 use axum::{
     Json, Router,
     body::Body,
-    extract::{Path, State},
+    extract::{ConnectInfo, Path, RawQuery, State},
     http::{HeaderMap, StatusCode, header},
     routing::post,
 };
 use serde_json::json;
 
-pub use source::{Source, Sources};
+pub use source::{Accepted, Rejection, Source, Sources};
 
 use crate::{
     broker::{Publisher, message},
+    config::Cidr,
     envelope::{Envelope, topic_matches},
     error::ApiError,
     telemetry::metric,
@@ -42,7 +49,9 @@ pub struct IngressState {
     /// Every subscription's topic patterns, to count unrouted events.
     pub topics: Vec<String>,
     pub max_body_bytes: usize,
-    pub retry_after: std::time::Duration,
+    pub read_timeout: Duration,
+    pub retry_after: Duration,
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 pub fn router(state: Arc<IngressState>) -> Router {
@@ -55,65 +64,119 @@ fn count(source: &str, outcome: &'static str) {
     metrics::counter!(metric::INGRESS_REQUESTS, "source" => source.to_owned(), "outcome" => outcome).increment(1);
 }
 
+/// A rejection, counted under `reason`.
+fn reject(source: &str, reason: &'static str, error: ApiError) -> ApiError {
+    count(source, reason);
+    tracing::info!(reason, status = error.status.as_u16(), "rejected webhook");
+    error
+}
+
 #[tracing::instrument(skip_all, fields(source = %source_name, event_id))]
 async fn receive(
     State(state): State<Arc<IngressState>>,
     Path(source_name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Some(source) = state.sources.get(&source_name) else {
         // One fixed label for all unknown names: they are sender-controlled.
-        count("_unknown", "unknown_source");
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown-source",
-            "Unknown source",
-            format!("no source named {source_name:?} is configured"),
+        return Err(reject(
+            "_unknown",
+            "unknown_source",
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown-source",
+                "Unknown source",
+                format!("no source named {source_name:?} is configured"),
+            ),
         ));
     };
-    let body = read_body(body, &headers, state.max_body_bytes)
+    let name = source.name.as_str();
+    if !source.allow_ips.is_empty() {
+        let client = guard::client_ip(peer, &headers, &state.trusted_proxies);
+        if !source.allow_ips.iter().any(|net| net.contains(client)) {
+            let detail = format!("{client} may not post to this source");
+            return Err(reject(
+                name,
+                "ip_denied",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "ip-denied",
+                    "Client not allowed",
+                    detail,
+                ),
+            ));
+        }
+    }
+    if let Some(limiter) = &source.limiter
+        && let Err(wait) = limiter.check()
+    {
+        let error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            "this source's rate limit is exceeded; retry later",
+        );
+        return Err(reject(name, "rate_limited", error.retry_after(wait)));
+    }
+    let body = read_body(body, &headers, state.max_body_bytes, state.read_timeout)
         .await
-        .inspect_err(|e| {
-            count(
-                &source.name,
-                if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "too_large"
-                } else {
-                    "malformed"
-                },
-            );
-        })?;
-    let envelope = source
-        .accept(&headers, body, SystemTime::now())
-        .map_err(|rejection| {
-            count(&source.name, rejection.reason());
-            tracing::info!(reason = rejection.reason(), "rejected webhook");
-            let status = match rejection.reason() {
-                "malformed" => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            let (slug, title) = match rejection.reason() {
-                "stale_timestamp" => ("stale-timestamp", "Timestamp outside tolerance"),
-                "missing_header" => ("missing-header", "Missing signature header"),
-                "malformed" => ("malformed-request", "Malformed request"),
-                _ => ("bad-signature", "Invalid signature"),
-            };
-            ApiError::new(status, slug, title, rejection.to_string())
-        })?;
+        .map_err(|(reason, error)| reject(name, reason, error))?;
+    let accepted = source
+        .accept(&headers, query.as_deref(), body, SystemTime::now())
+        .map_err(|rejection| reject(name, rejection.reason(), rejection_error(&rejection)))?;
+    let envelope = match accepted {
+        Accepted::Event(envelope) => envelope,
+        Accepted::Challenge(reply) => {
+            count(name, "challenge");
+            tracing::info!("answered the provider's verification challenge");
+            return Ok((StatusCode::OK, Json(reply)));
+        }
+    };
     tracing::Span::current().record("event_id", envelope.id.as_str());
     publish(&state, &envelope).await?;
-    count(&source.name, "accepted");
-    if !state
-        .topics
-        .iter()
-        .any(|t| topic_matches(t, &envelope.routing_key()))
-    {
-        metrics::counter!(metric::UNROUTED, "source" => source.name.clone()).increment(1);
-        tracing::info!(routing_key = %envelope.routing_key(), "no subscription matches; kept in the unrouted queue");
+    count(name, "accepted");
+    let routing_key = envelope.routing_key();
+    if !state.topics.iter().any(|t| topic_matches(t, &routing_key)) {
+        metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
+        tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");
     }
     tracing::debug!(event_type = %envelope.event_type, "accepted webhook");
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": envelope.id }))))
+}
+
+fn rejection_error(rejection: &Rejection) -> ApiError {
+    let (status, slug, title) = match rejection.reason() {
+        "stale_timestamp" => (
+            StatusCode::UNAUTHORIZED,
+            "stale-timestamp",
+            "Timestamp outside tolerance",
+        ),
+        "missing_header" => (
+            StatusCode::UNAUTHORIZED,
+            "missing-header",
+            "Missing signature header",
+        ),
+        "bad_signature" => (
+            StatusCode::UNAUTHORIZED,
+            "bad-signature",
+            "Invalid signature",
+        ),
+        // A malformed signature header is an authentication failure too.
+        "malformed" if matches!(rejection, Rejection::Verify(_)) => (
+            StatusCode::UNAUTHORIZED,
+            "bad-signature",
+            "Invalid signature",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "Malformed request",
+        ),
+    };
+    ApiError::new(status, slug, title, rejection.to_string())
 }
 
 async fn publish(state: &IngressState, envelope: &Envelope) -> Result<(), ApiError> {
@@ -142,18 +205,24 @@ async fn publish(state: &IngressState, envelope: &Envelope) -> Result<(), ApiErr
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (early from
-/// `Content-Length` when the sender declares it).
+/// `Content-Length` when the sender declares it) or taking longer than
+/// `timeout`. Errors carry their metric reason.
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
-) -> Result<bytes::Bytes, ApiError> {
+    timeout: Duration,
+) -> Result<bytes::Bytes, (&'static str, ApiError)> {
     let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Body too large",
-            format!("the body exceeds the limit of {limit} bytes"),
+        let detail = format!("the body exceeds the limit of {limit} bytes");
+        (
+            "too_large",
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Body too large",
+                detail,
+            ),
         )
     };
     let declared = headers
@@ -163,7 +232,24 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            let detail = format!(
+                "the body did not arrive within {}",
+                crate::config::format_duration(timeout)
+            );
+            (
+                "timeout",
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    "Request timeout",
+                    detail,
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(err) = source {
             if err.is::<http_body_util::LengthLimitError>() {
@@ -171,11 +257,15 @@ async fn read_body(
             }
             source = err.source();
         }
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed-request",
-            "Malformed request",
-            "the request body could not be read",
+        let detail = "the request body could not be read";
+        (
+            "malformed",
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request",
+                detail,
+            ),
         )
     })
 }

@@ -8,10 +8,10 @@ use bytes::Bytes;
 
 use super::{
     schemes,
-    verify::{Scheme, VerifiedRequest, VerifyError},
+    verify::{Incoming, Scheme, VerifiedRequest, VerifyError},
 };
 use crate::{
-    config::{ConfigError, SchemeKind, SourceConfig},
+    config::{ConfigError, SourceConfig},
     envelope::Envelope,
 };
 
@@ -81,13 +81,34 @@ pub enum Rejection {
     Verify(#[from] VerifyError),
     #[error("the event id is not usable: {0}")]
     BadEventId(String),
+    #[error("the body is not valid JSON")]
+    NotJson,
 }
 
 impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Verify(e) => e.reason(),
-            Self::BadEventId(_) => "malformed",
+            Self::BadEventId(_) | Self::NotJson => "malformed",
+        }
+    }
+}
+
+/// What a verified request turns into.
+#[derive(Debug)]
+pub enum Accepted {
+    /// An event to publish.
+    Event(Envelope),
+    /// A provider handshake, answered with this JSON and not published.
+    Challenge(serde_json::Value),
+}
+
+impl Accepted {
+    /// The envelope; panics on a challenge. For tests.
+    pub fn event(self) -> Envelope {
+        match self {
+            Self::Event(e) => e,
+            Self::Challenge(c) => panic!("expected an event, got challenge {c}"),
         }
     }
 }
@@ -95,6 +116,10 @@ impl Rejection {
 pub struct Source {
     pub name: String,
     pub scheme: Box<dyn Scheme>,
+    /// Client networks allowed to post (empty: any).
+    pub allow_ips: Vec<crate::config::Cidr>,
+    pub limiter: Option<super::guard::RateLimiter>,
+    require_json: bool,
     event_type: Option<Extractor>,
     event_id: Option<Extractor>,
     forward_headers: Vec<HeaderName>,
@@ -103,17 +128,14 @@ pub struct Source {
 impl Source {
     pub fn build(name: &str, config: &SourceConfig) -> Result<Self, ConfigError> {
         let key = |field: &str| format!("sources.{name}.{field}");
-        let scheme = schemes::build(name, config)?;
-        let event_type = match &config.event_type {
+        let (scheme, defaults) = schemes::build(name, config)?;
+        let event_type = match config.event_type.as_deref().or(defaults.event_type) {
             Some(spec) => Some(
                 Extractor::parse(spec).map_err(|m| ConfigError::invalid(key("event_type"), m))?,
             ),
-            None => match config.scheme {
-                SchemeKind::StandardWebhooks => Some(Extractor::Json("/type".to_owned())),
-                SchemeKind::Hmac => None,
-            },
+            None => None,
         };
-        let event_id = match &config.event_id {
+        let event_id = match config.event_id.as_deref().or(defaults.event_id) {
             Some(spec) => match Extractor::parse(spec)
                 .map_err(|m| ConfigError::invalid(key("event_id"), m))?
             {
@@ -125,9 +147,7 @@ impl Source {
                 }
                 e => Some(e),
             },
-            None => scheme
-                .id_header()
-                .map(|h| Extractor::Header(HeaderName::from_static(h))),
+            None => None,
         };
         let forward_headers = config
             .forward_headers
@@ -145,6 +165,11 @@ impl Source {
         Ok(Self {
             name: name.to_owned(),
             scheme,
+            allow_ips: config.allow_ips.clone(),
+            limiter: config
+                .rate_limit
+                .map(|rate| super::guard::RateLimiter::new(rate, config.rate_limit_burst)),
+            require_json: config.require_json,
             event_type,
             event_id,
             forward_headers,
@@ -152,15 +177,31 @@ impl Source {
     }
 
     /// Verifies the request and, only if it passes, builds its envelope.
+    /// Verifies the request and, only if it passes, decides what to do with
+    /// it: answer a provider handshake, or publish an envelope.
     pub fn accept(
         &self,
         headers: &HeaderMap,
+        query: Option<&str>,
         body: Bytes,
         now: SystemTime,
-    ) -> Result<Envelope, Rejection> {
-        let verified = VerifiedRequest::verify(self.scheme.as_ref(), headers, &body, now)?;
+    ) -> Result<Accepted, Rejection> {
+        let request = Incoming {
+            headers,
+            body: &body,
+            query,
+        };
+        let verified = VerifiedRequest::verify(self.scheme.as_ref(), request, now)?;
+        if let Some(reply) = self.scheme.challenge(verified.body) {
+            return Ok(Accepted::Challenge(reply));
+        }
+        if self.require_json
+            && serde_json::from_slice::<serde::de::IgnoredAny>(verified.body).is_err()
+        {
+            return Err(Rejection::NotJson);
+        }
         let envelope = self.envelope(verified, now)?;
-        Ok(Envelope { body, ..envelope })
+        Ok(Accepted::Event(Envelope { body, ..envelope }))
     }
 
     fn envelope(
@@ -257,7 +298,7 @@ mod tests {
 
     fn signed(source: &Source, body: &[u8], id: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        for (k, v) in source.scheme.sign(body, SystemTime::now(), id) {
+        for (k, v) in source.scheme.sign(body, SystemTime::now(), id).unwrap() {
             h.insert(
                 HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(&v).unwrap(),
@@ -273,7 +314,10 @@ mod tests {
         let mut h = signed(&s, &body, "msg_1");
         h.insert("user-agent", HeaderValue::from_static("acme/1.0"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
-        let e = s.accept(&h, body.clone(), SystemTime::now()).unwrap();
+        let e = s
+            .accept(&h, None, body.clone(), SystemTime::now())
+            .unwrap()
+            .event();
         assert_eq!(e.id, "msg_1");
         assert_eq!(e.event_type, "invoice.paid");
         assert_eq!(e.routing_key(), "acme.invoice.paid");
@@ -290,7 +334,8 @@ mod tests {
         let s = source("");
         let body = Bytes::from_static(b"not json");
         let e = s
-            .accept(&signed(&s, &body, "m"), body, SystemTime::now())
+            .accept(&signed(&s, &body, "m"), None, body, SystemTime::now())
+            .map(Accepted::event)
             .unwrap();
         assert_eq!(e.event_type, "unknown");
 
@@ -299,7 +344,10 @@ mod tests {
         let mut h = signed(&s, &body, "m");
         h.insert("x-event-type", HeaderValue::from_static("push"));
         assert_eq!(
-            s.accept(&h, body, SystemTime::now()).unwrap().event_type,
+            s.accept(&h, None, body, SystemTime::now())
+                .map(Accepted::event)
+                .unwrap()
+                .event_type,
             "push"
         );
     }
@@ -309,7 +357,8 @@ mod tests {
         let s = source("event_id = \"json:/id\"");
         let body = Bytes::from(format!(r#"{{"id":"{}"}}"#, "x".repeat(300)));
         let err = s
-            .accept(&signed(&s, &body, "m"), body, SystemTime::now())
+            .accept(&signed(&s, &body, "m"), None, body, SystemTime::now())
+            .map(Accepted::event)
             .unwrap_err();
         assert_eq!(err.reason(), "malformed");
     }

@@ -2,13 +2,17 @@
 //!
 //! A [`Scheme`] checks a request's signature; [`VerifiedRequest`] can only be
 //! made by a successful check, and only a verified request can become an
-//! [`Envelope`](crate::envelope::Envelope). Schemes live in `schemes/`.
+//! [`Envelope`](crate::envelope::Envelope). Schemes live in `schemes/`, one
+//! file each; this file holds what they share: the request view, the error,
+//! constant-time matching and timestamp checks.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
-use sha2::{Sha256, Sha512};
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
+use subtle::ConstantTimeEq;
 
 /// Why a request was not trusted. The `Display` text is what the sender sees:
 /// it names the header at fault but never a secret or an expected signature.
@@ -36,19 +40,28 @@ impl VerifyError {
     }
 }
 
-/// A webhook signature scheme. One implementation per provider family, built
-/// from the source's config.
+/// What a scheme may look at: the raw body bytes, the headers, and the query
+/// string of the URL the request was sent to (Twilio signs it).
+#[derive(Clone, Copy)]
+pub struct Incoming<'a> {
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    pub query: Option<&'a str>,
+}
+
+/// A webhook signature scheme, built from a source's config.
 pub trait Scheme: Send + Sync {
-    /// Checks the request. Must compare signatures in constant time and over
-    /// the raw body bytes.
-    fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), VerifyError>;
+    /// Checks the request. Must compare in constant time, over the raw bytes.
+    fn verify(&self, request: &Incoming<'_>, now: SystemTime) -> Result<(), VerifyError>;
 
     /// Headers that make `body` pass [`Scheme::verify`], signed with the first
-    /// secret: what `hookwire sign` prints.
-    fn sign(&self, body: &[u8], now: SystemTime, id: &str) -> Vec<(String, String)>;
+    /// secret: what `hookwire sign` prints. `None` when this source cannot
+    /// sign (it holds only public keys).
+    fn sign(&self, body: &[u8], now: SystemTime, id: &str) -> Option<Vec<(String, String)>>;
 
-    /// Header that carries the provider's event id, if the scheme defines one.
-    fn id_header(&self) -> Option<&'static str> {
+    /// A reply to send instead of publishing, for a provider's handshake
+    /// request (Slack's `url_verification`). Asked only after `verify` passed.
+    fn challenge(&self, _body: &[u8]) -> Option<serde_json::Value> {
         None
     }
 }
@@ -62,24 +75,41 @@ pub struct VerifiedRequest<'a> {
 impl<'a> VerifiedRequest<'a> {
     pub fn verify(
         scheme: &dyn Scheme,
-        headers: &'a HeaderMap,
-        body: &'a [u8],
+        request: Incoming<'a>,
         now: SystemTime,
     ) -> Result<Self, VerifyError> {
-        scheme.verify(headers, body, now)?;
-        Ok(Self { headers, body })
+        scheme.verify(&request, now)?;
+        Ok(Self {
+            headers: request.headers,
+            body: request.body,
+        })
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// Only for legacy senders that offer nothing better (Twilio).
+    Sha1,
     Sha256,
     Sha512,
 }
 
 impl Algorithm {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(Self::Sha1),
+            "sha256" => Some(Self::Sha256),
+            "sha512" => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+
     pub fn mac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         match self {
+            Self::Sha1 => mac::<Hmac<Sha1>>(key, parts)
+                .finalize()
+                .into_bytes()
+                .to_vec(),
             Self::Sha256 => mac::<Hmac<Sha256>>(key, parts)
                 .finalize()
                 .into_bytes()
@@ -94,6 +124,9 @@ impl Algorithm {
     /// Constant-time comparison of `signature` with the MAC of `parts`.
     pub fn verify(self, key: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool {
         match self {
+            Self::Sha1 => mac::<Hmac<Sha1>>(key, parts)
+                .verify_slice(signature)
+                .is_ok(),
             Self::Sha256 => mac::<Hmac<Sha256>>(key, parts)
                 .verify_slice(signature)
                 .is_ok(),
@@ -112,7 +145,32 @@ fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> M {
     mac
 }
 
-/// A header as a string, or `MissingHeader` (absent or not visible ASCII).
+/// Whether any candidate signature is the MAC of `parts` under any key.
+///
+/// Every pair is checked, without stopping at a match, so the time taken does
+/// not reveal which secret or which signature matched.
+pub fn any_mac_matches(
+    algorithm: Algorithm,
+    keys: &[Vec<u8>],
+    parts: &[&[u8]],
+    candidates: &[Vec<u8>],
+) -> bool {
+    let mut matched = false;
+    for key in keys {
+        for candidate in candidates {
+            matched |= algorithm.verify(key, parts, candidate);
+        }
+    }
+    matched
+}
+
+/// Constant-time equality of two secrets of possibly different lengths:
+/// compares their SHA-256 digests, so neither content nor length leaks.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
+}
+
+/// A header as a string, or `MissingHeader` / `MalformedHeader`.
 pub fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, VerifyError> {
     match headers.get(name) {
         None => Err(VerifyError::MissingHeader(name)),
@@ -132,8 +190,7 @@ pub fn check_timestamp(
         .trim()
         .parse()
         .map_err(|_| VerifyError::MalformedHeader(header_name))?;
-    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    if now.abs_diff(ts) > tolerance.as_secs() {
+    if unix_seconds(now).abs_diff(ts) > tolerance.as_secs() {
         return Err(VerifyError::StaleTimestamp);
     }
     Ok(ts)
@@ -141,4 +198,41 @@ pub fn check_timestamp(
 
 pub fn unix_seconds(now: SystemTime) -> i64 {
     now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+}
+
+/// A configured header name as `&'static str`, so rejections can name it
+/// without allocating. Leaked once per source at startup.
+pub fn static_name(name: &str) -> &'static str {
+    Box::leak(name.to_ascii_lowercase().into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_equal_is_exact() {
+        assert!(secrets_equal(b"token", b"token"));
+        assert!(!secrets_equal(b"token", b"token2"));
+        assert!(!secrets_equal(b"", b"x"));
+    }
+
+    #[test]
+    fn any_mac_matches_tries_every_key_and_candidate() {
+        let keys = vec![b"old".to_vec(), b"new".to_vec()];
+        let good = Algorithm::Sha256.mac(b"new", &[b"body"]);
+        assert!(any_mac_matches(
+            Algorithm::Sha256,
+            &keys,
+            &[b"body"],
+            &[vec![0; 32], good.clone()]
+        ));
+        assert!(!any_mac_matches(
+            Algorithm::Sha256,
+            &keys,
+            &[b"other"],
+            &[good]
+        ));
+        assert!(!any_mac_matches(Algorithm::Sha256, &keys, &[b"body"], &[]));
+    }
 }

@@ -392,6 +392,7 @@ impl TestApp {
             .unwrap()
             .scheme
             .sign(body, SystemTime::now(), id)
+            .expect("test sources can sign")
     }
 
     /// POSTs `body` signed for `acme` with the given event id.

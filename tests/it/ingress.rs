@@ -87,9 +87,10 @@ async fn rejections_are_problems_and_publish_nothing() {
             body.as_bytes(),
             UNIX_EPOCH + Duration::from_secs(now - 600),
             "msg_1",
-        )[2]
-        .1
-        .clone()
+        )
+        .unwrap()[2]
+            .1
+            .clone()
     };
     let r = app
         .post(
