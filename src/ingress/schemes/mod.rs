@@ -16,6 +16,8 @@ mod square;
 mod standard_webhooks;
 mod stripe;
 mod twilio;
+#[cfg(test)]
+mod vectors;
 
 use std::time::Duration;
 
