@@ -53,14 +53,10 @@ fn main() {
 }
 
 async fn run(duration: Duration) {
-    println!(
-        "pipeline benchmark: {CONCURRENCY} concurrent senders, {BODY_BYTES} B bodies, {duration:?} per phase"
-    );
+    println!("pipeline benchmark: {CONCURRENCY} concurrent senders, {BODY_BYTES} B bodies, {duration:?} per phase");
     println!(
         "machine: {} cores, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         rabbitmq_version()
     );
 
@@ -70,12 +66,7 @@ async fn run(duration: Duration) {
     let ingress = ingress_only(duration).await;
     println!(
         "(b) ingress: {:.0} accepted/s, latency p50 {:.2} ms p99 {:.2} ms, peak RSS {:.1} MiB, hookwire CPU {:.0} µs/request, errors {}",
-        ingress.rate,
-        ingress.p50_ms,
-        ingress.p99_ms,
-        ingress.rss_mib,
-        ingress.cpu_us_per_request,
-        ingress.errors
+        ingress.rate, ingress.p50_ms, ingress.p99_ms, ingress.rss_mib, ingress.cpu_us_per_request, ingress.errors
     );
     println!("    ingress / raw = {:.0}%", 100.0 * ingress.rate / raw);
 
@@ -111,47 +102,26 @@ fn body(seq: u64) -> Vec<u8> {
 // ---------------------------------------------------------------- (a) raw
 
 async fn raw_ceiling(duration: Duration) -> f64 {
-    let conn = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .unwrap();
+    let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
     let setup = conn.create_channel().await.unwrap();
     let queue = format!("bench-raw-{}", uuid::Uuid::now_v7().simple());
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    setup
-        .queue_declare(queue.as_str().into(), durable, args)
-        .await
-        .unwrap();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    setup.queue_declare(queue.as_str().into(), durable, args).await.unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let payload = body(0);
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let channel = conn.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let (sent, stop, queue, payload) =
-            (sent.clone(), stop.clone(), queue.clone(), payload.clone());
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let (sent, stop, queue, payload) = (sent.clone(), stop.clone(), queue.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let props = BasicProperties::default().with_delivery_mode(2);
                 let confirm = channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &payload,
-                        props,
-                    )
+                    .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &payload, props)
                     .await
                     .unwrap();
                 assert!(confirm.await.unwrap().is_ack());
@@ -164,10 +134,7 @@ async fn raw_ceiling(duration: Duration) -> f64 {
     stop.store(true, Ordering::Relaxed);
     join_all(tasks).await;
     let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    setup
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
+    setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
     rate
 }
 
@@ -182,10 +149,7 @@ struct Hookwire {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 impl Hookwire {
@@ -223,22 +187,11 @@ concurrency = 64
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let this = Self {
-            child,
-            ingress,
-            admin,
-            namespace,
-            _dir: dir,
-        };
+        let this = Self { child, ingress, admin, namespace, _dir: dir };
         let client = reqwest::Client::new();
         let ready = format!("http://{}/readyz", this.admin);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !client
-            .get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        while !client.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
             assert!(Instant::now() < deadline, "hookwire did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -261,20 +214,13 @@ concurrency = 64
     fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
         // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
         let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
         ticks / 100.0 // USER_HZ is 100 on Linux
     }
 
     async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = self.child.wait();
         })
@@ -289,13 +235,8 @@ concurrency = 64
         )
         .unwrap();
         let topology = hookwire::broker::Topology::from_config(&config);
-        let conn = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .unwrap();
-        topology
-            .delete(&conn.create_channel().await.unwrap())
-            .await
-            .unwrap();
+        let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
+        topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
     }
 }
 
@@ -318,30 +259,20 @@ async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>) -> Lo
     for task in 0..CONCURRENCY {
         let (scheme, stop, url) = (scheme.clone(), stop.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .unwrap();
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
             let (mut accepted, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
             let mut seq = 0u64;
-            let mut pace = rate
-                .map(|r| tokio::time::interval(Duration::from_secs_f64(CONCURRENCY as f64 / r)));
+            let mut pace = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(CONCURRENCY as f64 / r)));
             while !stop.load(Ordering::Relaxed) {
                 if let Some(pace) = pace.as_mut() {
                     pace.tick().await;
                 }
                 seq += 1;
                 let payload = body(seq);
-                let sent_ns = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos();
+                let sent_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
                 let id = format!("b{task}-{seq}-{sent_ns}");
                 let mut request = client.post(&url).header("content-type", "application/json");
-                for (name, value) in scheme
-                    .sign(&payload, SystemTime::now(), &id)
-                    .expect("HMAC sources sign")
-                {
+                for (name, value) in scheme.sign(&payload, SystemTime::now(), &id).expect("HMAC sources sign") {
                     request = request.header(name, value);
                 }
                 let started = Instant::now();
@@ -359,12 +290,7 @@ async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>) -> Lo
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut load = Load {
-        accepted: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
+    let mut load = Load { accepted: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
     for (accepted, errors, latencies) in join_all(tasks).await.into_iter().map(Result::unwrap) {
         load.accepted += accepted;
         load.errors += errors;
@@ -419,15 +345,8 @@ struct SinkStats {
     last: Option<Instant>,
 }
 
-async fn sink(
-    State(stats): State<Arc<Mutex<SinkStats>>>,
-    headers: HeaderMap,
-    _body: Bytes,
-) -> &'static str {
-    let now_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+async fn sink(State(stats): State<Arc<Mutex<SinkStats>>>, headers: HeaderMap, _body: Bytes) -> &'static str {
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let sent_ns: u128 = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -455,9 +374,7 @@ async fn end_to_end(duration: Duration, rate: Option<f64>) -> EndToEnd {
     let stats = Arc::new(Mutex::new(SinkStats::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .route("/", post(sink))
-        .with_state(stats.clone());
+    let app = axum::Router::new().route("/", post(sink)).with_state(stats.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let hookwire = Hookwire::start("all", Some(sink_addr)).await;

@@ -98,25 +98,19 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         .map(|(name, sub)| {
             Destination::new(sub)
                 .map(|d| (name.clone(), Arc::new(d)))
-                .map_err(|source| StartError::Client {
-                    name: name.clone(),
-                    source,
-                })
+                .map_err(|source| StartError::Client { name: name.clone(), source })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let topology = Arc::new(Topology::from_config(&config));
     let metrics = telemetry::metrics_handle();
 
     let broker_token = CancellationToken::new();
-    let (broker, broker_task) =
-        Broker::spawn(&config.rabbitmq, topology.clone(), broker_token.clone());
+    let (broker, broker_task) = Broker::spawn(&config.rabbitmq, topology.clone(), broker_token.clone());
 
     let draining = Arc::new(AtomicBool::new(false));
     let admin_token = CancellationToken::new();
     let admin_listener = bind(config.admin.listen).await?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .expect("bound socket has an address");
+    let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
     let ready = {
         let broker = broker.clone();
         let draining = draining.clone();
@@ -133,11 +127,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             sources,
             publisher: Publisher::new(broker.clone(), config.ingress.publish_timeout),
             events_exchange: topology.events_exchange.clone(),
-            topics: config
-                .subscriptions
-                .values()
-                .flat_map(|s| s.topics.clone())
-                .collect(),
+            topics: config.subscriptions.values().flat_map(|s| s.topics.clone()).collect(),
             max_body_bytes: config.ingress.max_body_bytes,
             read_timeout: config.ingress.read_timeout,
             retry_after: config.ingress.retry_after,
@@ -148,12 +138,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             max_headers: config.ingress.max_headers,
             max_header_bytes: config.ingress.max_header_bytes,
         };
-        let task = ingress::server::spawn(
-            listener,
-            ingress::router(Arc::new(state)),
-            limits,
-            http_token.clone(),
-        );
+        let task = ingress::server::spawn(listener, ingress::router(Arc::new(state)), limits, http_token.clone());
         tracing::info!(%addr, "ingress listening");
         (Some(addr), Some(task))
     } else {
@@ -166,10 +151,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         for (name, destination) in destinations {
             let sub = &config.subscriptions[&name];
             let worker = Worker {
-                queues: topology
-                    .subscription(&name)
-                    .expect("planned from the same config")
-                    .clone(),
+                queues: topology.subscription(&name).expect("planned from the same config").clone(),
                 name,
                 destination,
                 schedule: sub.retry.clone(),
@@ -215,12 +197,7 @@ impl App {
             tracing::warn!(left, "workers did not stop in time");
         }
         self.broker_token.cancel();
-        join_within(
-            self.broker_task,
-            Duration::from_secs(15),
-            "broker connection",
-        )
-        .await;
+        join_within(self.broker_task, Duration::from_secs(15), "broker connection").await;
         self.admin_token.cancel();
         join_within(self.admin_task, Duration::from_secs(5), "admin").await;
         tracing::info!("shutdown complete");
@@ -236,16 +213,12 @@ async fn join_within(task: JoinHandle<()>, deadline: Duration, what: &str) {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 fn serve(listener: TcpListener, router: axum::Router, token: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let result = axum::serve(listener, router).with_graceful_shutdown(async move { token.cancelled().await }).await;
         if let Err(error) = result {
             tracing::error!(%error, "HTTP server failed");
         }

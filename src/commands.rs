@@ -12,8 +12,7 @@ use crate::{
 
 fn load(path: &Path) -> Result<(Config, Sources), String> {
     let config = Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let sources =
-        Sources::build(&config.sources).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sources = Sources::build(&config.sources).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((config, sources))
 }
 
@@ -60,14 +59,8 @@ pub fn check(config_path: &Path) -> ExitCode {
         }
     };
     println!("{}: OK", config_path.display());
-    println!(
-        "ingress: http://{}/webhooks/{{source}}",
-        config.ingress.listen
-    );
-    println!(
-        "admin:   http://{} (/healthz /readyz /metrics)",
-        config.admin.listen
-    );
+    println!("ingress: http://{}/webhooks/{{source}}", config.ingress.listen);
+    println!("admin:   http://{} (/healthz /readyz /metrics)", config.admin.listen);
     println!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose()));
     println!("sources:");
     for (name, source) in &config.sources {
@@ -76,10 +69,7 @@ pub fn check(config_path: &Path) -> ExitCode {
             source.scheme.as_str(),
             source.secrets.len(),
             source.event_type.as_deref().unwrap_or("(scheme default)"),
-            source
-                .event_id
-                .as_deref()
-                .unwrap_or("(scheme default, else generated)"),
+            source.event_id.as_deref().unwrap_or("(scheme default, else generated)"),
         );
     }
     println!("subscriptions:");
@@ -123,10 +113,7 @@ pub fn sign(
     };
     let Some(built) = sources.get(source) else {
         let known: Vec<&String> = config.sources.keys().collect();
-        eprintln!(
-            "error: no source named {source:?} in {} (configured: {known:?})",
-            config_path.display()
-        );
+        eprintln!("error: no source named {source:?} in {} (configured: {known:?})", config_path.display());
         return ExitCode::FAILURE;
     };
     let body = match std::fs::read(body_path) {
@@ -151,9 +138,7 @@ pub fn sign(
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let mut line = format!(
-        "curl -sS -X POST 'http://{addr}/webhooks/{source}' -H 'content-type: application/json'"
-    );
+    let mut line = format!("curl -sS -X POST 'http://{addr}/webhooks/{source}' -H 'content-type: application/json'");
     for (name, value) in headers {
         line += &format!(" -H '{name}: {value}'");
     }
@@ -175,13 +160,7 @@ pub fn sink(listen: std::net::SocketAddr) -> ExitCode {
 async fn sink_async(listen: std::net::SocketAddr) -> ExitCode {
     use axum::{body::Bytes, http::HeaderMap, http::Uri};
     async fn print(uri: Uri, headers: HeaderMap, body: Bytes) -> &'static str {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned()
-        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
         println!(
             "{} webhook-id={} source={} type={} attempt={}\n  {}",
             uri.path(),
@@ -202,9 +181,7 @@ async fn sink_async(listen: std::net::SocketAddr) -> ExitCode {
     };
     println!("sink listening on http://{listen} (prints every request, answers 200)");
     let router = axum::Router::new().fallback(axum::routing::any(print));
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(crate::shutdown::signal())
-        .await;
+    let served = axum::serve(listener, router).with_graceful_shutdown(crate::shutdown::signal()).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -234,10 +211,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
         assert_eq!(redact_url("http://u@h/x"), "http://u@h/x");
     }

@@ -52,20 +52,12 @@ pub fn routing_word(event_type: &str) -> String {
             _ => '_',
         })
         .collect();
-    let mut out = mapped
-        .split('.')
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(".");
+    let mut out = mapped.split('.').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(".");
     if out.len() > MAX_EVENT_TYPE_LEN {
         out.truncate(MAX_EVENT_TYPE_LEN);
         out = out.trim_end_matches('.').to_owned();
     }
-    if out.is_empty() {
-        "unknown".to_owned()
-    } else {
-        out
-    }
+    if out.is_empty() { "unknown".to_owned() } else { out }
 }
 
 /// A topic-pattern matcher with RabbitMQ's semantics, used to count unrouted

@@ -72,20 +72,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            config,
-            role,
-            log_format,
-        } => commands::serve(&config, role, log_format),
+        Command::Serve { config, role, log_format } => commands::serve(&config, role, log_format),
         Command::Check { config } => commands::check(&config),
-        Command::Sign {
-            config,
-            source,
-            body,
-            curl,
-            id,
-            headers,
-        } => commands::sign(&config, &source, &body, curl, id, &headers),
+        Command::Sign { config, source, body, curl, id, headers } => {
+            commands::sign(&config, &source, &body, curl, id, &headers)
+        }
         Command::Sink { listen } => commands::sink(listen),
     }
 }

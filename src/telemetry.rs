@@ -37,10 +37,7 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ];
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .expect("bucket list is non-empty")
@@ -58,23 +55,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe() {
     use metric::*;
     metrics::describe_counter!(INGRESS_REQUESTS, "Webhook requests by source and outcome");
-    metrics::describe_histogram!(
-        PUBLISH_DURATION,
-        metrics::Unit::Seconds,
-        "Publish-to-confirm latency"
-    );
+    metrics::describe_histogram!(PUBLISH_DURATION, metrics::Unit::Seconds, "Publish-to-confirm latency");
     metrics::describe_counter!(UNROUTED, "Accepted events that matched no subscription");
     metrics::describe_counter!(DELIVERIES, "Delivery attempts by subscription and outcome");
-    metrics::describe_histogram!(
-        DELIVERY_DURATION,
-        metrics::Unit::Seconds,
-        "Duration of one HTTP delivery attempt"
-    );
-    metrics::describe_histogram!(
-        END_TO_END,
-        metrics::Unit::Seconds,
-        "Ingress receipt to successful delivery"
-    );
+    metrics::describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Duration of one HTTP delivery attempt");
+    metrics::describe_histogram!(END_TO_END, metrics::Unit::Seconds, "Ingress receipt to successful delivery");
     metrics::describe_counter!(DEAD_LETTERED, "Events moved to a dead-letter queue");
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
@@ -93,11 +78,7 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Pretty => builder.init(),
     }
 }

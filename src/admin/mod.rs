@@ -30,16 +30,10 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     if (state.ready)() {
         (StatusCode::OK, "ready\n")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: RabbitMQ not connected\n",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: RabbitMQ not connected\n")
     }
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -51,11 +51,7 @@ pub struct Broker {
 impl Broker {
     /// Starts the supervisor. It stops (closing the connection) when `token`
     /// is cancelled; cancel it only after every user of the connection is done.
-    pub fn spawn(
-        config: &RabbitConfig,
-        topology: Arc<Topology>,
-        token: CancellationToken,
-    ) -> (Self, JoinHandle<()>) {
+    pub fn spawn(config: &RabbitConfig, topology: Arc<Topology>, token: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
         let supervisor = Supervisor {
             url: config.url.expose().to_owned(),
@@ -66,11 +62,7 @@ impl Broker {
             generation: AtomicU64::new(0),
         };
         let handle = tokio::spawn(supervisor.run(token));
-        let broker = Self {
-            session: rx,
-            topology,
-            operation_timeout: config.operation_timeout,
-        };
+        let broker = Self { session: rx, topology, operation_timeout: config.operation_timeout };
         (broker, handle)
     }
 
@@ -86,10 +78,7 @@ impl Broker {
 
     /// Connected and topology declared: what `/readyz` reports.
     pub fn is_ready(&self) -> bool {
-        self.session
-            .borrow()
-            .as_ref()
-            .is_some_and(|s| s.connection.status().connected())
+        self.session.borrow().as_ref().is_some_and(|s| s.connection.status().connected())
     }
 }
 
@@ -116,10 +105,7 @@ impl Supervisor {
                     backoff = MIN_BACKOFF;
                     let connection = session.connection.clone();
                     let channels = session.publish_channels.clone();
-                    tracing::info!(
-                        generation = session.generation,
-                        "connected to RabbitMQ, topology declared"
-                    );
+                    tracing::info!(generation = session.generation, "connected to RabbitMQ, topology declared");
                     metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
                     self.tx.send_replace(Some(session));
                     let lost = wait_for_failure(&connection, &token).await;
@@ -151,42 +137,24 @@ impl Supervisor {
 
     async fn connect(&self) -> Result<Session, String> {
         let properties = ConnectionProperties::default().with_connection_name("hookwire".into());
-        let connection = tokio::time::timeout(
-            self.connect_timeout,
-            Connection::connect(&self.url, properties),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        let connection = tokio::time::timeout(self.connect_timeout, Connection::connect(&self.url, properties))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         let channel = tokio::time::timeout(self.operation_timeout, connection.create_channel())
             .await
             .map_err(|_| "opening a channel timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        if let Err(e) = self
-            .topology
-            .declare(&channel, self.operation_timeout)
-            .await
-        {
+        if let Err(e) = self.topology.declare(&channel, self.operation_timeout).await {
             tracing::error!(error = %e, "declaring the RabbitMQ topology failed");
-            let _ = tokio::time::timeout(
-                self.operation_timeout,
-                connection.close(200, "topology".into()),
-            )
-            .await;
+            let _ = tokio::time::timeout(self.operation_timeout, connection.close(200, "topology".into())).await;
             return Err(e.to_string());
         }
-        let _ = tokio::time::timeout(
-            self.operation_timeout,
-            channel.close(200, "declared".into()),
-        )
-        .await;
+        let _ = tokio::time::timeout(self.operation_timeout, channel.close(200, "declared".into())).await;
         let connection = Arc::new(connection);
         Ok(Session {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-            publish_channels: Arc::new(ChannelPool::new(
-                connection.clone(),
-                self.operation_timeout,
-            )),
+            publish_channels: Arc::new(ChannelPool::new(connection.clone(), self.operation_timeout)),
             connection,
         })
     }

@@ -54,11 +54,7 @@ impl Attempt {
             error.truncate(cut);
             error.push('…');
         }
-        Self {
-            at: rfc3339(at),
-            status,
-            error,
-        }
+        Self { at: rfc3339(at), status, error }
     }
 }
 
@@ -96,10 +92,7 @@ pub fn rfc3339(at: SystemTime) -> String {
 pub fn encode(envelope: &Envelope, state: &DeliveryState) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |key: &str, value: &str| {
-        headers.insert(
-            key.to_owned().into(),
-            AMQPValue::LongString(value.to_owned().into()),
-        );
+        headers.insert(key.to_owned().into(), AMQPValue::LongString(value.to_owned().into()));
     };
     put(SOURCE, &envelope.source);
     put(EVENT_TYPE, &envelope.event_type);
@@ -108,28 +101,16 @@ pub fn encode(envelope: &Envelope, state: &DeliveryState) -> BasicProperties {
         put(&format!("{HEADER_PREFIX}{name}"), value);
     }
     if !state.history.is_empty() {
-        put(
-            HISTORY,
-            &serde_json::to_string(&state.history).expect("attempts serialize"),
-        );
+        put(HISTORY, &serde_json::to_string(&state.history).expect("attempts serialize"));
     }
     if let Some(reason) = &state.dead_letter_reason {
         put(DEAD_LETTER_REASON, reason);
     }
-    headers.insert(
-        ATTEMPTS.into(),
-        AMQPValue::LongLongInt(i64::from(state.attempts)),
-    );
+    headers.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(state.attempts)));
     let mut properties = BasicProperties::default()
         .with_message_id(envelope.id.as_str().into())
         .with_delivery_mode(2)
-        .with_timestamp(
-            envelope
-                .received_at
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        )
+        .with_timestamp(envelope.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
         .with_app_id("hookwire".into())
         .with_headers(headers);
     if let Some(content_type) = &envelope.content_type {
@@ -159,56 +140,38 @@ fn integer(value: &AMQPValue) -> Option<i64> {
     }
 }
 
-pub fn decode(
-    properties: &BasicProperties,
-    body: Vec<u8>,
-) -> Result<(Envelope, DeliveryState), DecodeError> {
+pub fn decode(properties: &BasicProperties, body: Vec<u8>) -> Result<(Envelope, DeliveryState), DecodeError> {
     let empty = FieldTable::default();
     let headers = properties.headers().as_ref().unwrap_or(&empty);
     let get = |key: &'static str| -> Result<String, DecodeError> {
         let value = headers.inner().get(key).ok_or(DecodeError::Missing(key))?;
         string(value).ok_or(DecodeError::Malformed(key))
     };
-    let id = properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str().to_owned())
-        .ok_or(DecodeError::Missing("message-id"))?;
-    let received_at = humantime::parse_rfc3339_weak(&get(RECEIVED_AT)?)
-        .map_err(|_| DecodeError::Malformed(RECEIVED_AT))?;
+    let id =
+        properties.message_id().as_ref().map(|s| s.as_str().to_owned()).ok_or(DecodeError::Missing("message-id"))?;
+    let received_at =
+        humantime::parse_rfc3339_weak(&get(RECEIVED_AT)?).map_err(|_| DecodeError::Malformed(RECEIVED_AT))?;
     let forwarded = headers
         .inner()
         .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                k.as_str().strip_prefix(HEADER_PREFIX)?.to_owned(),
-                string(v)?,
-            ))
-        })
+        .filter_map(|(k, v)| Some((k.as_str().strip_prefix(HEADER_PREFIX)?.to_owned(), string(v)?)))
         .collect();
     let envelope = Envelope {
         id,
         source: get(SOURCE)?,
         event_type: get(EVENT_TYPE)?,
         received_at,
-        content_type: properties
-            .content_type()
-            .as_ref()
-            .map(|s| s.as_str().to_owned()),
+        content_type: properties.content_type().as_ref().map(|s| s.as_str().to_owned()),
         headers: forwarded,
         body: Bytes::from(body),
     };
     let attempts = match headers.inner().get(ATTEMPTS) {
         None => 0,
-        Some(v) => integer(v)
-            .and_then(|i| u32::try_from(i).ok())
-            .ok_or(DecodeError::Malformed(ATTEMPTS))?,
+        Some(v) => integer(v).and_then(|i| u32::try_from(i).ok()).ok_or(DecodeError::Malformed(ATTEMPTS))?,
     };
     let history = match headers.inner().get(HISTORY) {
         None => Vec::new(),
-        Some(v) => string(v)
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .ok_or(DecodeError::Malformed(HISTORY))?,
+        Some(v) => string(v).and_then(|s| serde_json::from_str(&s).ok()).ok_or(DecodeError::Malformed(HISTORY))?,
     };
     let state = DeliveryState {
         attempts,
@@ -220,10 +183,7 @@ pub fn decode(
 
 /// Seconds since the epoch, for `webhook-timestamp`.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
 
 #[cfg(test)]
@@ -265,15 +225,9 @@ mod tests {
 
     #[test]
     fn foreign_messages_are_rejected() {
-        assert_eq!(
-            decode(&BasicProperties::default(), vec![]).unwrap_err(),
-            DecodeError::Missing("message-id")
-        );
+        assert_eq!(decode(&BasicProperties::default(), vec![]).unwrap_err(), DecodeError::Missing("message-id"));
         let props = BasicProperties::default().with_message_id("x".into());
-        assert_eq!(
-            decode(&props, vec![]).unwrap_err(),
-            DecodeError::Missing(RECEIVED_AT)
-        );
+        assert_eq!(decode(&props, vec![]).unwrap_err(), DecodeError::Missing(RECEIVED_AT));
     }
 
     #[test]

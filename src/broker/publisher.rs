@@ -13,8 +13,7 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, options::BasicPublishOptions,
-    options::ConfirmSelectOptions,
+    BasicProperties, Channel, Confirmation, Connection, options::BasicPublishOptions, options::ConfirmSelectOptions,
 };
 use tokio::sync::Mutex;
 
@@ -88,30 +87,19 @@ impl ChannelPool {
     pub async fn close(&self) {
         for slot in &self.slots {
             if let Some(channel) = slot.lock().await.take() {
-                let _ = tokio::time::timeout(
-                    self.timeout,
-                    channel.close(200, "hookwire shutting down".into()),
-                )
-                .await;
+                let _ = tokio::time::timeout(self.timeout, channel.close(200, "hookwire shutting down".into())).await;
             }
         }
     }
 }
 
-pub async fn open_confirm_channel(
-    connection: &Connection,
-    timeout: Duration,
-) -> Result<Channel, PublishError> {
+pub async fn open_confirm_channel(connection: &Connection, timeout: Duration) -> Result<Channel, PublishError> {
     let open = async {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok::<_, lapin::Error>(channel)
     };
-    Ok(tokio::time::timeout(timeout, open)
-        .await
-        .map_err(|_| PublishError::Timeout)??)
+    Ok(tokio::time::timeout(timeout, open).await.map_err(|_| PublishError::Timeout)??)
 }
 
 /// Publishes with `mandatory` on a confirm channel and waits for the confirm.
@@ -123,26 +111,12 @@ pub async fn publish_confirmed(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(), PublishError> {
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..Default::default()
-    };
+    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
     let publish = async {
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?;
+        let confirm = channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?;
         Ok::<_, PublishError>(confirm.await?)
     };
-    match tokio::time::timeout(timeout, publish)
-        .await
-        .map_err(|_| PublishError::Timeout)??
-    {
+    match tokio::time::timeout(timeout, publish).await.map_err(|_| PublishError::Timeout)?? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
             Err(PublishError::Returned(returned.reply_text.to_string()))
@@ -175,23 +149,14 @@ impl Publisher {
         let result = async {
             let session = self.broker.session().ok_or(PublishError::Unavailable)?;
             let channel = session.publish_channels.get().await?;
-            publish_confirmed(
-                &channel,
-                exchange,
-                routing_key,
-                properties,
-                body,
-                self.timeout,
-            )
-            .await
+            publish_confirmed(&channel, exchange, routing_key, properties, body, self.timeout).await
         }
         .await;
         let outcome = match &result {
             Ok(()) => "confirmed",
             Err(e) => e.reason(),
         };
-        metrics::histogram!(metric::PUBLISH_DURATION, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::PUBLISH_DURATION, "outcome" => outcome).record(started.elapsed().as_secs_f64());
         result
     }
 }

@@ -19,8 +19,7 @@ use std::{collections::BTreeSet, time::Duration};
 use lapin::{
     Channel,
     options::{
-        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -103,10 +102,7 @@ impl Topology {
                     topics: sub.topics.clone(),
                     retries: delays
                         .into_iter()
-                        .map(|delay| RetryQueue {
-                            name: format!("{work}.retry.{}", format_duration(delay)),
-                            delay,
-                        })
+                        .map(|delay| RetryQueue { name: format!("{work}.retry.{}", format_duration(delay)), delay })
                         .collect(),
                     dead: format!("{work}.dead"),
                     work,
@@ -142,47 +138,27 @@ impl Topology {
 
     pub fn queues(&self) -> Vec<QueueSpec> {
         let quorum = || vec![("x-queue-type", Arg::Str("quorum".into()))];
-        let mut out = vec![QueueSpec {
-            name: self.unrouted_queue.clone(),
-            args: quorum(),
-        }];
+        let mut out = vec![QueueSpec { name: self.unrouted_queue.clone(), args: quorum() }];
         for sub in &self.subscriptions {
             let mut work = Self::dead_lettering_to(&sub.dead);
             work.push(("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit))));
-            out.push(QueueSpec {
-                name: sub.work.clone(),
-                args: work,
-            });
+            out.push(QueueSpec { name: sub.work.clone(), args: work });
             for retry in &sub.retries {
                 let mut args = Self::dead_lettering_to(&sub.work);
                 args.push(("x-message-ttl", Arg::Int(retry.delay.as_millis() as i64)));
-                out.push(QueueSpec {
-                    name: retry.name.clone(),
-                    args,
-                });
+                out.push(QueueSpec { name: retry.name.clone(), args });
             }
-            out.push(QueueSpec {
-                name: sub.dead.clone(),
-                args: quorum(),
-            });
+            out.push(QueueSpec { name: sub.dead.clone(), args: quorum() });
         }
         out
     }
 
     /// `(exchange, queue, binding key)`.
     pub fn bindings(&self) -> Vec<(String, String, String)> {
-        let mut out = vec![(
-            self.unrouted_exchange.clone(),
-            self.unrouted_queue.clone(),
-            String::new(),
-        )];
+        let mut out = vec![(self.unrouted_exchange.clone(), self.unrouted_queue.clone(), String::new())];
         for sub in &self.subscriptions {
             for topic in &sub.topics {
-                out.push((
-                    self.events_exchange.clone(),
-                    sub.work.clone(),
-                    topic.clone(),
-                ));
+                out.push((self.events_exchange.clone(), sub.work.clone(), topic.clone()));
             }
         }
         out
@@ -191,10 +167,7 @@ impl Topology {
     /// Declares everything; safe to run at every connect and from every
     /// process. Each call is bounded by `timeout`.
     pub async fn declare(&self, channel: &Channel, timeout: Duration) -> Result<(), TopologyError> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         let unrouted = format!("exchange {}", self.unrouted_exchange);
         bounded(&unrouted, timeout, async {
             channel
@@ -208,34 +181,19 @@ impl Topology {
         })
         .await?;
         let mut args = FieldTable::default();
-        args.insert(
-            "alternate-exchange".into(),
-            AMQPValue::LongString(self.unrouted_exchange.clone().into()),
-        );
-        bounded(
-            &format!("exchange {}", self.events_exchange),
-            timeout,
-            async {
-                channel
-                    .exchange_declare(
-                        self.events_exchange.as_str().into(),
-                        lapin::ExchangeKind::Topic,
-                        durable,
-                        args,
-                    )
-                    .await
-            },
-        )
+        args.insert("alternate-exchange".into(), AMQPValue::LongString(self.unrouted_exchange.clone().into()));
+        bounded(&format!("exchange {}", self.events_exchange), timeout, async {
+            channel
+                .exchange_declare(self.events_exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, args)
+                .await
+        })
         .await?;
         for queue in self.queues() {
             bounded(&format!("queue {}", queue.name), timeout, async {
                 channel
                     .queue_declare(
                         queue.name.as_str().into(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
+                        QueueDeclareOptions { durable: true, ..Default::default() },
                         field_table(&queue.args),
                     )
                     .await
@@ -243,21 +201,17 @@ impl Topology {
             .await?;
         }
         for (exchange, queue, key) in self.bindings() {
-            bounded(
-                &format!("binding {exchange} -> {queue} ({key})"),
-                timeout,
-                async {
-                    channel
-                        .queue_bind(
-                            queue.as_str().into(),
-                            exchange.as_str().into(),
-                            key.as_str().into(),
-                            QueueBindOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await
-                },
-            )
+            bounded(&format!("binding {exchange} -> {queue} ({key})"), timeout, async {
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            })
             .await?;
         }
         Ok(())
@@ -267,14 +221,10 @@ impl Topology {
     /// For tests and for operators retiring a namespace.
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
         for queue in self.queues() {
-            channel
-                .queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())
-                .await?;
+            channel.queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default()).await?;
         }
         for exchange in [&self.events_exchange, &self.unrouted_exchange] {
-            channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await?;
+            channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
     }
@@ -282,10 +232,7 @@ impl Topology {
     /// The plan as text, for `hookwire check`.
     pub fn describe(&self) -> String {
         let mut out = String::from("exchanges:\n");
-        out += &format!(
-            "  {} (topic, durable, alternate-exchange={})\n",
-            self.events_exchange, self.unrouted_exchange
-        );
+        out += &format!("  {} (topic, durable, alternate-exchange={})\n", self.events_exchange, self.unrouted_exchange);
         out += &format!("  {} (fanout, durable)\n", self.unrouted_exchange);
         out += "queues:\n";
         for queue in self.queues() {
@@ -302,11 +249,7 @@ impl Topology {
         }
         out += "bindings:\n";
         for (exchange, queue, key) in self.bindings() {
-            let key = if key.is_empty() {
-                "(any)".to_owned()
-            } else {
-                key
-            };
+            let key = if key.is_empty() { "(any)".to_owned() } else { key };
             out += &format!("  {exchange} -> {queue}  {key}\n");
         }
         out
@@ -331,22 +274,14 @@ async fn bounded<T>(
     fut: impl Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, TopologyError> {
     match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(TopologyError::Timeout {
-            object: object.to_owned(),
-        }),
+        Err(_) => Err(TopologyError::Timeout { object: object.to_owned() }),
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             let text = e.to_string();
             if text.contains("PRECONDITION_FAILED") || text.contains("406") {
-                Err(TopologyError::Conflict {
-                    object: object.to_owned(),
-                    reason: text,
-                })
+                Err(TopologyError::Conflict { object: object.to_owned(), reason: text })
             } else {
-                Err(TopologyError::Broker {
-                    object: object.to_owned(),
-                    source: e,
-                })
+                Err(TopologyError::Broker { object: object.to_owned(), source: e })
             }
         }
     }
@@ -375,35 +310,13 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.work, "t.sub.billing");
         assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(
-            retry_names,
-            [
-                "t.sub.billing.retry.1s",
-                "t.sub.billing.retry.5s",
-                "t.sub.billing.retry.2m"
-            ]
-        );
+        assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
         assert_eq!(t.queues().len(), 1 + 1 + 3 + 1);
-        let retry = t
-            .queues()
-            .into_iter()
-            .find(|q| q.name == "t.sub.billing.retry.2m")
-            .unwrap();
+        let retry = t.queues().into_iter().find(|q| q.name == "t.sub.billing.retry.2m").unwrap();
         assert!(retry.args.contains(&("x-message-ttl", Arg::Int(120_000))));
-        assert!(retry.args.contains(&(
-            "x-dead-letter-routing-key",
-            Arg::Str("t.sub.billing".into())
-        )));
-        assert!(
-            retry
-                .args
-                .contains(&("x-dead-letter-strategy", Arg::Str("at-least-once".into())))
-        );
-        let work = t
-            .queues()
-            .into_iter()
-            .find(|q| q.name == "t.sub.billing")
-            .unwrap();
+        assert!(retry.args.contains(&("x-dead-letter-routing-key", Arg::Str("t.sub.billing".into()))));
+        assert!(retry.args.contains(&("x-dead-letter-strategy", Arg::Str("at-least-once".into()))));
+        let work = t.queues().into_iter().find(|q| q.name == "t.sub.billing").unwrap();
         assert!(work.args.contains(&("x-delivery-limit", Arg::Int(20))));
         assert_eq!(t.bindings().len(), 3);
         let text = t.describe();

@@ -9,29 +9,19 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
     parse(&text).map_err(D::Error::custom)
 }
 
-pub fn deserialize_list<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<Duration>, D::Error> {
+pub fn deserialize_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
     let texts = Vec::<String>::deserialize(deserializer)?;
-    texts
-        .iter()
-        .map(|text| parse(text).map_err(D::Error::custom))
-        .collect()
+    texts.iter().map(|text| parse(text).map_err(D::Error::custom)).collect()
 }
 
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!(
-            "invalid duration {text:?} ({e}); use forms like \"500ms\", \"10s\", \"2m\", \"1h\""
-        )
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use forms like \"500ms\", \"10s\", \"2m\", \"1h\""))
 }
 
 /// The inverse of [`parse`], used in queue names and `check` output.
 pub fn format(duration: Duration) -> String {
-    humantime::format_duration(duration)
-        .to_string()
-        .replace(' ', "")
+    humantime::format_duration(duration).to_string().replace(' ', "")
 }
 
 #[cfg(test)]

@@ -82,27 +82,20 @@ fn interpolate_str(
             out.push('$');
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| InterpolateError::Syntax {
-                key: key.to_owned(),
-            })?;
+            let end = after.find('}').ok_or_else(|| InterpolateError::Syntax { key: key.to_owned() })?;
             let reference = &after[..end];
             let (var, default) = match reference.split_once(":-") {
                 Some((var, default)) => (var, Some(default)),
                 None => (reference, None),
             };
             if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(InterpolateError::Syntax {
-                    key: key.to_owned(),
-                });
+                return Err(InterpolateError::Syntax { key: key.to_owned() });
             }
             let value = match (lookup(var).filter(|v| !v.is_empty()), default) {
                 (Some(value), _) => value,
                 (None, Some(default)) => default.to_owned(),
                 (None, None) => {
-                    return Err(InterpolateError::Unset {
-                        key: key.to_owned(),
-                        var: var.to_owned(),
-                    });
+                    return Err(InterpolateError::Unset { key: key.to_owned(), var: var.to_owned() });
                 }
             };
             out.push_str(&value);
@@ -134,8 +127,7 @@ mod tests {
 
     #[test]
     fn substitutes_nested_values_and_arrays() {
-        let (table, subs) =
-            run("[a.b]\nlist = [\"x-${SECRET}-y\"]\nplain = \"$$5 ${SECRET}\"").unwrap();
+        let (table, subs) = run("[a.b]\nlist = [\"x-${SECRET}-y\"]\nplain = \"$$5 ${SECRET}\"").unwrap();
         assert_eq!(table["a"]["b"]["list"][0].as_str(), Some("x-s3cr3t-y"));
         assert_eq!(table["a"]["b"]["plain"].as_str(), Some("$5 s3cr3t"));
         assert_eq!(subs.scrub("bad value s3cr3t"), "bad value ***");
@@ -143,13 +135,8 @@ mod tests {
 
     #[test]
     fn unset_variable_names_key_and_variable() {
-        let err = run("[sources.acme]\nsecrets = [\"${NOPE}\"]")
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "sources.acme.secrets[0]: environment variable NOPE is not set"
-        );
+        let err = run("[sources.acme]\nsecrets = [\"${NOPE}\"]").err().unwrap();
+        assert_eq!(err.to_string(), "sources.acme.secrets[0]: environment variable NOPE is not set");
     }
 
     #[test]
@@ -161,18 +148,9 @@ mod tests {
 
     #[test]
     fn malformed_reference_is_an_error() {
-        assert!(matches!(
-            run("a = \"${OPEN\"").err(),
-            Some(InterpolateError::Syntax { .. })
-        ));
-        assert!(matches!(
-            run("a = \"${}\"").err(),
-            Some(InterpolateError::Syntax { .. })
-        ));
-        assert!(matches!(
-            run("a = \"${A B}\"").err(),
-            Some(InterpolateError::Syntax { .. })
-        ));
+        assert!(matches!(run("a = \"${OPEN\"").err(), Some(InterpolateError::Syntax { .. })));
+        assert!(matches!(run("a = \"${}\"").err(), Some(InterpolateError::Syntax { .. })));
+        assert!(matches!(run("a = \"${A B}\"").err(), Some(InterpolateError::Syntax { .. })));
     }
 
     #[test]

@@ -50,8 +50,7 @@ impl FromStr for Rate {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{text:?} is not a rate; write it like \"50/s\", \"600/m\" or \"1000/h\"");
+        let bad = || format!("{text:?} is not a rate; write it like \"50/s\", \"600/m\" or \"1000/h\"");
         let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
         let per = match unit.trim() {

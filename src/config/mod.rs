@@ -49,10 +49,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self::Invalid { key: key.into(), message: message.into() }
     }
 }
 
@@ -121,9 +118,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
     }
 }
 
@@ -168,9 +163,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self {
-            drain_timeout: Duration::from_secs(30),
-        }
+        Self { drain_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -269,10 +262,7 @@ pub struct SubscriptionConfig {
     pub timeout: Duration,
     #[serde(default = "default_concurrency")]
     pub concurrency: u16,
-    #[serde(
-        default = "default_retry",
-        deserialize_with = "duration::deserialize_list"
-    )]
+    #[serde(default = "default_retry", deserialize_with = "duration::deserialize_list")]
     pub retry: Vec<Duration>,
 }
 
@@ -285,10 +275,7 @@ fn default_concurrency() -> u16 {
 }
 
 fn default_retry() -> Vec<Duration> {
-    ["1s", "5s", "30s", "2m", "10m"]
-        .iter()
-        .map(|d| duration::parse(d).expect("default durations parse"))
-        .collect()
+    ["1s", "5s", "30s", "2m", "10m"].iter().map(|d| duration::parse(d).expect("default durations parse")).collect()
 }
 
 mod duration_opt {
@@ -306,28 +293,20 @@ mod duration_opt {
 impl Config {
     /// Reads, interpolates from the process environment, parses and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::from_toml(&text, &|name| std::env::var(name).ok())
     }
 
     /// Parses a config document; `env` resolves `${VAR}` references.
-    pub fn from_toml(
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let subs = interpolate::interpolate_table(&mut table, env)?;
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let message = subs.scrub(&e.into_inner().to_string());
-                ConfigError::Invalid { key, message }
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = subs.scrub(&e.into_inner().to_string());
+            ConfigError::Invalid { key, message }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -339,31 +318,16 @@ impl Config {
                 "must be non-empty and use only letters, digits, '_', '-' and '.'",
             ));
         }
-        if self
-            .rabbitmq
-            .url
-            .expose()
-            .parse::<lapin::uri::AMQPUri>()
-            .is_err()
-        {
-            return Err(ConfigError::invalid(
-                "rabbitmq.url",
-                "not a valid amqp:// or amqps:// URL",
-            ));
+        if self.rabbitmq.url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(ConfigError::invalid("rabbitmq.url", "not a valid amqp:// or amqps:// URL"));
         }
         if self.ingress.max_body_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "ingress.max_body_bytes",
-                "must be greater than 0",
-            ));
+            return Err(ConfigError::invalid("ingress.max_body_bytes", "must be greater than 0"));
         }
         for (key, d) in [
             ("ingress.publish_timeout", self.ingress.publish_timeout),
             ("rabbitmq.connect_timeout", self.rabbitmq.connect_timeout),
-            (
-                "rabbitmq.operation_timeout",
-                self.rabbitmq.operation_timeout,
-            ),
+            ("rabbitmq.operation_timeout", self.rabbitmq.operation_timeout),
             ("ingress.read_timeout", self.ingress.read_timeout),
         ] {
             if d.is_zero() {
@@ -371,35 +335,20 @@ impl Config {
             }
         }
         if self.ingress.max_headers == 0 {
-            return Err(ConfigError::invalid(
-                "ingress.max_headers",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("ingress.max_headers", "must be at least 1"));
         }
         if self.ingress.max_header_bytes < 8192 {
-            return Err(ConfigError::invalid(
-                "ingress.max_header_bytes",
-                "must be at least 8192",
-            ));
+            return Err(ConfigError::invalid("ingress.max_header_bytes", "must be at least 8192"));
         }
         if self.rabbitmq.delivery_limit == 0 {
-            return Err(ConfigError::invalid(
-                "rabbitmq.delivery_limit",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("rabbitmq.delivery_limit", "must be at least 1"));
         }
         for (name, source) in &self.sources {
             if source.rate_limit_burst == Some(0) {
-                return Err(ConfigError::invalid(
-                    format!("sources.{name}.rate_limit_burst"),
-                    "must be at least 1",
-                ));
+                return Err(ConfigError::invalid(format!("sources.{name}.rate_limit_burst"), "must be at least 1"));
             }
             if source.rate_limit_burst.is_some() && source.rate_limit.is_none() {
-                return Err(ConfigError::invalid(
-                    format!("sources.{name}.rate_limit_burst"),
-                    "needs rate_limit",
-                ));
+                return Err(ConfigError::invalid(format!("sources.{name}.rate_limit_burst"), "needs rate_limit"));
             }
             if !is_name(name, false) {
                 return Err(ConfigError::invalid(
@@ -425,9 +374,7 @@ impl Config {
             }
         }
         if self.subscriptions.is_empty() {
-            out.push(
-                "no subscriptions: every accepted event goes to the unrouted queue".to_owned(),
-            );
+            out.push("no subscriptions: every accepted event goes to the unrouted queue".to_owned());
         }
         for (name, sub) in &self.subscriptions {
             for (i, topic) in sub.topics.iter().enumerate() {
@@ -453,47 +400,28 @@ impl SubscriptionConfig {
             ));
         }
         if self.topics.is_empty() {
-            return Err(ConfigError::invalid(
-                key("topics"),
-                "at least one topic pattern is required",
-            ));
+            return Err(ConfigError::invalid(key("topics"), "at least one topic pattern is required"));
         }
         for (i, topic) in self.topics.iter().enumerate() {
-            validate_topic(topic)
-                .map_err(|m| ConfigError::invalid(key(&format!("topics[{i}]")), m))?;
+            validate_topic(topic).map_err(|m| ConfigError::invalid(key(&format!("topics[{i}]")), m))?;
         }
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             _ => {
-                return Err(ConfigError::invalid(
-                    key("url"),
-                    "must be an absolute http:// or https:// URL",
-                ));
+                return Err(ConfigError::invalid(key("url"), "must be an absolute http:// or https:// URL"));
             }
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                key("timeout"),
-                "must be greater than 0",
-            ));
+            return Err(ConfigError::invalid(key("timeout"), "must be greater than 0"));
         }
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
-            return Err(ConfigError::invalid(
-                key("concurrency"),
-                format!("must be between 1 and {MAX_CONCURRENCY}"),
-            ));
+            return Err(ConfigError::invalid(key("concurrency"), format!("must be between 1 and {MAX_CONCURRENCY}")));
         }
         if self.retry.len() > MAX_RETRIES {
-            return Err(ConfigError::invalid(
-                key("retry"),
-                format!("at most {MAX_RETRIES} delays"),
-            ));
+            return Err(ConfigError::invalid(key("retry"), format!("at most {MAX_RETRIES} delays")));
         }
         if let Some(i) = self.retry.iter().position(|d| d.as_millis() == 0) {
-            return Err(ConfigError::invalid(
-                key(&format!("retry[{i}]")),
-                "delays must be at least 1ms",
-            ));
+            return Err(ConfigError::invalid(key(&format!("retry[{i}]")), "delays must be at least 1ms"));
         }
         Ok(())
     }
@@ -502,9 +430,7 @@ impl SubscriptionConfig {
 fn is_name(name: &str, allow_dot: bool) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
 }
 
 /// A RabbitMQ topic binding pattern over `{source}.{event_type}`: dot-separated
@@ -515,14 +441,10 @@ fn validate_topic(topic: &str) -> Result<(), String> {
     }
     for word in topic.split('.') {
         if word.is_empty() {
-            return Err(format!(
-                "{topic:?} has an empty word (\"..\" or a leading/trailing dot)"
-            ));
+            return Err(format!("{topic:?} has an empty word (\"..\" or a leading/trailing dot)"));
         }
         if word != "*" && word != "#" && (word.contains('*') || word.contains('#')) {
-            return Err(format!(
-                "{topic:?}: '*' and '#' must stand alone as a whole word"
-            ));
+            return Err(format!("{topic:?}: '*' and '#' must stand alone as a whole word"));
         }
     }
     Ok(())
@@ -579,10 +501,7 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
         assert_eq!(sub.retry[3], Duration::from_secs(120));
         let source = &config.sources["acme"];
         assert_eq!(source.scheme, SchemeKind::StandardWebhooks);
-        assert_eq!(
-            source.secrets[0].expose(),
-            "whsec_c2VjcmV0LXZhbHVlLWZvci10ZXN0cw=="
-        );
+        assert_eq!(source.secrets[0].expose(), "whsec_c2VjcmV0LXZhbHVlLWZvci10ZXN0cw==");
         assert!(config.warnings().is_empty());
     }
 
@@ -625,22 +544,14 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
 
     #[test]
     fn unset_variable_is_an_error_naming_it() {
-        let e = Config::from_toml(EXAMPLE, &|_| None)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "sources.acme.secrets[0]: environment variable ACME_WEBHOOK_SECRET is not set"
-        );
+        let e = Config::from_toml(EXAMPLE, &|_| None).unwrap_err().to_string();
+        assert_eq!(e, "sources.acme.secrets[0]: environment variable ACME_WEBHOOK_SECRET is not set");
     }
 
     #[test]
     fn errors_never_echo_interpolated_secrets() {
         // A secret put where a list is expected: serde's message would quote it.
-        let text = EXAMPLE.replace(
-            "secrets = [\"${ACME_WEBHOOK_SECRET}\"]",
-            "secrets = \"${ACME_WEBHOOK_SECRET}\"",
-        );
+        let text = EXAMPLE.replace("secrets = [\"${ACME_WEBHOOK_SECRET}\"]", "secrets = \"${ACME_WEBHOOK_SECRET}\"");
         let e = error(&text);
         assert!(e.starts_with("sources.acme.secrets"), "{e}");
         assert!(!e.contains("c2VjcmV0"), "secret leaked: {e}");

@@ -32,10 +32,7 @@ impl Destination {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hookwire/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self {
-            client,
-            url: Url::parse(&config.url).expect("validated when the config loaded"),
-        })
+        Ok(Self { client, url: Url::parse(&config.url).expect("validated when the config loaded") })
     }
 
     pub fn host(&self) -> &str {
@@ -73,9 +70,7 @@ impl Destination {
                     }
                 }
                 if status.is_success() {
-                    Outcome::Delivered {
-                        status: status.as_u16(),
-                    }
+                    Outcome::Delivered { status: status.as_u16() }
                 } else {
                     let body = String::from_utf8_lossy(&snippet);
                     let error = if body.trim().is_empty() {
@@ -83,16 +78,10 @@ impl Destination {
                     } else {
                         format!("HTTP {}: {}", status.as_u16(), body.trim())
                     };
-                    Outcome::Failed {
-                        status: Some(status.as_u16()),
-                        error,
-                    }
+                    Outcome::Failed { status: Some(status.as_u16()), error }
                 }
             }
-            Err(e) => Outcome::Failed {
-                status: None,
-                error: describe(&e),
-            },
+            Err(e) => Outcome::Failed { status: None, error: describe(&e) },
         }
     }
 }

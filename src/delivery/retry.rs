@@ -33,15 +33,11 @@ pub fn next(outcome: &Outcome, attempt: u32, schedule: &[Duration]) -> Next {
         return Next::Ack;
     }
     if !is_retriable(outcome) {
-        return Next::DeadLetter {
-            reason: "not_retriable",
-        };
+        return Next::DeadLetter { reason: "not_retriable" };
     }
     match schedule.get(attempt as usize - 1) {
         Some(&delay) => Next::Retry { delay },
-        None => Next::DeadLetter {
-            reason: "retries_exhausted",
-        },
+        None => Next::DeadLetter { reason: "retries_exhausted" },
     }
 }
 
@@ -50,42 +46,16 @@ mod tests {
     use super::*;
 
     fn failed() -> Outcome {
-        Outcome::Failed {
-            status: Some(503),
-            error: "HTTP 503".into(),
-        }
+        Outcome::Failed { status: Some(503), error: "HTTP 503".into() }
     }
 
     #[test]
     fn walks_the_schedule_then_dead_letters() {
         let schedule = [Duration::from_secs(1), Duration::from_secs(5)];
-        assert_eq!(
-            next(&Outcome::Delivered { status: 200 }, 1, &schedule),
-            Next::Ack
-        );
-        assert_eq!(
-            next(&failed(), 1, &schedule),
-            Next::Retry {
-                delay: Duration::from_secs(1)
-            }
-        );
-        assert_eq!(
-            next(&failed(), 2, &schedule),
-            Next::Retry {
-                delay: Duration::from_secs(5)
-            }
-        );
-        assert_eq!(
-            next(&failed(), 3, &schedule),
-            Next::DeadLetter {
-                reason: "retries_exhausted"
-            }
-        );
-        assert_eq!(
-            next(&failed(), 1, &[]),
-            Next::DeadLetter {
-                reason: "retries_exhausted"
-            }
-        );
+        assert_eq!(next(&Outcome::Delivered { status: 200 }, 1, &schedule), Next::Ack);
+        assert_eq!(next(&failed(), 1, &schedule), Next::Retry { delay: Duration::from_secs(1) });
+        assert_eq!(next(&failed(), 2, &schedule), Next::Retry { delay: Duration::from_secs(5) });
+        assert_eq!(next(&failed(), 3, &schedule), Next::DeadLetter { reason: "retries_exhausted" });
+        assert_eq!(next(&failed(), 1, &[]), Next::DeadLetter { reason: "retries_exhausted" });
     }
 }

@@ -21,9 +21,7 @@ use futures_util::StreamExt;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::{
@@ -87,11 +85,7 @@ impl Worker {
                     Err(_) => break, // the supervisor is gone
                 },
             };
-            match this
-                .clone()
-                .consume(&session, &token, &permits, &mut tasks)
-                .await
-            {
+            match this.clone().consume(&session, &token, &permits, &mut tasks).await {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::ConnectionLost) => {}
                 Err(error) => {
@@ -128,11 +122,7 @@ impl Worker {
     ) -> Result<Ended, lapin::Error> {
         let timeout = self.broker.operation_timeout;
         let channel = bounded(timeout, session.connection.create_channel()).await?;
-        bounded(
-            timeout,
-            channel.basic_qos(self.concurrency, BasicQosOptions::default()),
-        )
-        .await?;
+        bounded(timeout, channel.basic_qos(self.concurrency, BasicQosOptions::default())).await?;
         let tag = format!("hookwire-{}-{}", self.name, uuid::Uuid::now_v7().simple());
         let mut consumer = bounded(
             timeout,
@@ -171,42 +161,26 @@ impl Worker {
         if let Ended::Shutdown = ended {
             // Stop new deliveries, let the in-flight ones settle, then close:
             // anything prefetched but never started returns to the queue.
-            let _ = tokio::time::timeout(
-                timeout,
-                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(timeout, channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()))
+                    .await;
             let abandoned = shutdown::drain(tasks, self.drain_timeout).await;
             if abandoned > 0 {
                 tracing::warn!(subscription = %self.name, abandoned, "drain deadline passed; unfinished deliveries return to the queue");
             }
-            let _ =
-                tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into()))
-                    .await;
+            let _ = tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into())).await;
         }
         Ok(ended)
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        session: Session,
-        delivery: Delivery,
-        _permit: OwnedSemaphorePermit,
-    ) {
+    async fn handle(self: Arc<Self>, session: Session, delivery: Delivery, _permit: OwnedSemaphorePermit) {
         let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
         gauge.increment(1.0);
-        let Delivery {
-            properties,
-            data,
-            acker,
-            ..
-        } = delivery;
+        let Delivery { properties, data, acker, .. } = delivery;
         let settle = match message::decode(&properties, data.clone()) {
             Ok((envelope, state)) => {
                 let span = tracing::info_span!("delivery", subscription = %self.name, event_id = %envelope.id, attempt = state.attempts + 1);
-                self.deliver(&session, envelope, state)
-                    .instrument(span)
-                    .await
+                self.deliver(&session, envelope, state).instrument(span).await
             }
             Err(error) => {
                 // Not ours to interpret: keep it, untouched, for an operator.
@@ -224,22 +198,18 @@ impl Worker {
         };
         let timeout = self.broker.operation_timeout;
         match settle {
-            Ok(()) => {
-                match tokio::time::timeout(timeout, acker.ack(BasicAckOptions::default())).await {
-                    Ok(Ok(_)) => {}
-                    _ => {
-                        tracing::warn!(subscription = %self.name, "ack failed; the broker will redeliver (a duplicate, not a loss)")
-                    }
+            Ok(()) => match tokio::time::timeout(timeout, acker.ack(BasicAckOptions::default())).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    tracing::warn!(subscription = %self.name, "ack failed; the broker will redeliver (a duplicate, not a loss)")
                 }
-            }
+            },
             Err(error) => {
                 tracing::warn!(%error, "could not store the outcome; handing the delivery back");
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued").increment(1);
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued")
+                    .increment(1);
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
+                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
                 let _ = tokio::time::timeout(timeout, acker.nack(requeue)).await;
             }
         }
@@ -257,21 +227,15 @@ impl Worker {
         let attempt = state.attempts + 1;
         let started = Instant::now();
         let outcome = self.destination.send(&envelope, attempt).await;
-        let label = if matches!(outcome, Outcome::Delivered { .. }) {
-            "success"
-        } else {
-            "failure"
-        };
+        let label = if matches!(outcome, Outcome::Delivered { .. }) { "success" } else { "failure" };
         metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => self.name.clone(), "outcome" => label)
             .record(started.elapsed().as_secs_f64());
         let (status, error) = match &outcome {
             Outcome::Delivered { status } => {
-                let age = SystemTime::now()
-                    .duration_since(envelope.received_at)
-                    .unwrap_or_default();
-                metrics::histogram!(metric::END_TO_END, "subscription" => self.name.clone())
-                    .record(age.as_secs_f64());
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "delivered").increment(1);
+                let age = SystemTime::now().duration_since(envelope.received_at).unwrap_or_default();
+                metrics::histogram!(metric::END_TO_END, "subscription" => self.name.clone()).record(age.as_secs_f64());
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "delivered")
+                    .increment(1);
                 tracing::debug!(status, "delivered");
                 return Ok(());
             }
@@ -282,32 +246,18 @@ impl Worker {
         match next {
             Next::Ack => unreachable!("a failed attempt is never simply acked"),
             Next::Retry { delay } => {
-                let queue = &self
-                    .queues
-                    .retry_queue(delay)
-                    .expect("every scheduled delay has a queue")
-                    .name;
-                self.store(
-                    session,
-                    queue,
-                    message::encode(&envelope, &state),
-                    &envelope.body,
-                )
-                .await?;
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried").increment(1);
+                let queue = &self.queues.retry_queue(delay).expect("every scheduled delay has a queue").name;
+                self.store(session, queue, message::encode(&envelope, &state), &envelope.body).await?;
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried")
+                    .increment(1);
                 tracing::info!(?status, %error, retry_in = ?delay, "delivery failed; scheduled a retry");
             }
             Next::DeadLetter { reason } => {
                 state.dead_letter_reason = Some(reason.to_owned());
-                self.store(
-                    session,
-                    &self.queues.dead,
-                    message::encode(&envelope, &state),
-                    &envelope.body,
-                )
-                .await?;
+                self.store(session, &self.queues.dead, message::encode(&envelope, &state), &envelope.body).await?;
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered").increment(1);
-                metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
+                metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason)
+                    .increment(1);
                 tracing::warn!(?status, %error, reason, attempts = state.attempts, "delivery failed; dead-lettered");
             }
         }
@@ -324,29 +274,16 @@ impl Worker {
         body: &[u8],
     ) -> Result<(), crate::broker::PublishError> {
         let channel: Channel = session.publish_channels.get().await?;
-        publish_confirmed(
-            &channel,
-            "",
-            queue,
-            properties,
-            body,
-            self.broker.operation_timeout,
-        )
-        .await
+        publish_confirmed(&channel, "", queue, properties, body, self.broker.operation_timeout).await
     }
 }
 
-async fn bounded<T>(
-    timeout: Duration,
-    fut: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, lapin::Error> {
+async fn bounded<T>(timeout: Duration, fut: impl Future<Output = Result<T, lapin::Error>>) -> Result<T, lapin::Error> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,
-        Err(_) => Err(lapin::Error::from(lapin::ErrorKind::IOError(
-            std::sync::Arc::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "broker operation timed out",
-            )),
-        ))),
+        Err(_) => Err(lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "broker operation timed out",
+        ))))),
     }
 }

@@ -27,11 +27,7 @@ impl RateLimiter {
     pub fn new(rate: Rate, burst: Option<u32>) -> Self {
         let per_second = rate.per_second();
         let burst = burst.map_or(per_second.ceil().max(1.0), f64::from);
-        Self {
-            per_second,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
-        }
+        Self { per_second, burst, state: Mutex::new((burst, Instant::now())) }
     }
 
     /// Takes one token, or says how long until one is available.
@@ -42,8 +38,7 @@ impl RateLimiter {
     fn check_at(&self, now: Instant) -> Result<(), Duration> {
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
         let (tokens, last) = *state;
-        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.per_second)
-            .min(self.burst);
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.per_second).min(self.burst);
         if tokens >= 1.0 {
             *state = (tokens - 1.0, now);
             Ok(())
@@ -94,16 +89,9 @@ mod tests {
             assert!(limiter.check_at(start).is_ok());
         }
         let wait = limiter.check_at(start).unwrap_err();
-        assert!(
-            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100), "{wait:?}");
         assert!(limiter.check_at(start + Duration::from_millis(100)).is_ok());
-        assert!(
-            limiter
-                .check_at(start + Duration::from_millis(100))
-                .is_err()
-        );
+        assert!(limiter.check_at(start + Duration::from_millis(100)).is_err());
         // Idle time refills only up to the burst.
         let later = start + Duration::from_secs(60);
         for _ in 0..3 {
@@ -138,15 +126,9 @@ mod tests {
             "192.0.2.1".parse::<IpAddr>().unwrap()
         );
         // A forged left-most entry does not win.
-        assert_eq!(
-            client_ip(proxy, &xff("6.6.6.6, 192.0.2.1"), &trusted),
-            "192.0.2.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(proxy, &xff("6.6.6.6, 192.0.2.1"), &trusted), "192.0.2.1".parse::<IpAddr>().unwrap());
         // Not from a trusted proxy: the header is ignored.
-        assert_eq!(
-            client_ip(stranger, &xff("192.0.2.1"), &trusted),
-            stranger.ip()
-        );
+        assert_eq!(client_ip(stranger, &xff("192.0.2.1"), &trusted), stranger.ip());
         // No trusted proxies configured: always the peer.
         assert_eq!(client_ip(proxy, &xff("192.0.2.1"), &[]), proxy.ip());
         // Trusted proxy without the header: the proxy itself.

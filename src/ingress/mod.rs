@@ -55,9 +55,7 @@ pub struct IngressState {
 }
 
 pub fn router(state: Arc<IngressState>) -> Router {
-    Router::new()
-        .route("/webhooks/{source}", post(receive))
-        .with_state(state)
+    Router::new().route("/webhooks/{source}", post(receive)).with_state(state)
 }
 
 fn count(source: &str, outcome: &'static str) {
@@ -101,12 +99,7 @@ async fn receive(
             return Err(reject(
                 name,
                 "ip_denied",
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "ip-denied",
-                    "Client not allowed",
-                    detail,
-                ),
+                ApiError::new(StatusCode::FORBIDDEN, "ip-denied", "Client not allowed", detail),
             ));
         }
     }
@@ -149,32 +142,14 @@ async fn receive(
 
 fn rejection_error(rejection: &Rejection) -> ApiError {
     let (status, slug, title) = match rejection.reason() {
-        "stale_timestamp" => (
-            StatusCode::UNAUTHORIZED,
-            "stale-timestamp",
-            "Timestamp outside tolerance",
-        ),
-        "missing_header" => (
-            StatusCode::UNAUTHORIZED,
-            "missing-header",
-            "Missing signature header",
-        ),
-        "bad_signature" => (
-            StatusCode::UNAUTHORIZED,
-            "bad-signature",
-            "Invalid signature",
-        ),
+        "stale_timestamp" => (StatusCode::UNAUTHORIZED, "stale-timestamp", "Timestamp outside tolerance"),
+        "missing_header" => (StatusCode::UNAUTHORIZED, "missing-header", "Missing signature header"),
+        "bad_signature" => (StatusCode::UNAUTHORIZED, "bad-signature", "Invalid signature"),
         // A malformed signature header is an authentication failure too.
-        "malformed" if matches!(rejection, Rejection::Verify(_)) => (
-            StatusCode::UNAUTHORIZED,
-            "bad-signature",
-            "Invalid signature",
-        ),
-        _ => (
-            StatusCode::BAD_REQUEST,
-            "malformed-request",
-            "Malformed request",
-        ),
+        "malformed" if matches!(rejection, Rejection::Verify(_)) => {
+            (StatusCode::UNAUTHORIZED, "bad-signature", "Invalid signature")
+        }
+        _ => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request"),
     };
     ApiError::new(status, slug, title, rejection.to_string())
 }
@@ -182,26 +157,17 @@ fn rejection_error(rejection: &Rejection) -> ApiError {
 async fn publish(state: &IngressState, envelope: &Envelope) -> Result<(), ApiError> {
     let properties = message::encode(envelope, &Default::default());
     let routing_key = envelope.routing_key();
-    state
-        .publisher
-        .publish(
-            &state.events_exchange,
-            &routing_key,
-            properties,
-            &envelope.body,
+    state.publisher.publish(&state.events_exchange, &routing_key, properties, &envelope.body).await.map_err(|error| {
+        count(&envelope.source, "unavailable");
+        tracing::warn!(%error, reason = error.reason(), "publish failed; answering 503");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "Event not stored",
+            "the event could not be stored durably; retry later",
         )
-        .await
-        .map_err(|error| {
-            count(&envelope.source, "unavailable");
-            tracing::warn!(%error, reason = error.reason(), "publish failed; answering 503");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker-unavailable",
-                "Event not stored",
-                "the event could not be stored durably; retry later",
-            )
-            .retry_after(state.retry_after)
-        })
+        .retry_after(state.retry_after)
+    })
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (early from
@@ -215,40 +181,17 @@ async fn read_body(
 ) -> Result<bytes::Bytes, (&'static str, ApiError)> {
     let too_large = || {
         let detail = format!("the body exceeds the limit of {limit} bytes");
-        (
-            "too_large",
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                "Body too large",
-                detail,
-            ),
-        )
+        ("too_large", ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Body too large", detail))
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| {
-            let detail = format!(
-                "the body did not arrive within {}",
-                crate::config::format_duration(timeout)
-            );
-            (
-                "timeout",
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request-timeout",
-                    "Request timeout",
-                    detail,
-                ),
-            )
-        })?;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        let detail = format!("the body did not arrive within {}", crate::config::format_duration(timeout));
+        ("timeout", ApiError::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout", detail))
+    })?;
     read.map_err(|e| {
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(err) = source {
@@ -258,14 +201,6 @@ async fn read_body(
             source = err.source();
         }
         let detail = "the request body could not be read";
-        (
-            "malformed",
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-request",
-                "Malformed request",
-                detail,
-            ),
-        )
+        ("malformed", ApiError::new(StatusCode::BAD_REQUEST, "malformed-request", "Malformed request", detail))
     })
 }

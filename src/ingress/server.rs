@@ -26,12 +26,7 @@ pub struct Limits {
 
 /// Serves `router` until `token` is cancelled, then lets in-flight requests
 /// finish (idle keep-alive connections are closed at once).
-pub fn spawn(
-    listener: TcpListener,
-    router: Router,
-    limits: Limits,
-    token: CancellationToken,
-) -> JoinHandle<()> {
+pub fn spawn(listener: TcpListener, router: Router, limits: Limits, token: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let mut builder = http1::Builder::new();
@@ -56,21 +51,12 @@ pub fn spawn(
             };
             let _ = stream.set_nodelay(true);
             let router = router.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            router
-                                .oneshot(request)
-                                .await
-                                .unwrap_or_else(|never| match never {}),
-                        )
-                    }
-                });
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|never| match never {})) }
+            });
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, %peer, "connection ended with an error");

@@ -29,21 +29,17 @@ pub enum Extractor {
 
 impl Extractor {
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let (kind, arg) = spec.split_once(':').ok_or_else(|| {
-            format!("{spec:?}: expected \"json:/pointer\", \"header:Name\" or \"static:value\"")
-        })?;
+        let (kind, arg) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("{spec:?}: expected \"json:/pointer\", \"header:Name\" or \"static:value\""))?;
         match kind {
             "header" => HeaderName::from_bytes(arg.to_ascii_lowercase().as_bytes())
                 .map(Self::Header)
                 .map_err(|_| format!("{arg:?} is not a valid header name")),
             "json" if arg.is_empty() || arg.starts_with('/') => Ok(Self::Json(arg.to_owned())),
-            "json" => Err(format!(
-                "{arg:?} is not a JSON pointer (it must start with '/')"
-            )),
+            "json" => Err(format!("{arg:?} is not a JSON pointer (it must start with '/')")),
             "static" if !arg.is_empty() => Ok(Self::Static(arg.to_owned())),
-            _ => Err(format!(
-                "{spec:?}: expected \"json:/pointer\", \"header:Name\" or \"static:value\""
-            )),
+            _ => Err(format!("{spec:?}: expected \"json:/pointer\", \"header:Name\" or \"static:value\"")),
         }
     }
 
@@ -68,9 +64,7 @@ struct LazyJson<'a> {
 
 impl LazyJson<'_> {
     fn get(&mut self) -> Option<&serde_json::Value> {
-        self.parsed
-            .get_or_insert_with(|| serde_json::from_slice(self.body).ok())
-            .as_ref()
+        self.parsed.get_or_insert_with(|| serde_json::from_slice(self.body).ok()).as_ref()
     }
 }
 
@@ -130,15 +124,11 @@ impl Source {
         let key = |field: &str| format!("sources.{name}.{field}");
         let (scheme, defaults) = schemes::build(name, config)?;
         let event_type = match config.event_type.as_deref().or(defaults.event_type) {
-            Some(spec) => Some(
-                Extractor::parse(spec).map_err(|m| ConfigError::invalid(key("event_type"), m))?,
-            ),
+            Some(spec) => Some(Extractor::parse(spec).map_err(|m| ConfigError::invalid(key("event_type"), m))?),
             None => None,
         };
         let event_id = match config.event_id.as_deref().or(defaults.event_id) {
-            Some(spec) => match Extractor::parse(spec)
-                .map_err(|m| ConfigError::invalid(key("event_id"), m))?
-            {
+            Some(spec) => match Extractor::parse(spec).map_err(|m| ConfigError::invalid(key("event_id"), m))? {
                 Extractor::Static(_) => {
                     return Err(ConfigError::invalid(
                         key("event_id"),
@@ -166,9 +156,7 @@ impl Source {
             name: name.to_owned(),
             scheme,
             allow_ips: config.allow_ips.clone(),
-            limiter: config
-                .rate_limit
-                .map(|rate| super::guard::RateLimiter::new(rate, config.rate_limit_burst)),
+            limiter: config.rate_limit.map(|rate| super::guard::RateLimiter::new(rate, config.rate_limit_burst)),
             require_json: config.require_json,
             event_type,
             event_id,
@@ -186,43 +174,23 @@ impl Source {
         body: Bytes,
         now: SystemTime,
     ) -> Result<Accepted, Rejection> {
-        let request = Incoming {
-            headers,
-            body: &body,
-            query,
-        };
+        let request = Incoming { headers, body: &body, query };
         let verified = VerifiedRequest::verify(self.scheme.as_ref(), request, now)?;
         if let Some(reply) = self.scheme.challenge(verified.body) {
             return Ok(Accepted::Challenge(reply));
         }
-        if self.require_json
-            && serde_json::from_slice::<serde::de::IgnoredAny>(verified.body).is_err()
-        {
+        if self.require_json && serde_json::from_slice::<serde::de::IgnoredAny>(verified.body).is_err() {
             return Err(Rejection::NotJson);
         }
         let envelope = self.envelope(verified, now)?;
         Ok(Accepted::Event(Envelope { body, ..envelope }))
     }
 
-    fn envelope(
-        &self,
-        request: VerifiedRequest<'_>,
-        now: SystemTime,
-    ) -> Result<Envelope, Rejection> {
-        let mut json = LazyJson {
-            body: request.body,
-            parsed: None,
-        };
-        let id = match self
-            .event_id
-            .as_ref()
-            .and_then(|e| e.extract(request.headers, &mut json))
-        {
+    fn envelope(&self, request: VerifiedRequest<'_>, now: SystemTime) -> Result<Envelope, Rejection> {
+        let mut json = LazyJson { body: request.body, parsed: None };
+        let id = match self.event_id.as_ref().and_then(|e| e.extract(request.headers, &mut json)) {
             Some(id) => {
-                if id.is_empty()
-                    || id.len() > MAX_EVENT_ID_LEN
-                    || !id.bytes().all(|b| b.is_ascii_graphic())
-                {
+                if id.is_empty() || id.len() > MAX_EVENT_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(Rejection::BadEventId(format!(
                         "ids must be 1 to {MAX_EVENT_ID_LEN} visible ASCII characters"
                     )));
@@ -236,11 +204,8 @@ impl Source {
             .as_ref()
             .and_then(|e| e.extract(request.headers, &mut json))
             .unwrap_or_else(|| "unknown".to_owned());
-        let content_type = request
-            .headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let content_type =
+            request.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let headers = self
             .forward_headers
             .iter()
@@ -266,9 +231,7 @@ impl Source {
 pub struct Sources(HashMap<String, Arc<Source>>);
 
 impl Sources {
-    pub fn build(
-        configs: &std::collections::BTreeMap<String, SourceConfig>,
-    ) -> Result<Self, ConfigError> {
+    pub fn build(configs: &std::collections::BTreeMap<String, SourceConfig>) -> Result<Self, ConfigError> {
         configs
             .iter()
             .map(|(name, config)| Ok((name.clone(), Arc::new(Source::build(name, config)?))))
@@ -299,10 +262,7 @@ mod tests {
     fn signed(source: &Source, body: &[u8], id: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in source.scheme.sign(body, SystemTime::now(), id).unwrap() {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(&v).unwrap(),
-            );
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(&v).unwrap());
         }
         h
     }
@@ -314,52 +274,34 @@ mod tests {
         let mut h = signed(&s, &body, "msg_1");
         h.insert("user-agent", HeaderValue::from_static("acme/1.0"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
-        let e = s
-            .accept(&h, None, body.clone(), SystemTime::now())
-            .unwrap()
-            .event();
+        let e = s.accept(&h, None, body.clone(), SystemTime::now()).unwrap().event();
         assert_eq!(e.id, "msg_1");
         assert_eq!(e.event_type, "invoice.paid");
         assert_eq!(e.routing_key(), "acme.invoice.paid");
         assert_eq!(e.body, body);
         assert_eq!(e.content_type.as_deref(), Some("application/json"));
-        assert_eq!(
-            e.headers,
-            vec![("user-agent".to_owned(), "acme/1.0".to_owned())]
-        );
+        assert_eq!(e.headers, vec![("user-agent".to_owned(), "acme/1.0".to_owned())]);
     }
 
     #[test]
     fn event_type_falls_back_to_unknown_and_can_come_from_a_header() {
         let s = source("");
         let body = Bytes::from_static(b"not json");
-        let e = s
-            .accept(&signed(&s, &body, "m"), None, body, SystemTime::now())
-            .map(Accepted::event)
-            .unwrap();
+        let e = s.accept(&signed(&s, &body, "m"), None, body, SystemTime::now()).map(Accepted::event).unwrap();
         assert_eq!(e.event_type, "unknown");
 
         let s = source("event_type = \"header:X-Event-Type\"");
         let body = Bytes::from_static(b"{}");
         let mut h = signed(&s, &body, "m");
         h.insert("x-event-type", HeaderValue::from_static("push"));
-        assert_eq!(
-            s.accept(&h, None, body, SystemTime::now())
-                .map(Accepted::event)
-                .unwrap()
-                .event_type,
-            "push"
-        );
+        assert_eq!(s.accept(&h, None, body, SystemTime::now()).map(Accepted::event).unwrap().event_type, "push");
     }
 
     #[test]
     fn unusable_event_ids_are_rejected() {
         let s = source("event_id = \"json:/id\"");
         let body = Bytes::from(format!(r#"{{"id":"{}"}}"#, "x".repeat(300)));
-        let err = s
-            .accept(&signed(&s, &body, "m"), None, body, SystemTime::now())
-            .map(Accepted::event)
-            .unwrap_err();
+        let err = s.accept(&signed(&s, &body, "m"), None, body, SystemTime::now()).map(Accepted::event).unwrap_err();
         assert_eq!(err.reason(), "malformed");
     }
 
@@ -368,41 +310,26 @@ mod tests {
         assert!(Extractor::parse("json:type").is_err());
         assert!(Extractor::parse("cookie:x").is_err());
         assert!(Extractor::parse("header:bad header").is_err());
-        assert_eq!(
-            Extractor::parse("static:ping").unwrap(),
-            Extractor::Static("ping".to_owned())
-        );
+        assert_eq!(Extractor::parse("static:ping").unwrap(), Extractor::Static("ping".to_owned()));
     }
 
     #[test]
     fn scheme_rejects_foreign_keys_and_bad_secrets() {
         let text = "[sources.acme]\nscheme = \"standard-webhooks\"\nsecrets = [\"whsec_!!\"]\n";
         let config = Config::from_toml(text, &|_| None).unwrap();
-        let e = Source::build("acme", &config.sources["acme"])
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Source::build("acme", &config.sources["acme"]).err().unwrap().to_string();
         assert!(e.starts_with("sources.acme.secrets[0]:"), "{e}");
         let text = "[sources.acme]\nscheme = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ\"]\nprefix = \"x\"";
         let config = Config::from_toml(text, &|_| None).unwrap();
-        let e = Source::build("acme", &config.sources["acme"])
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Source::build("acme", &config.sources["acme"]).err().unwrap().to_string();
         assert!(e.starts_with("sources.acme.prefix:"), "{e}");
         let text = "[sources.gh]\nscheme = \"hmac\"\nsecrets = [\"s\"]\n";
         let config = Config::from_toml(text, &|_| None).unwrap();
-        let e = Source::build("gh", &config.sources["gh"])
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Source::build("gh", &config.sources["gh"]).err().unwrap().to_string();
         assert!(e.starts_with("sources.gh.header:"), "{e}");
         let text = "[sources.gh]\nscheme = \"hmac\"\nheader = \"x\"\n";
         let config = Config::from_toml(text, &|_| None).unwrap();
-        let e = Source::build("gh", &config.sources["gh"])
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Source::build("gh", &config.sources["gh"]).err().unwrap().to_string();
         assert!(e.starts_with("sources.gh.secrets:"), "{e}");
     }
 }

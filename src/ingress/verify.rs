@@ -73,16 +73,9 @@ pub struct VerifiedRequest<'a> {
 }
 
 impl<'a> VerifiedRequest<'a> {
-    pub fn verify(
-        scheme: &dyn Scheme,
-        request: Incoming<'a>,
-        now: SystemTime,
-    ) -> Result<Self, VerifyError> {
+    pub fn verify(scheme: &dyn Scheme, request: Incoming<'a>, now: SystemTime) -> Result<Self, VerifyError> {
         scheme.verify(&request, now)?;
-        Ok(Self {
-            headers: request.headers,
-            body: request.body,
-        })
+        Ok(Self { headers: request.headers, body: request.body })
     }
 }
 
@@ -106,33 +99,18 @@ impl Algorithm {
 
     pub fn mac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         match self {
-            Self::Sha1 => mac::<Hmac<Sha1>>(key, parts)
-                .finalize()
-                .into_bytes()
-                .to_vec(),
-            Self::Sha256 => mac::<Hmac<Sha256>>(key, parts)
-                .finalize()
-                .into_bytes()
-                .to_vec(),
-            Self::Sha512 => mac::<Hmac<Sha512>>(key, parts)
-                .finalize()
-                .into_bytes()
-                .to_vec(),
+            Self::Sha1 => mac::<Hmac<Sha1>>(key, parts).finalize().into_bytes().to_vec(),
+            Self::Sha256 => mac::<Hmac<Sha256>>(key, parts).finalize().into_bytes().to_vec(),
+            Self::Sha512 => mac::<Hmac<Sha512>>(key, parts).finalize().into_bytes().to_vec(),
         }
     }
 
     /// Constant-time comparison of `signature` with the MAC of `parts`.
     pub fn verify(self, key: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool {
         match self {
-            Self::Sha1 => mac::<Hmac<Sha1>>(key, parts)
-                .verify_slice(signature)
-                .is_ok(),
-            Self::Sha256 => mac::<Hmac<Sha256>>(key, parts)
-                .verify_slice(signature)
-                .is_ok(),
-            Self::Sha512 => mac::<Hmac<Sha512>>(key, parts)
-                .verify_slice(signature)
-                .is_ok(),
+            Self::Sha1 => mac::<Hmac<Sha1>>(key, parts).verify_slice(signature).is_ok(),
+            Self::Sha256 => mac::<Hmac<Sha256>>(key, parts).verify_slice(signature).is_ok(),
+            Self::Sha512 => mac::<Hmac<Sha512>>(key, parts).verify_slice(signature).is_ok(),
         }
     }
 }
@@ -149,12 +127,7 @@ fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> M {
 ///
 /// Every pair is checked, without stopping at a match, so the time taken does
 /// not reveal which secret or which signature matched.
-pub fn any_mac_matches(
-    algorithm: Algorithm,
-    keys: &[Vec<u8>],
-    parts: &[&[u8]],
-    candidates: &[Vec<u8>],
-) -> bool {
+pub fn any_mac_matches(algorithm: Algorithm, keys: &[Vec<u8>], parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
     let mut matched = false;
     for key in keys {
         for candidate in candidates {
@@ -186,10 +159,7 @@ pub fn check_timestamp(
     now: SystemTime,
     tolerance: Duration,
 ) -> Result<i64, VerifyError> {
-    let ts: i64 = value
-        .trim()
-        .parse()
-        .map_err(|_| VerifyError::MalformedHeader(header_name))?;
+    let ts: i64 = value.trim().parse().map_err(|_| VerifyError::MalformedHeader(header_name))?;
     if unix_seconds(now).abs_diff(ts) > tolerance.as_secs() {
         return Err(VerifyError::StaleTimestamp);
     }
@@ -221,18 +191,8 @@ mod tests {
     fn any_mac_matches_tries_every_key_and_candidate() {
         let keys = vec![b"old".to_vec(), b"new".to_vec()];
         let good = Algorithm::Sha256.mac(b"new", &[b"body"]);
-        assert!(any_mac_matches(
-            Algorithm::Sha256,
-            &keys,
-            &[b"body"],
-            &[vec![0; 32], good.clone()]
-        ));
-        assert!(!any_mac_matches(
-            Algorithm::Sha256,
-            &keys,
-            &[b"other"],
-            &[good]
-        ));
+        assert!(any_mac_matches(Algorithm::Sha256, &keys, &[b"body"], &[vec![0; 32], good.clone()]));
+        assert!(!any_mac_matches(Algorithm::Sha256, &keys, &[b"other"], &[good]));
         assert!(!any_mac_matches(Algorithm::Sha256, &keys, &[b"body"], &[]));
     }
 }

@@ -5,25 +5,15 @@ use std::process::Command;
 use crate::helpers::{GITHUB_SECRET, TestApp};
 
 fn hookwire(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hookwire"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_hookwire")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
 }
 
 #[test]
 fn check_accepts_the_example_config_and_prints_topology_without_secrets() {
     let out = hookwire(&["check", "--config", "config/hookwire.toml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("hookwire.events (topic, durable, alternate-exchange=hookwire.unrouted)")
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("hookwire.events (topic, durable, alternate-exchange=hookwire.unrouted)"));
     assert!(stdout.contains("hookwire.sub.billing.retry.30s"));
     assert!(stdout.contains("hookwire.events -> hookwire.sub.billing  acme.invoice.*"));
     assert!(stdout.contains("amqp://guest:***@"));
@@ -35,24 +25,22 @@ fn check_accepts_the_example_config_and_prints_topology_without_secrets() {
 fn check_names_the_bad_key_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        "[subscriptions.billing]\ntopics = [\"a.#\"]\nurl = \"http://x/\"\ntimeout = \"soon\"\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "[subscriptions.billing]\ntopics = [\"a.#\"]\nurl = \"http://x/\"\ntimeout = \"soon\"\n")
+        .unwrap();
     let out = hookwire(&["check", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("subscriptions.billing.timeout"), "{stderr}");
 
-    std::fs::write(&path, "[sources.a]\nscheme = \"hmac\"\nheader = \"x\"\nsecrets = [\"${HOOKWIRE_TEST_UNSET_VAR}\"]\n").unwrap();
+    std::fs::write(
+        &path,
+        "[sources.a]\nscheme = \"hmac\"\nheader = \"x\"\nsecrets = [\"${HOOKWIRE_TEST_UNSET_VAR}\"]\n",
+    )
+    .unwrap();
     let out = hookwire(&["check", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("HOOKWIRE_TEST_UNSET_VAR") && stderr.contains("sources.a.secrets[0]"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("HOOKWIRE_TEST_UNSET_VAR") && stderr.contains("sources.a.secrets[0]"), "{stderr}");
 }
 
 #[tokio::test]
@@ -64,11 +52,7 @@ async fn sign_prints_headers_the_ingress_accepts() {
     std::fs::write(&body_path, body).unwrap();
     // The test config's sources, written out for the CLI to read.
     let config_path = dir.path().join("hookwire.toml");
-    std::fs::write(
-        &config_path,
-        crate::helpers::config_text("unused", crate::helpers::AMQP_URL, ""),
-    )
-    .unwrap();
+    std::fs::write(&config_path, crate::helpers::config_text("unused", crate::helpers::AMQP_URL, "")).unwrap();
     for source in ["acme", "github"] {
         let out = hookwire(&[
             "sign",
@@ -79,11 +63,7 @@ async fn sign_prints_headers_the_ingress_accepts() {
             "--body",
             body_path.to_str().unwrap(),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8(out.stdout).unwrap();
         let mut headers: Vec<(String, String)> = stdout
             .lines()
@@ -95,17 +75,9 @@ async fn sign_prints_headers_the_ingress_accepts() {
         if source == "github" {
             headers.push(("x-github-event".into(), "push".into()));
         }
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let response = app.post(source, &refs, body).await;
-        assert_eq!(
-            response.status(),
-            202,
-            "{source}: {}",
-            response.text().await.unwrap()
-        );
+        assert_eq!(response.status(), 202, "{source}: {}", response.text().await.unwrap());
     }
     let out = hookwire(&[
         "sign",
@@ -118,9 +90,6 @@ async fn sign_prints_headers_the_ingress_accepts() {
         "--curl",
     ]);
     let line = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        line.starts_with("curl -sS -X POST 'http://127.0.0.1:0/webhooks/acme'"),
-        "{line}"
-    );
+    assert!(line.starts_with("curl -sS -X POST 'http://127.0.0.1:0/webhooks/acme'"), "{line}");
     assert!(line.contains("-H 'webhook-signature: v1,"));
 }

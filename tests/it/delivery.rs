@@ -32,28 +32,15 @@ async fn delivers_the_exact_body_with_event_headers() {
     assert_eq!(r.header("hookwire-attempt"), "1");
     assert_eq!(r.header("content-type"), "application/json");
     let ts: u64 = r.header("webhook-timestamp").parse().unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    assert!(
-        now.abs_diff(ts) < 60,
-        "webhook-timestamp {ts} is not current"
-    );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(ts) < 60, "webhook-timestamp {ts} is not current");
 
     let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("hookwire_ingress_requests_total{source=\"acme\",outcome=\"accepted\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics
-            .contains("hookwire_deliveries_total{subscription=\"billing\",outcome=\"delivered\"}")
-    );
+    assert!(metrics.contains("hookwire_ingress_requests_total{source=\"acme\",outcome=\"accepted\"}"), "{metrics}");
+    assert!(metrics.contains("hookwire_deliveries_total{subscription=\"billing\",outcome=\"delivered\"}"));
     assert!(metrics.contains("hookwire_publish_duration_seconds_bucket"));
     assert!(metrics.contains("hookwire_broker_connected 1"));
-    app.wait_depth(&app.topology.subscription("billing").unwrap().work, 0, T)
-        .await;
+    app.wait_depth(&app.topology.subscription("billing").unwrap().work, 0, T).await;
 }
 
 #[tokio::test]
@@ -64,27 +51,14 @@ async fn failing_destination_is_retried_then_delivered_once() {
         sink.url("/")
     ))
     .await;
-    assert_eq!(
-        app.post_acme("msg_retry_1", r#"{"type":"invoice.paid"}"#)
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(app.post_acme("msg_retry_1", r#"{"type":"invoice.paid"}"#).await.status(), 202);
     let got = sink.wait_for(3, T).await;
     let attempts: Vec<&str> = got.iter().map(|r| r.header("hookwire-attempt")).collect();
     assert_eq!(attempts, ["1", "2", "3"]);
     assert!(got.iter().all(|r| r.header("webhook-id") == "msg_retry_1"));
     // The delays of the schedule were waited out (100ms, then 300ms).
-    assert!(
-        got[1].at - got[0].at >= Duration::from_millis(90),
-        "{:?}",
-        got[1].at - got[0].at
-    );
-    assert!(
-        got[2].at - got[1].at >= Duration::from_millis(290),
-        "{:?}",
-        got[2].at - got[1].at
-    );
+    assert!(got[1].at - got[0].at >= Duration::from_millis(90), "{:?}", got[1].at - got[0].at);
+    assert!(got[2].at - got[1].at >= Duration::from_millis(290), "{:?}", got[2].at - got[1].at);
     // Delivered: nothing more arrives, nothing is dead-lettered.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.received().len(), 3);
@@ -115,50 +89,26 @@ async fn exhausted_retries_dead_letter_with_failure_history() {
     assert_eq!(envelope.body.as_ref(), body.as_bytes());
     assert_eq!(envelope.event_type, "invoice.paid");
     assert_eq!(state.attempts, 3);
-    assert_eq!(
-        state.dead_letter_reason.as_deref(),
-        Some("retries_exhausted")
-    );
+    assert_eq!(state.dead_letter_reason.as_deref(), Some("retries_exhausted"));
     assert_eq!(state.history.len(), 3);
-    assert!(
-        state
-            .history
-            .iter()
-            .all(|a| a.status == Some(500) && a.error.starts_with("HTTP 500"))
-    );
+    assert!(state.history.iter().all(|a| a.status == Some(500) && a.error.starts_with("HTTP 500")));
     assert!(state.history[0].at <= state.history[2].at);
     let metrics = app.metrics().await;
-    assert!(metrics.contains(
-        "hookwire_dead_lettered_total{subscription=\"billing\",reason=\"retries_exhausted\"}"
-    ));
+    assert!(metrics.contains("hookwire_dead_lettered_total{subscription=\"billing\",reason=\"retries_exhausted\"}"));
 }
 
 #[tokio::test]
 async fn unreachable_destination_counts_as_a_failure() {
     // A port nobody listens on: connection refused on every attempt.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let app = TestApp::start(&format!(
         "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"http://{closed}/\"\nretry = [\"50ms\"]\n"
     ))
     .await;
-    assert_eq!(
-        app.post_acme("msg_refused", r#"{"type":"x"}"#)
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(app.post_acme("msg_refused", r#"{"type":"x"}"#).await.status(), 202);
     let dead = app.topology.subscription("billing").unwrap().dead.clone();
     app.wait_depth(&dead, 1, T).await;
     let letters = app.drain_queue(&dead).await;
     assert_eq!(letters[0].1.history[0].status, None);
-    assert!(
-        letters[0].1.history[0]
-            .error
-            .starts_with("connection failed"),
-        "{:?}",
-        letters[0].1.history
-    );
+    assert!(letters[0].1.history[0].error.starts_with("connection failed"), "{:?}", letters[0].1.history);
 }

@@ -71,10 +71,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
     }
 }
 
@@ -111,16 +108,11 @@ impl Sink {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = axum::Router::new()
-            .fallback(any(record))
-            .with_state(state.clone());
+        let router = axum::Router::new().fallback(any(record)).with_state(state.clone());
         let token = CancellationToken::new();
         let stop = token.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .unwrap();
+            axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
         });
         Self { addr, state, token }
     }
@@ -148,10 +140,7 @@ impl Sink {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
-                panic!(
-                    "destination got {} of {n} requests within {timeout:?}",
-                    self.received().len()
-                );
+                panic!("destination got {} of {n} requests within {timeout:?}", self.received().len());
             }
         }
     }
@@ -163,36 +152,20 @@ impl Drop for Sink {
     }
 }
 
-async fn record(
-    State(state): State<Arc<SinkState>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    state.received.lock().unwrap().push(Received {
-        path: uri.path().to_owned(),
-        headers,
-        body,
-        at: Instant::now(),
-    });
+async fn record(State(state): State<Arc<SinkState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
+    state.received.lock().unwrap().push(Received { path: uri.path().to_owned(), headers, body, at: Instant::now() });
     state.notify.notify_waiters();
     let behavior = {
         let mut guard = state.behavior.lock().unwrap();
         let current = guard.clone();
         if let Behavior::FailTimes(n, status) = current {
-            *guard = if n <= 1 {
-                Behavior::Ok
-            } else {
-                Behavior::FailTimes(n - 1, status)
-            };
+            *guard = if n <= 1 { Behavior::Ok } else { Behavior::FailTimes(n - 1, status) };
         }
         current
     };
     match behavior {
         Behavior::Ok => StatusCode::OK,
-        Behavior::FailTimes(_, status) | Behavior::Status(status) => {
-            StatusCode::from_u16(status).unwrap()
-        }
+        Behavior::FailTimes(_, status) | Behavior::Status(status) => StatusCode::from_u16(status).unwrap(),
         Behavior::Delay(d) => {
             tokio::time::sleep(d).await;
             StatusCode::OK
@@ -217,8 +190,7 @@ impl Proxy {
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(Mutex::new(CancellationToken::new()));
         let token = CancellationToken::new();
-        let (up2, cut2, stop, upstream) =
-            (up.clone(), cut.clone(), token.clone(), upstream.to_owned());
+        let (up2, cut2, stop, upstream) = (up.clone(), cut.clone(), token.clone(), upstream.to_owned());
         tokio::spawn(async move {
             loop {
                 let (mut client, _) = tokio::select! {
@@ -242,12 +214,7 @@ impl Proxy {
                 });
             }
         });
-        Self {
-            addr,
-            up,
-            cut,
-            token,
-        }
+        Self { addr, up, cut, token }
     }
 
     pub fn url(&self) -> String {
@@ -333,13 +300,17 @@ impl TestApp {
     }
 
     pub async fn start_with(amqp_url: &str, extra: &str) -> Self {
+        Self::start_adjusted(amqp_url, extra, |_| {}).await
+    }
+
+    /// Like [`TestApp::start`], with a chance to adjust the parsed config
+    /// (for keys of sections the base config already has, like `[ingress]`).
+    pub async fn start_adjusted(amqp_url: &str, extra: &str, adjust: impl FnOnce(&mut Config)) -> Self {
         let namespace = format!("hwtest-{}", uuid::Uuid::now_v7().simple());
-        let config =
-            Config::from_toml(&config_text(&namespace, amqp_url, extra), &|_| None).unwrap();
+        let mut config = Config::from_toml(&config_text(&namespace, amqp_url, extra), &|_| None).unwrap();
+        adjust(&mut config);
         let topology = Topology::from_config(&config);
-        let guard = NamespaceGuard {
-            topology: topology.clone(),
-        };
+        let guard = NamespaceGuard { topology: topology.clone() };
         let mut this = Self {
             app: None,
             sources: Sources::build(&config.sources).unwrap(),
@@ -375,10 +346,7 @@ impl TestApp {
     }
 
     pub fn webhook_url(&self, source: &str) -> String {
-        format!(
-            "http://{}/webhooks/{source}",
-            self.app().ingress_addr.unwrap()
-        )
+        format!("http://{}/webhooks/{source}", self.app().ingress_addr.unwrap())
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -387,21 +355,13 @@ impl TestApp {
 
     /// Headers that make `body` valid for `source`, as `hookwire sign` makes them.
     pub fn sign(&self, source: &str, body: &[u8], id: &str) -> Vec<(String, String)> {
-        self.sources
-            .get(source)
-            .unwrap()
-            .scheme
-            .sign(body, SystemTime::now(), id)
-            .expect("test sources can sign")
+        self.sources.get(source).unwrap().scheme.sign(body, SystemTime::now(), id).expect("test sources can sign")
     }
 
     /// POSTs `body` signed for `acme` with the given event id.
     pub async fn post_acme(&self, id: &str, body: &str) -> reqwest::Response {
-        let mut request = self
-            .http
-            .post(self.webhook_url("acme"))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
+        let mut request =
+            self.http.post(self.webhook_url("acme")).header("content-type", "application/json").body(body.to_owned());
         for (name, value) in self.sign("acme", body.as_bytes(), id) {
             request = request.header(name, value);
         }
@@ -422,44 +382,24 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.http.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
 
     /// Ready messages in `queue`, read from the real broker.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .unwrap();
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
         let channel = conn.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .unwrap();
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap();
         let _ = conn.close(200, "".into()).await;
         queue.message_count()
     }
 
     /// Deletes `queue` behind hookwire's back.
     pub async fn delete_queue(&self, queue: &str) {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .unwrap();
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
         let channel = conn.create_channel().await.unwrap();
-        channel
-            .queue_delete(queue.into(), Default::default())
-            .await
-            .unwrap();
+        channel.queue_delete(queue.into(), Default::default()).await.unwrap();
         let _ = conn.close(200, "".into()).await;
     }
 
@@ -471,26 +411,17 @@ impl TestApp {
             if depth == n {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{queue} holds {depth} messages, expected {n}"
-            );
+            assert!(Instant::now() < deadline, "{queue} holds {depth} messages, expected {n}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Takes every message out of `queue` (acking them) and decodes it.
     pub async fn drain_queue(&self, queue: &str) -> Vec<(Envelope, DeliveryState)> {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .unwrap();
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
         let channel = conn.create_channel().await.unwrap();
         let mut out = Vec::new();
-        while let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
+        while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
             let delivery = message.delivery;
             out.push(message::decode(&delivery.properties, delivery.data).unwrap());
         }
@@ -509,10 +440,7 @@ impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         let topology = self.topology.clone();
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
                 let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
                 let channel = conn.create_channel().await?;

@@ -4,7 +4,9 @@
 mod broker_outage;
 mod cli;
 mod delivery;
+mod edge;
 mod helpers;
 mod ingress;
 mod routing;
+mod schemes;
 mod shutdown;

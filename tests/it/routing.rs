@@ -28,12 +28,9 @@ url = "{}"
         created.url("/")
     ))
     .await;
-    for (id, ty) in [
-        ("m1", "invoice.paid"),
-        ("m2", "customer.created"),
-        ("m3", "invoice.voided"),
-        ("m4", "invoice.paid.late"),
-    ] {
+    for (id, ty) in
+        [("m1", "invoice.paid"), ("m2", "customer.created"), ("m3", "invoice.voided"), ("m4", "invoice.paid.late")]
+    {
         let body = format!(r#"{{"type":"{ty}"}}"#);
         assert_eq!(app.post_acme(id, &body).await.status(), 202);
     }
@@ -42,18 +39,11 @@ url = "{}"
     let mut headers: Vec<(String, String)> = app.sign("github", body, "");
     headers.push(("x-github-event".into(), "push".into()));
     headers.push(("x-github-delivery".into(), "gh-1".into()));
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(app.post("github", &refs, body.to_vec()).await.status(), 202);
 
     let ids = |sink: &Sink| {
-        let mut ids: Vec<String> = sink
-            .received()
-            .iter()
-            .map(|r| r.header("webhook-id").to_owned())
-            .collect();
+        let mut ids: Vec<String> = sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
         ids.sort();
         ids
     };
@@ -70,8 +60,5 @@ url = "{}"
     assert_eq!(unrouted[0].0.id, "gh-1");
     assert_eq!(unrouted[0].0.event_type, "push");
     let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("hookwire_unrouted_total{source=\"github\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("hookwire_unrouted_total{source=\"github\"}"), "{metrics}");
 }

@@ -19,20 +19,12 @@ async fn shutdown_mid_flight(drain_timeout: &str, delay: Duration) -> (usize, us
     app.stop().await;
     app.restart().await;
     for i in 0..EVENTS {
-        assert_eq!(
-            app.post_acme(&format!("evt-{i}"), r#"{"type":"a"}"#)
-                .await
-                .status(),
-            202
-        );
+        assert_eq!(app.post_acme(&format!("evt-{i}"), r#"{"type":"a"}"#).await.status(), 202);
     }
     sink.wait_for(6, Duration::from_secs(20)).await;
     app.stop().await; // deliveries are in flight right now
     let before_restart = sink.received().len();
-    assert!(
-        before_restart < EVENTS,
-        "the shutdown should have interrupted the run"
-    );
+    assert!(before_restart < EVENTS, "the shutdown should have interrupted the run");
 
     sink.set(Behavior::Ok);
     app.restart().await;
@@ -45,18 +37,10 @@ async fn shutdown_mid_flight(drain_timeout: &str, delay: Duration) -> (usize, us
             *seen.entry(r.header("webhook-id").to_owned()).or_default() += 1;
         }
     }
-    let missing: Vec<String> = (0..EVENTS)
-        .map(|i| format!("evt-{i}"))
-        .filter(|id| !seen.contains_key(id))
-        .collect();
+    let missing: Vec<String> = (0..EVENTS).map(|i| format!("evt-{i}")).filter(|id| !seen.contains_key(id)).collect();
     assert!(missing.is_empty(), "lost events: {missing:?}");
     let duplicates = seen.values().map(|n| n - 1).sum();
-    app.wait_depth(
-        &app.topology.subscription("slow").unwrap().work,
-        0,
-        Duration::from_secs(10),
-    )
-    .await;
+    app.wait_depth(&app.topology.subscription("slow").unwrap().work, 0, Duration::from_secs(10)).await;
     (before_restart, duplicates)
 }
 
@@ -74,8 +58,5 @@ async fn shutdown_past_the_drain_deadline_loses_nothing() {
     // Deliveries take longer than the drain deadline: they are abandoned
     // unacked, return to the queue, and are delivered again after restart.
     let (_, duplicates) = shutdown_mid_flight("100ms", Duration::from_millis(1500)).await;
-    assert!(
-        duplicates <= 4 + 1,
-        "at most the in-flight deliveries repeat, got {duplicates}"
-    );
+    assert!(duplicates <= 4 + 1, "at most the in-flight deliveries repeat, got {duplicates}");
 }

@@ -20,26 +20,16 @@ pub struct Basic {
 impl Basic {
     pub fn new(secrets: &[Secret]) -> Result<Self, (usize, String)> {
         if let Some(i) = secrets.iter().position(|s| !s.expose().contains(':')) {
-            return Err((
-                i,
-                "basic credentials are written \"user:password\"".to_owned(),
-            ));
+            return Err((i, "basic credentials are written \"user:password\"".to_owned()));
         }
-        Ok(Self {
-            credentials: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
-        })
+        Ok(Self { credentials: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect() })
     }
 }
 
 impl Scheme for Basic {
     fn verify(&self, request: &Incoming<'_>, _now: SystemTime) -> Result<(), VerifyError> {
         let value = header(request.headers, "authorization")?.trim();
-        let (kind, encoded) = value
-            .split_once(' ')
-            .ok_or(VerifyError::MalformedHeader("authorization"))?;
+        let (kind, encoded) = value.split_once(' ').ok_or(VerifyError::MalformedHeader("authorization"))?;
         if !kind.eq_ignore_ascii_case("basic") {
             return Err(VerifyError::MalformedHeader("authorization"));
         }
@@ -50,19 +40,12 @@ impl Scheme for Basic {
         for expected in &self.credentials {
             matched |= secrets_equal(&given, expected);
         }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        if matched { Ok(()) } else { Err(VerifyError::BadSignature) }
     }
 
     fn sign(&self, _body: &[u8], _now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let encoded = base64::engine::general_purpose::STANDARD.encode(&self.credentials[0]);
-        Some(vec![(
-            "authorization".to_owned(),
-            format!("Basic {encoded}"),
-        )])
+        Some(vec![("authorization".to_owned(), format!("Basic {encoded}"))])
     }
 }
 
@@ -82,14 +65,7 @@ impl Token {
             None if header == "authorization" => "Bearer ".to_owned(),
             None => String::new(),
         };
-        Self {
-            header,
-            prefix,
-            tokens: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
-        }
+        Self { header, prefix, tokens: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect() }
     }
 }
 
@@ -105,19 +81,12 @@ impl Scheme for Token {
         for expected in &self.tokens {
             matched |= secrets_equal(given.as_bytes(), expected);
         }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        if matched { Ok(()) } else { Err(VerifyError::BadSignature) }
     }
 
     fn sign(&self, _body: &[u8], _now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let token = String::from_utf8_lossy(&self.tokens[0]);
-        Some(vec![(
-            self.header.to_owned(),
-            format!("{}{token}", self.prefix),
-        )])
+        Some(vec![(self.header.to_owned(), format!("{}{token}", self.prefix))])
     }
 }
 
@@ -143,14 +112,7 @@ mod tests {
     fn check(scheme: &dyn Scheme, name: &'static str, value: &str) -> Result<(), VerifyError> {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(value).unwrap());
-        scheme.verify(
-            &Incoming {
-                headers: &h,
-                body: b"{}",
-                query: None,
-            },
-            SystemTime::now(),
-        )
+        scheme.verify(&Incoming { headers: &h, body: b"{}", query: None }, SystemTime::now())
     }
 
     #[test]
@@ -159,18 +121,12 @@ mod tests {
         // "hook:s3cret" in base64, as RFC 7617 encodes it.
         assert_eq!(check(&s, "authorization", "Basic aG9vazpzM2NyZXQ="), Ok(()));
         assert_eq!(check(&s, "authorization", "basic aG9vazpzM2NyZXQ="), Ok(()));
-        assert_eq!(
-            check(&s, "authorization", "Basic aG9vazpzM2NyZXU="),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(check(&s, "authorization", "Basic aG9vazpzM2NyZXU="), Err(VerifyError::BadSignature));
         assert_eq!(
             check(&s, "authorization", "Bearer aG9vazpzM2NyZXQ="),
             Err(VerifyError::MalformedHeader("authorization"))
         );
-        assert_eq!(
-            check(&s, "authorization", "Basic !!"),
-            Err(VerifyError::MalformedHeader("authorization"))
-        );
+        assert_eq!(check(&s, "authorization", "Basic !!"), Err(VerifyError::MalformedHeader("authorization")));
         assert!(Basic::new(&[Secret::new("no-colon")]).is_err());
     }
 
@@ -179,23 +135,11 @@ mod tests {
         let bearer = Token::new(&[Secret::new("t0k3n")], None, None);
         assert_eq!(check(&bearer, "authorization", "Bearer t0k3n"), Ok(()));
         assert_eq!(check(&bearer, "authorization", "bearer t0k3n"), Ok(()));
-        assert_eq!(
-            check(&bearer, "authorization", "Bearer t0k3"),
-            Err(VerifyError::BadSignature)
-        );
-        assert_eq!(
-            check(&bearer, "authorization", "t0k3n"),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(check(&bearer, "authorization", "Bearer t0k3"), Err(VerifyError::BadSignature));
+        assert_eq!(check(&bearer, "authorization", "t0k3n"), Err(VerifyError::BadSignature));
         let custom = Token::new(&[Secret::new("k")], Some("X-Api-Key"), None);
         assert_eq!(check(&custom, "x-api-key", "k"), Ok(()));
-        assert_eq!(
-            check(&custom, "x-api-key", "kk"),
-            Err(VerifyError::BadSignature)
-        );
-        assert_eq!(
-            check(&custom, "authorization", "k"),
-            Err(VerifyError::MissingHeader("x-api-key"))
-        );
+        assert_eq!(check(&custom, "x-api-key", "kk"), Err(VerifyError::BadSignature));
+        assert_eq!(check(&custom, "authorization", "k"), Err(VerifyError::MissingHeader("x-api-key")));
     }
 }

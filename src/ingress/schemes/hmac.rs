@@ -14,8 +14,7 @@ use base64::Engine;
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header,
-        static_name, unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, static_name, unix_seconds,
     },
 };
 
@@ -77,9 +76,7 @@ impl Template {
                 "timestamp" => Segment::Timestamp,
                 "id" => Segment::Id,
                 other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}}; use {{body}}, {{timestamp}} or {{id}}"
-                    ));
+                    return Err(format!("unknown placeholder {{{other}}}; use {{body}}, {{timestamp}} or {{id}}"));
                 }
             });
             rest = &rest[close + 1..];
@@ -138,16 +135,10 @@ impl GenericHmac {
     /// Fails when the template needs a header that is not configured.
     pub fn new(options: HmacOptions, secrets: &[Secret]) -> Result<Self, (&'static str, String)> {
         if options.template.uses(&Segment::Timestamp) && options.timestamp_header.is_none() {
-            return Err((
-                "timestamp_header",
-                "required when the template uses {timestamp}".to_owned(),
-            ));
+            return Err(("timestamp_header", "required when the template uses {timestamp}".to_owned()));
         }
         if options.template.uses(&Segment::Id) && options.id_header.is_none() {
-            return Err((
-                "id_header",
-                "required when the template uses {id}".to_owned(),
-            ));
+            return Err(("id_header", "required when the template uses {id}".to_owned()));
         }
         Ok(Self {
             header: static_name(&options.header),
@@ -158,10 +149,7 @@ impl GenericHmac {
             timestamp_header: options.timestamp_header.as_deref().map(static_name),
             id_header: options.id_header.as_deref().map(static_name),
             tolerance: options.tolerance,
-            keys: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
+            keys: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(),
         })
     }
 
@@ -201,11 +189,7 @@ impl GenericHmac {
         .expect("preset is consistent")
     }
 
-    fn optional<'h>(
-        &self,
-        headers: &'h HeaderMap,
-        name: Option<&'static str>,
-    ) -> Result<&'h str, VerifyError> {
+    fn optional<'h>(&self, headers: &'h HeaderMap, name: Option<&'static str>) -> Result<&'h str, VerifyError> {
         match name {
             Some(name) => header(headers, name),
             None => Ok(""),
@@ -235,13 +219,8 @@ impl Scheme for GenericHmac {
 
     fn sign(&self, body: &[u8], now: SystemTime, id: &str) -> Option<Vec<(String, String)>> {
         let timestamp = unix_seconds(now).to_string();
-        let mac = self
-            .algorithm
-            .mac(&self.keys[0], &self.template.parts(body, &timestamp, id));
-        let mut headers = vec![(
-            self.header.to_owned(),
-            format!("{}{}", self.prefix, self.encoding.encode(&mac)),
-        )];
+        let mac = self.algorithm.mac(&self.keys[0], &self.template.parts(body, &timestamp, id));
+        let mut headers = vec![(self.header.to_owned(), format!("{}{}", self.prefix, self.encoding.encode(&mac)))];
         if let Some(name) = self.timestamp_header {
             headers.push((name.to_owned(), timestamp));
         }
@@ -259,20 +238,13 @@ mod tests {
     use super::*;
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Incoming<'a> {
-        Incoming {
-            headers,
-            body,
-            query: None,
-        }
+        Incoming { headers, body, query: None }
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -280,21 +252,14 @@ mod tests {
     // GitHub's documented example ("Validating webhook deliveries",
     // docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries):
     // secret "It's a Secret to Everybody", payload "Hello, World!".
-    const GITHUB_SIG: &str =
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    const GITHUB_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
     #[test]
     fn github_preset_accepts_the_documented_example() {
         let s = GenericHmac::github(&[Secret::new("It's a Secret to Everybody")]);
         let h = headers(&[("x-hub-signature-256", GITHUB_SIG)]);
-        assert_eq!(
-            s.verify(&request(&h, b"Hello, World!"), SystemTime::now()),
-            Ok(())
-        );
-        assert_eq!(
-            s.sign(b"Hello, World!", SystemTime::now(), "").unwrap()[0].1,
-            GITHUB_SIG
-        );
+        assert_eq!(s.verify(&request(&h, b"Hello, World!"), SystemTime::now()), Ok(()));
+        assert_eq!(s.sign(b"Hello, World!", SystemTime::now(), "").unwrap()[0].1, GITHUB_SIG);
     }
 
     #[test]
@@ -302,28 +267,12 @@ mod tests {
         let s = GenericHmac::github(&[Secret::new("It's a Secret to Everybody")]);
         let now = SystemTime::now();
         let h = headers(&[("x-hub-signature-256", GITHUB_SIG)]);
-        assert_eq!(
-            s.verify(&request(&h, b"Hello, World?"), now),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(s.verify(&request(&h, b"Hello, World?"), now), Err(VerifyError::BadSignature));
         let wrong = GenericHmac::github(&[Secret::new("wrong")]);
-        assert_eq!(
-            wrong.verify(&request(&h, b"Hello, World!"), now),
-            Err(VerifyError::BadSignature)
-        );
-        for bad in [
-            &GITHUB_SIG[7..],
-            "sha256=zz",
-            "sha256=",
-            "sha1=757107ea",
-            "",
-        ] {
+        assert_eq!(wrong.verify(&request(&h, b"Hello, World!"), now), Err(VerifyError::BadSignature));
+        for bad in [&GITHUB_SIG[7..], "sha256=zz", "sha256=", "sha1=757107ea", ""] {
             let h = headers(&[("x-hub-signature-256", bad)]);
-            assert_eq!(
-                s.verify(&request(&h, b"Hello, World!"), now),
-                Err(VerifyError::BadSignature),
-                "{bad:?}"
-            );
+            assert_eq!(s.verify(&request(&h, b"Hello, World!"), now), Err(VerifyError::BadSignature), "{bad:?}");
         }
         assert_eq!(
             s.verify(&request(&HeaderMap::new(), b"Hello, World!"), now),
@@ -346,28 +295,16 @@ mod tests {
         let s = GenericHmac::new(options, &[Secret::new("old"), Secret::new("new")]).unwrap();
         let now = SystemTime::now();
         let signed = s.sign(b"{}", now, "evt_1").unwrap();
-        let pairs: Vec<(&str, &str)> = signed
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let pairs: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let h = headers(&pairs);
         assert!(s.verify(&request(&h, b"{}"), now).is_ok());
-        assert_eq!(
-            s.verify(&request(&h, b"{}"), now + Duration::from_secs(301)),
-            Err(VerifyError::StaleTimestamp)
-        );
+        assert_eq!(s.verify(&request(&h, b"{}"), now + Duration::from_secs(301)), Err(VerifyError::StaleTimestamp));
         let mut other_id = h.clone();
         other_id.insert("x-id", HeaderValue::from_static("evt_2"));
-        assert_eq!(
-            s.verify(&request(&other_id, b"{}"), now),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(s.verify(&request(&other_id, b"{}"), now), Err(VerifyError::BadSignature));
         let mut no_ts = h.clone();
         no_ts.remove("x-ts");
-        assert_eq!(
-            s.verify(&request(&no_ts, b"{}"), now),
-            Err(VerifyError::MissingHeader("x-ts"))
-        );
+        assert_eq!(s.verify(&request(&no_ts, b"{}"), now), Err(VerifyError::MissingHeader("x-ts")));
     }
 
     #[test]
@@ -387,10 +324,7 @@ mod tests {
             id_header: None,
             tolerance: Duration::from_secs(1),
         };
-        assert_eq!(
-            GenericHmac::new(options(None), &[]).err().unwrap().0,
-            "timestamp_header"
-        );
+        assert_eq!(GenericHmac::new(options(None), &[]).err().unwrap().0, "timestamp_header");
         assert!(GenericHmac::new(options(Some("x-ts")), &[]).is_ok());
     }
 }

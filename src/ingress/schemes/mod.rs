@@ -42,20 +42,14 @@ pub struct Defaults {
 }
 
 const fn defaults(event_type: Option<&'static str>, event_id: Option<&'static str>) -> Defaults {
-    Defaults {
-        event_type,
-        event_id,
-    }
+    Defaults { event_type, event_id }
 }
 
 /// Scheme-specific keys, and which schemes accept each.
 const OPTIONS: &[(&str, &[SchemeKind])] = {
     use SchemeKind::*;
     &[
-        (
-            "tolerance",
-            &[StandardWebhooks, Stripe, Slack, Paddle, Hmac],
-        ),
+        ("tolerance", &[StandardWebhooks, Stripe, Slack, Paddle, Hmac]),
         ("header", &[Hmac, Token]),
         ("algorithm", &[Hmac]),
         ("encoding", &[Hmac]),
@@ -84,33 +78,21 @@ fn is_set(config: &SourceConfig, option: &str) -> bool {
 
 /// Builds the scheme named by `config.scheme`, rejecting keys it does not use
 /// so a misplaced option is an error rather than silently ignored.
-pub fn build(
-    name: &str,
-    config: &SourceConfig,
-) -> Result<(Box<dyn Scheme>, Defaults), ConfigError> {
+pub fn build(name: &str, config: &SourceConfig) -> Result<(Box<dyn Scheme>, Defaults), ConfigError> {
     let key = |field: &str| format!("sources.{name}.{field}");
     let kind = config.scheme;
     for (option, schemes) in OPTIONS {
         if is_set(config, option) && !schemes.contains(&kind) {
-            return Err(ConfigError::invalid(
-                key(option),
-                format!("not used by scheme {:?}", kind.as_str()),
-            ));
+            return Err(ConfigError::invalid(key(option), format!("not used by scheme {:?}", kind.as_str())));
         }
     }
     match (kind, config.secrets.is_empty()) {
         (SchemeKind::None, false) => {
-            return Err(ConfigError::invalid(
-                key("secrets"),
-                "scheme \"none\" verifies nothing; remove the secrets",
-            ));
+            return Err(ConfigError::invalid(key("secrets"), "scheme \"none\" verifies nothing; remove the secrets"));
         }
         (SchemeKind::None, true) => {}
         (_, true) => {
-            return Err(ConfigError::invalid(
-                key("secrets"),
-                "at least one secret is required",
-            ));
+            return Err(ConfigError::invalid(key("secrets"), "at least one secret is required"));
         }
         (_, false) => {}
     }
@@ -119,23 +101,15 @@ pub fn build(
         let url = config.public_url.as_deref().ok_or_else(|| {
             ConfigError::invalid(
                 key("public_url"),
-                format!(
-                    "required by scheme {:?}: the URL the provider calls",
-                    kind.as_str()
-                ),
+                format!("required by scheme {:?}: the URL the provider calls", kind.as_str()),
             )
         })?;
         match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(url),
-            _ => Err(ConfigError::invalid(
-                key("public_url"),
-                "must be an absolute http:// or https:// URL",
-            )),
+            _ => Err(ConfigError::invalid(key("public_url"), "must be an absolute http:// or https:// URL")),
         }
     };
-    let secret_error = |(i, message): (usize, String)| {
-        ConfigError::invalid(key(&format!("secrets[{i}]")), message)
-    };
+    let secret_error = |(i, message): (usize, String)| ConfigError::invalid(key(&format!("secrets[{i}]")), message);
     let built: (Box<dyn Scheme>, Defaults) = match kind {
         SchemeKind::StandardWebhooks => (
             Box::new(StandardWebhooks::new(secrets, config.tolerance).map_err(secret_error)?),
@@ -143,22 +117,15 @@ pub fn build(
         ),
         SchemeKind::Github => (
             Box::new(GenericHmac::github(secrets)),
-            defaults(
-                Some("header:x-github-event"),
-                Some("header:x-github-delivery"),
-            ),
+            defaults(Some("header:x-github-event"), Some("header:x-github-delivery")),
         ),
         SchemeKind::Shopify => (
             Box::new(GenericHmac::shopify(secrets)),
-            defaults(
-                Some("header:x-shopify-topic"),
-                Some("header:x-shopify-webhook-id"),
-            ),
+            defaults(Some("header:x-shopify-topic"), Some("header:x-shopify-webhook-id")),
         ),
-        SchemeKind::Stripe => (
-            Box::new(Stripe::new(secrets, config.tolerance)),
-            defaults(Some("json:/type"), Some("json:/id")),
-        ),
+        SchemeKind::Stripe => {
+            (Box::new(Stripe::new(secrets, config.tolerance)), defaults(Some("json:/type"), Some("json:/id")))
+        }
         SchemeKind::Slack => (
             Box::new(Slack::new(secrets, config.tolerance)),
             defaults(Some("json:/event/type"), Some("json:/event_id")),
@@ -167,56 +134,39 @@ pub fn build(
             Box::new(Paddle::new(secrets, config.tolerance)),
             defaults(Some("json:/event_type"), Some("json:/event_id")),
         ),
-        SchemeKind::Square => (
-            Box::new(Square::new(secrets, public_url()?)),
-            defaults(Some("json:/type"), Some("json:/event_id")),
-        ),
-        SchemeKind::Twilio => (
-            Box::new(Twilio::new(secrets, public_url()?)),
-            defaults(None, Some("header:i-twilio-idempotency-token")),
-        ),
-        SchemeKind::Hmac => (
-            Box::new(generic(config).map_err(|(field, m)| ConfigError::invalid(key(field), m))?),
-            Defaults::default(),
-        ),
-        SchemeKind::Basic => (
-            Box::new(Basic::new(secrets).map_err(secret_error)?),
-            Defaults::default(),
-        ),
-        SchemeKind::Token => (
-            Box::new(Token::new(
-                secrets,
-                config.header.as_deref(),
-                config.prefix.as_deref(),
-            )),
-            Defaults::default(),
-        ),
+        SchemeKind::Square => {
+            (Box::new(Square::new(secrets, public_url()?)), defaults(Some("json:/type"), Some("json:/event_id")))
+        }
+        SchemeKind::Twilio => {
+            (Box::new(Twilio::new(secrets, public_url()?)), defaults(None, Some("header:i-twilio-idempotency-token")))
+        }
+        SchemeKind::Hmac => {
+            (Box::new(generic(config).map_err(|(field, m)| ConfigError::invalid(key(field), m))?), Defaults::default())
+        }
+        SchemeKind::Basic => (Box::new(Basic::new(secrets).map_err(secret_error)?), Defaults::default()),
+        SchemeKind::Token => {
+            (Box::new(Token::new(secrets, config.header.as_deref(), config.prefix.as_deref())), Defaults::default())
+        }
         SchemeKind::None => (Box::new(Unverified), Defaults::default()),
     };
     Ok(built)
 }
 
 fn generic(config: &SourceConfig) -> Result<GenericHmac, (&'static str, String)> {
-    let header = config.header.clone().ok_or((
-        "header",
-        "required for scheme \"hmac\" (the header carrying the signature)".to_owned(),
-    ))?;
+    let header = config
+        .header
+        .clone()
+        .ok_or(("header", "required for scheme \"hmac\" (the header carrying the signature)".to_owned()))?;
     if axum::http::HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes()).is_err() {
         return Err(("header", format!("{header:?} is not a valid header name")));
     }
-    let algorithm = Algorithm::parse(config.algorithm.as_deref().unwrap_or("sha256")).ok_or((
-        "algorithm",
-        "use \"sha256\", \"sha512\" or \"sha1\" (legacy senders only)".to_owned(),
-    ))?;
+    let algorithm = Algorithm::parse(config.algorithm.as_deref().unwrap_or("sha256"))
+        .ok_or(("algorithm", "use \"sha256\", \"sha512\" or \"sha1\" (legacy senders only)".to_owned()))?;
     let encoding = Encoding::parse(config.encoding.as_deref().unwrap_or("hex"))
         .ok_or(("encoding", "use \"hex\" or \"base64\"".to_owned()))?;
-    let template = Template::parse(config.template.as_deref().unwrap_or("{body}"))
-        .map_err(|m| ("template", m))?;
+    let template = Template::parse(config.template.as_deref().unwrap_or("{body}")).map_err(|m| ("template", m))?;
     if config.tolerance.is_some() && config.timestamp_header.is_none() {
-        return Err((
-            "tolerance",
-            "needs timestamp_header (there is no timestamp to check)".to_owned(),
-        ));
+        return Err(("tolerance", "needs timestamp_header (there is no timestamp to check)".to_owned()));
     }
     GenericHmac::new(
         HmacOptions {

@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header,
-        unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, unix_seconds,
     },
 };
 
@@ -25,10 +24,7 @@ pub struct Paddle {
 impl Paddle {
     pub fn new(secrets: &[Secret], tolerance: Option<Duration>) -> Self {
         Self {
-            keys: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
+            keys: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(),
             tolerance: tolerance.unwrap_or(DEFAULT_TOLERANCE),
         }
     }
@@ -59,9 +55,6 @@ impl Scheme for Paddle {
     fn sign(&self, body: &[u8], now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let ts = unix_seconds(now).to_string();
         let mac = Algorithm::Sha256.mac(&self.keys[0], &[ts.as_bytes(), b":", body]);
-        Some(vec![(
-            SIGNATURE.to_owned(),
-            format!("ts={ts};h1={}", hex::encode(mac)),
-        )])
+        Some(vec![(SIGNATURE.to_owned(), format!("ts={ts};h1={}", hex::encode(mac)))])
     }
 }

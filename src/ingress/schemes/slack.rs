@@ -9,8 +9,7 @@ use serde_json::json;
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header,
-        unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, unix_seconds,
     },
 };
 
@@ -27,10 +26,7 @@ pub struct Slack {
 impl Slack {
     pub fn new(secrets: &[Secret], tolerance: Option<Duration>) -> Self {
         Self {
-            keys: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
+            keys: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(),
             tolerance: tolerance.unwrap_or(DEFAULT_TOLERANCE),
         }
     }
@@ -41,11 +37,8 @@ impl Scheme for Slack {
         let signature = header(request.headers, SIGNATURE)?;
         let timestamp = header(request.headers, TIMESTAMP)?.trim();
         check_timestamp(timestamp, TIMESTAMP, now, self.tolerance)?;
-        let candidate = signature
-            .trim()
-            .strip_prefix("v0=")
-            .and_then(|h| hex::decode(h).ok())
-            .ok_or(VerifyError::BadSignature)?;
+        let candidate =
+            signature.trim().strip_prefix("v0=").and_then(|h| hex::decode(h).ok()).ok_or(VerifyError::BadSignature)?;
         let parts: [&[u8]; 4] = [b"v0:", timestamp.as_bytes(), b":", request.body];
         if any_mac_matches(Algorithm::Sha256, &self.keys, &parts, &[candidate]) {
             Ok(())
@@ -57,10 +50,7 @@ impl Scheme for Slack {
     fn sign(&self, body: &[u8], now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let ts = unix_seconds(now).to_string();
         let mac = Algorithm::Sha256.mac(&self.keys[0], &[b"v0:", ts.as_bytes(), b":", body]);
-        Some(vec![
-            (SIGNATURE.to_owned(), format!("v0={}", hex::encode(mac))),
-            (TIMESTAMP.to_owned(), ts),
-        ])
+        Some(vec![(SIGNATURE.to_owned(), format!("v0={}", hex::encode(mac))), (TIMESTAMP.to_owned(), ts)])
     }
 
     /// Slack sends `{"type":"url_verification","challenge":"…"}` when an

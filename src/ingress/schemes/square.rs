@@ -20,28 +20,16 @@ pub struct Square {
 
 impl Square {
     pub fn new(secrets: &[Secret], public_url: &str) -> Self {
-        Self {
-            keys: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
-            url: public_url.to_owned(),
-        }
+        Self { keys: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(), url: public_url.to_owned() }
     }
 }
 
 impl Scheme for Square {
     fn verify(&self, request: &Incoming<'_>, _now: SystemTime) -> Result<(), VerifyError> {
         let value = header(request.headers, SIGNATURE)?;
-        let candidate = base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
-            .map_err(|_| VerifyError::BadSignature)?;
-        if any_mac_matches(
-            Algorithm::Sha256,
-            &self.keys,
-            &[self.url.as_bytes(), request.body],
-            &[candidate],
-        ) {
+        let candidate =
+            base64::engine::general_purpose::STANDARD.decode(value.trim()).map_err(|_| VerifyError::BadSignature)?;
+        if any_mac_matches(Algorithm::Sha256, &self.keys, &[self.url.as_bytes(), request.body], &[candidate]) {
             Ok(())
         } else {
             Err(VerifyError::BadSignature)
@@ -50,9 +38,6 @@ impl Scheme for Square {
 
     fn sign(&self, body: &[u8], _now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let mac = Algorithm::Sha256.mac(&self.keys[0], &[self.url.as_bytes(), body]);
-        Some(vec![(
-            SIGNATURE.to_owned(),
-            base64::engine::general_purpose::STANDARD.encode(mac),
-        )])
+        Some(vec![(SIGNATURE.to_owned(), base64::engine::general_purpose::STANDARD.encode(mac))])
     }
 }

@@ -18,8 +18,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header,
-        unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, unix_seconds,
     },
 };
 
@@ -55,10 +54,7 @@ impl StandardWebhooks {
             .enumerate()
             .map(|(i, s)| decode_key(s.expose()).map_err(|message| (i, message.to_owned())))
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            keys,
-            tolerance: tolerance.unwrap_or(DEFAULT_TOLERANCE),
-        })
+        Ok(Self { keys, tolerance: tolerance.unwrap_or(DEFAULT_TOLERANCE) })
     }
 }
 
@@ -69,9 +65,7 @@ fn decode_key(secret: &str) -> Result<Key, &'static str> {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or("whpk_ keys are base64 of a 32-byte ed25519 public key")?;
-        return VerifyingKey::from_bytes(&bytes)
-            .map(Key::Public)
-            .map_err(|_| "not a valid ed25519 public key");
+        return VerifyingKey::from_bytes(&bytes).map(Key::Public).map_err(|_| "not a valid ed25519 public key");
     }
     if let Some(b64) = secret.strip_prefix("whsk_") {
         let bytes = LENIENT.decode(b64).map_err(|_| "whsk_ keys are base64")?;
@@ -83,9 +77,7 @@ fn decode_key(secret: &str) -> Result<Key, &'static str> {
             .ok_or("whsk_ keys are base64 of a 32-byte (or 64-byte) ed25519 secret key")?;
         return Ok(Key::Signing(SigningKey::from_bytes(&seed)));
     }
-    decode_secret(secret)
-        .map(Key::Hmac)
-        .ok_or("not a valid Standard Webhooks secret (whsec_ followed by base64)")
+    decode_secret(secret).map(Key::Hmac).ok_or("not a valid Standard Webhooks secret (whsec_ followed by base64)")
 }
 
 pub fn decode_secret(secret: &str) -> Option<Vec<u8>> {
@@ -95,20 +87,8 @@ pub fn decode_secret(secret: &str) -> Option<Vec<u8>> {
 
 /// `v1,<base64>` for one key.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mac = Algorithm::Sha256.mac(
-        key,
-        &[
-            id.as_bytes(),
-            b".",
-            timestamp.to_string().as_bytes(),
-            b".",
-            body,
-        ],
-    );
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac)
-    )
+    let mac = Algorithm::Sha256.mac(key, &[id.as_bytes(), b".", timestamp.to_string().as_bytes(), b".", body]);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac))
 }
 
 impl Scheme for StandardWebhooks {
@@ -126,13 +106,7 @@ impl Scheme for StandardWebhooks {
                 .collect()
         };
         let (v1, v1a) = (decode("v1,"), decode("v1a,"));
-        let parts: [&[u8]; 5] = [
-            id.as_bytes(),
-            b".",
-            timestamp.as_bytes(),
-            b".",
-            request.body,
-        ];
+        let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", request.body];
         let hmac_keys: Vec<Vec<u8>> = self
             .keys
             .iter()
@@ -157,11 +131,7 @@ impl Scheme for StandardWebhooks {
                 }
             }
         }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        if matched { Ok(()) } else { Err(VerifyError::BadSignature) }
     }
 
     fn sign(&self, body: &[u8], now: SystemTime, id: &str) -> Option<Vec<(String, String)>> {
@@ -204,20 +174,8 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn check(
-        s: &StandardWebhooks,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<(), VerifyError> {
-        s.verify(
-            &Incoming {
-                headers,
-                body,
-                query: None,
-            },
-            now,
-        )
+    fn check(s: &StandardWebhooks, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), VerifyError> {
+        s.verify(&Incoming { headers, body, query: None }, now)
     }
 
     fn scheme(secrets: &[&str]) -> StandardWebhooks {
@@ -228,10 +186,7 @@ mod tests {
     fn headers(id: &str, ts: &str, sig: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in [(ID, id), (TIMESTAMP, ts), (SIGNATURE, sig)] {
-            h.insert(
-                HeaderName::from_static(k),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.insert(HeaderName::from_static(k), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -239,14 +194,8 @@ mod tests {
     #[test]
     fn accepts_the_spec_vector() {
         let s = scheme(&[SECRET]);
-        assert_eq!(
-            check(&s, &headers(MSG_ID, &TS.to_string(), SIG), BODY, at(TS)),
-            Ok(())
-        );
-        assert_eq!(
-            signature(&decode_secret(SECRET).unwrap(), MSG_ID, TS as i64, BODY),
-            SIG
-        );
+        assert_eq!(check(&s, &headers(MSG_ID, &TS.to_string(), SIG), BODY, at(TS)), Ok(()));
+        assert_eq!(signature(&decode_secret(SECRET).unwrap(), MSG_ID, TS as i64, BODY), SIG);
     }
 
     #[test]
@@ -268,30 +217,13 @@ mod tests {
     fn rejects_tampering_wrong_secret_and_bad_headers() {
         let ok = headers(MSG_ID, &TS.to_string(), SIG);
         let s = scheme(&[SECRET]);
+        assert_eq!(check(&s, &ok, br#"{"test": 2432232315}"#, at(TS)), Err(VerifyError::BadSignature));
+        assert_eq!(check(&scheme(&["whsec_b3RoZXItc2VjcmV0"]), &ok, BODY, at(TS)), Err(VerifyError::BadSignature));
         assert_eq!(
-            check(&s, &ok, br#"{"test": 2432232315}"#, at(TS)),
+            check(&s, &headers("msg_other", &TS.to_string(), SIG), BODY, at(TS)),
             Err(VerifyError::BadSignature)
         );
-        assert_eq!(
-            check(&scheme(&["whsec_b3RoZXItc2VjcmV0"]), &ok, BODY, at(TS)),
-            Err(VerifyError::BadSignature)
-        );
-        assert_eq!(
-            check(
-                &s,
-                &headers("msg_other", &TS.to_string(), SIG),
-                BODY,
-                at(TS)
-            ),
-            Err(VerifyError::BadSignature)
-        );
-        for bad in [
-            "",
-            " ",
-            "v1,",
-            "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
-            "g0hM9SsE",
-        ] {
+        for bad in ["", " ", "v1,", "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "g0hM9SsE"] {
             assert_eq!(
                 check(&s, &headers(MSG_ID, &TS.to_string(), bad), BODY, at(TS)),
                 Err(VerifyError::BadSignature),
@@ -304,10 +236,7 @@ mod tests {
         );
         let mut missing = ok.clone();
         missing.remove(SIGNATURE);
-        assert_eq!(
-            check(&s, &missing, BODY, at(TS)),
-            Err(VerifyError::MissingHeader(SIGNATURE))
-        );
+        assert_eq!(check(&s, &missing, BODY, at(TS)), Err(VerifyError::MissingHeader(SIGNATURE)));
     }
 
     #[test]
@@ -315,21 +244,13 @@ mod tests {
         let s = scheme(&[SECRET]);
         let h = headers(MSG_ID, &TS.to_string(), SIG);
         assert!(check(&s, &h, BODY, at(TS + 300)).is_ok());
-        assert_eq!(
-            check(&s, &h, BODY, at(TS + 301)),
-            Err(VerifyError::StaleTimestamp)
-        );
-        assert_eq!(
-            check(&s, &h, BODY, at(TS - 301)),
-            Err(VerifyError::StaleTimestamp)
-        );
+        assert_eq!(check(&s, &h, BODY, at(TS + 301)), Err(VerifyError::StaleTimestamp));
+        assert_eq!(check(&s, &h, BODY, at(TS - 301)), Err(VerifyError::StaleTimestamp));
     }
 
     #[test]
     fn rejects_undecodable_secrets() {
-        let err = StandardWebhooks::new(&[Secret::new(SECRET), Secret::new("whsec_!!!")], None)
-            .err()
-            .unwrap();
+        let err = StandardWebhooks::new(&[Secret::new(SECRET), Secret::new("whsec_!!!")], None).err().unwrap();
         assert_eq!(err.0, 1);
         assert!(!err.1.contains("!!!"));
     }
@@ -371,10 +292,7 @@ mod v1a_tests {
     fn headers(pairs: &[(String, String)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -383,50 +301,23 @@ mod v1a_tests {
     fn ed25519_signatures_verify_with_the_public_key_only() {
         let signing = SigningKey::from_bytes(&[7u8; 32]);
         let whsk = format!("whsk_{}", STANDARD.encode(signing.to_bytes()));
-        let whpk = format!(
-            "whpk_{}",
-            STANDARD.encode(signing.verifying_key().to_bytes())
-        );
+        let whpk = format!("whpk_{}", STANDARD.encode(signing.verifying_key().to_bytes()));
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let sender = StandardWebhooks::new(&[Secret::new(whsk)], None).unwrap();
         let signed = headers(&sender.sign(b"{\"a\":1}", now, "msg_ed").unwrap());
-        assert!(
-            signed["webhook-signature"]
-                .to_str()
-                .unwrap()
-                .starts_with("v1a,")
-        );
+        assert!(signed["webhook-signature"].to_str().unwrap().starts_with("v1a,"));
 
-        let receiver = StandardWebhooks::new(
-            &[
-                Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-                Secret::new(whpk),
-            ],
-            None,
-        )
-        .unwrap();
-        let ok = Incoming {
-            headers: &signed,
-            body: b"{\"a\":1}",
-            query: None,
-        };
+        let receiver =
+            StandardWebhooks::new(&[Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), Secret::new(whpk)], None)
+                .unwrap();
+        let ok = Incoming { headers: &signed, body: b"{\"a\":1}", query: None };
         assert_eq!(receiver.verify(&ok, now), Ok(()));
-        let tampered = Incoming {
-            headers: &signed,
-            body: b"{\"a\":2}",
-            query: None,
-        };
-        assert_eq!(
-            receiver.verify(&tampered, now),
-            Err(VerifyError::BadSignature)
-        );
+        let tampered = Incoming { headers: &signed, body: b"{\"a\":2}", query: None };
+        assert_eq!(receiver.verify(&tampered, now), Err(VerifyError::BadSignature));
         // A public-key-only source cannot sign.
         assert!(
             StandardWebhooks::new(
-                &[Secret::new(format!(
-                    "whpk_{}",
-                    STANDARD.encode(signing.verifying_key().to_bytes())
-                ))],
+                &[Secret::new(format!("whpk_{}", STANDARD.encode(signing.verifying_key().to_bytes())))],
                 None
             )
             .unwrap()
@@ -435,20 +326,10 @@ mod v1a_tests {
         );
         // A v1a entry is never checked as an HMAC, nor a v1 entry as ed25519.
         let mut swapped = signed.clone();
-        let sig = signed["webhook-signature"]
-            .to_str()
-            .unwrap()
-            .replacen("v1a,", "v1,", 1);
+        let sig = signed["webhook-signature"].to_str().unwrap().replacen("v1a,", "v1,", 1);
         swapped.insert("webhook-signature", HeaderValue::from_str(&sig).unwrap());
-        let swapped = Incoming {
-            headers: &swapped,
-            body: b"{\"a\":1}",
-            query: None,
-        };
-        assert_eq!(
-            receiver.verify(&swapped, now),
-            Err(VerifyError::BadSignature)
-        );
+        let swapped = Incoming { headers: &swapped, body: b"{\"a\":1}", query: None };
+        assert_eq!(receiver.verify(&swapped, now), Err(VerifyError::BadSignature));
     }
 
     #[test]

@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header,
-        unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, unix_seconds,
     },
 };
 
@@ -24,10 +23,7 @@ pub struct Stripe {
 impl Stripe {
     pub fn new(secrets: &[Secret], tolerance: Option<Duration>) -> Self {
         Self {
-            keys: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
+            keys: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(),
             tolerance: tolerance.unwrap_or(DEFAULT_TOLERANCE),
         }
     }
@@ -58,9 +54,6 @@ impl Scheme for Stripe {
     fn sign(&self, body: &[u8], now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let t = unix_seconds(now).to_string();
         let mac = Algorithm::Sha256.mac(&self.keys[0], &[t.as_bytes(), b".", body]);
-        Some(vec![(
-            SIGNATURE.to_owned(),
-            format!("t={t},v1={}", hex::encode(mac)),
-        )])
+        Some(vec![(SIGNATURE.to_owned(), format!("t={t},v1={}", hex::encode(mac)))])
     }
 }

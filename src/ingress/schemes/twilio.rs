@@ -15,9 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     config::Secret,
-    ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, header, secrets_equal,
-    },
+    ingress::verify::{Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, header, secrets_equal},
 };
 
 pub const SIGNATURE: &str = "x-twilio-signature";
@@ -29,13 +27,7 @@ pub struct Twilio {
 
 impl Twilio {
     pub fn new(secrets: &[Secret], public_url: &str) -> Self {
-        Self {
-            keys: secrets
-                .iter()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .collect(),
-            url: public_url.to_owned(),
-        }
+        Self { keys: secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(), url: public_url.to_owned() }
     }
 
     fn full_url(&self, query: Option<&str>) -> String {
@@ -78,20 +70,14 @@ pub fn port_variants(url: &str) -> Vec<String> {
 }
 
 fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// `name1value1name2value2…` over the form fields sorted by name (then value).
 fn sorted_params(body: &[u8]) -> Vec<u8> {
     let mut pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
     pairs.sort();
-    pairs
-        .into_iter()
-        .flat_map(|(k, v)| [k, v])
-        .collect::<String>()
-        .into_bytes()
+    pairs.into_iter().flat_map(|(k, v)| [k, v]).collect::<String>().into_bytes()
 }
 
 impl Scheme for Twilio {
@@ -120,25 +106,15 @@ impl Scheme for Twilio {
                 std::slice::from_ref(&candidate),
             );
         }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        if matched { Ok(()) } else { Err(VerifyError::BadSignature) }
     }
 
     /// Signs `body` as a form post to `public_url` (Twilio's usual request).
     fn sign(&self, body: &[u8], _now: SystemTime, _id: &str) -> Option<Vec<(String, String)>> {
         let mac = Algorithm::Sha1.mac(&self.keys[0], &[self.url.as_bytes(), &sorted_params(body)]);
         Some(vec![
-            (
-                SIGNATURE.to_owned(),
-                base64::engine::general_purpose::STANDARD.encode(mac),
-            ),
-            (
-                "content-type".to_owned(),
-                "application/x-www-form-urlencoded".to_owned(),
-            ),
+            (SIGNATURE.to_owned(), base64::engine::general_purpose::STANDARD.encode(mac)),
+            ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
         ])
     }
 }
@@ -149,29 +125,11 @@ mod tests {
 
     #[test]
     fn port_variants_add_or_remove_the_default_port() {
-        assert_eq!(
-            port_variants("https://a.com/x?y=1"),
-            ["https://a.com/x?y=1", "https://a.com:443/x?y=1"]
-        );
-        assert_eq!(
-            port_variants("https://a.com:443/x"),
-            ["https://a.com:443/x", "https://a.com/x"]
-        );
-        assert_eq!(
-            port_variants("http://a.com"),
-            ["http://a.com", "http://a.com:80"]
-        );
-        assert_eq!(
-            port_variants("https://a.com:8443/x"),
-            ["https://a.com:8443/x"]
-        );
-        assert_eq!(
-            port_variants("https://u:p@a.com/x"),
-            ["https://u:p@a.com/x", "https://u:p@a.com:443/x"]
-        );
-        assert_eq!(
-            port_variants("https://[::1]/x"),
-            ["https://[::1]/x", "https://[::1]:443/x"]
-        );
+        assert_eq!(port_variants("https://a.com/x?y=1"), ["https://a.com/x?y=1", "https://a.com:443/x?y=1"]);
+        assert_eq!(port_variants("https://a.com:443/x"), ["https://a.com:443/x", "https://a.com/x"]);
+        assert_eq!(port_variants("http://a.com"), ["http://a.com", "http://a.com:80"]);
+        assert_eq!(port_variants("https://a.com:8443/x"), ["https://a.com:8443/x"]);
+        assert_eq!(port_variants("https://u:p@a.com/x"), ["https://u:p@a.com/x", "https://u:p@a.com:443/x"]);
+        assert_eq!(port_variants("https://[::1]/x"), ["https://[::1]/x", "https://[::1]:443/x"]);
     }
 }
