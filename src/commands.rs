@@ -51,48 +51,62 @@ async fn serve_async(config_path: &Path, role: Role) -> ExitCode {
 
 /// `hookwire check`: validate and print what would be declared.
 pub fn check(config_path: &Path) -> ExitCode {
-    let (config, _) = match load(config_path) {
+    let (config, sources) = match load(config_path) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!("{}: OK", config_path.display());
-    println!("ingress: http://{}/webhooks/{{source}}", config.ingress.listen);
-    println!("admin:   http://{} (/healthz /readyz /metrics)", config.admin.listen);
-    println!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose()));
-    println!("sources:");
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!("{}: OK", config_path.display()));
+    line(format!("ingress: http://{}/webhooks/{{source}}", config.ingress.listen));
+    line(format!("admin:   http://{} (/healthz /readyz /metrics)", config.admin.listen));
+    line(format!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose())));
+    line("sources:".to_owned());
     for (name, source) in &config.sources {
-        println!(
-            "  {name}: scheme={} secrets={} (not shown) event_type={} event_id={}",
+        let built = sources.get(name).expect("built from the same config");
+        line(format!(
+            "  {name}: scheme={} secrets={} (not shown) {}",
             source.scheme.as_str(),
             source.secrets.len(),
-            source.event_type.as_deref().unwrap_or("(scheme default)"),
-            source.event_id.as_deref().unwrap_or("(scheme default, else generated)"),
-        );
+            built.describe()
+        ));
     }
-    println!("subscriptions:");
+    line("subscriptions:".to_owned());
     for (name, sub) in &config.subscriptions {
         let retry: Vec<String> = sub.retry.iter().map(|d| format_duration(*d)).collect();
-        println!(
+        line(format!(
             "  {name}: {} topics={:?} timeout={} concurrency={} retry=[{}]",
             redact_url(&sub.url),
             sub.topics,
             format_duration(sub.timeout),
             sub.concurrency,
             retry.join(", "),
-        );
+        ));
     }
-    print!("{}", Topology::from_config(&config).describe());
+    line(Topology::from_config(&config).describe().trim_end().to_owned());
     let warnings = config.warnings();
     if !warnings.is_empty() {
-        println!("warnings:");
+        line("warnings:".to_owned());
         for warning in warnings {
-            println!("  {warning}");
+            line(format!("  {warning}"));
         }
     }
+    emit(&out);
     ExitCode::SUCCESS
+}
+
+/// Writes command output to stdout; a closed pipe (`hookwire check | head`)
+/// is not an error for a command whose reader has what it wanted.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 /// `hookwire sign`: headers (or a curl line) that make a valid request.
@@ -129,9 +143,8 @@ pub fn sign(
         return ExitCode::FAILURE;
     };
     if !curl {
-        for (name, value) in headers {
-            println!("{name}: {value}");
-        }
+        let text: String = headers.iter().map(|(name, value)| format!("{name}: {value}\n")).collect();
+        emit(&text);
         return ExitCode::SUCCESS;
     }
     let mut addr = config.ingress.listen;
@@ -145,8 +158,8 @@ pub fn sign(
     for header in extra_headers {
         line += &format!(" -H '{header}'");
     }
-    line += &format!(" --data-binary @'{}'", body_path.display());
-    println!("{line}");
+    line += &format!(" --data-binary @'{}'\n", body_path.display());
+    emit(&line);
     ExitCode::SUCCESS
 }
 

@@ -30,6 +30,11 @@ impl RateLimiter {
         Self { per_second, burst, state: Mutex::new((burst, Instant::now())) }
     }
 
+    /// `"{rate}/s burst {burst}"`, for `hookwire check`.
+    pub fn describe(&self) -> String {
+        format!("{}/s burst {}", self.per_second, self.burst)
+    }
+
     /// Takes one token, or says how long until one is available.
     pub fn check(&self) -> Result<(), Duration> {
         self.check_at(Instant::now())

@@ -56,6 +56,16 @@ impl Extractor {
     }
 }
 
+impl std::fmt::Display for Extractor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::Json(pointer) => write!(f, "json:{pointer}"),
+            Self::Static(value) => write!(f, "static:{value}"),
+        }
+    }
+}
+
 /// The body parsed as JSON at most once, and only if an extractor needs it.
 struct LazyJson<'a> {
     body: &'a [u8],
@@ -165,6 +175,27 @@ impl Source {
     }
 
     /// Verifies the request and, only if it passes, builds its envelope.
+    /// The effective settings, defaults resolved, for `hookwire check`.
+    pub fn describe(&self) -> String {
+        let show = |e: &Option<Extractor>, none: &str| e.as_ref().map_or(none.to_owned(), ToString::to_string);
+        let mut text = format!(
+            "event_type={} event_id={}",
+            show(&self.event_type, "(none: \"unknown\")"),
+            show(&self.event_id, "(none: generated UUIDv7)")
+        );
+        if !self.allow_ips.is_empty() {
+            let nets: Vec<String> = self.allow_ips.iter().map(|n| n.0.to_string()).collect();
+            text += &format!(" allow_ips=[{}]", nets.join(", "));
+        }
+        if let Some(limiter) = &self.limiter {
+            text += &format!(" rate_limit={}", limiter.describe());
+        }
+        if self.require_json {
+            text += " require_json";
+        }
+        text
+    }
+
     /// Verifies the request and, only if it passes, decides what to do with
     /// it: answer a provider handshake, or publish an envelope.
     pub fn accept(
