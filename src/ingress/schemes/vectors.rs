@@ -396,3 +396,42 @@ mod properties {
         }
     }
 }
+
+// ----------------------------------------------- duplicated and empty lists
+
+#[test]
+fn duplicated_and_empty_signature_lists() {
+    let now = at(1_614_265_330);
+    let sw = StandardWebhooks::new(&secrets(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]), None).unwrap();
+    let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    let sw_headers = |sig: &str| {
+        headers(&[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", sig),
+        ])
+    };
+    let body = br#"{"test": 2432232314}"#;
+    // The same valid signature twice is still valid; a bad one repeated is not.
+    assert_eq!(check(&sw, &sw_headers(&format!("{good} {good}")), body, None, now), Ok(()));
+    assert_eq!(check(&sw, &sw_headers("v1,AAAA v1,AAAA v1,AAAA"), body, None, now), Err(VerifyError::BadSignature));
+    // Empty lists and separators only.
+    for empty in ["", " ", "  ", "v1,", "v1, v1,", ","] {
+        assert_eq!(check(&sw, &sw_headers(empty), body, None, now), Err(VerifyError::BadSignature), "{empty:?}");
+    }
+    // Stripe: repeated v1 entries, a repeated t (the last one wins, and it is signed).
+    let stripe = Stripe::new(&secrets(&["webhook_secret"]), None);
+    let v1 = "v1=f0bdba6d4eacbd8ad8a3bbadd7248e633ec1477f7899c124c51b39405fa36613";
+    let h = headers(&[("stripe-signature", &format!("t=1533204620,{v1},{v1}"))]);
+    assert_eq!(check(&stripe, &h, STRIPE_BODY, None, at(1_533_204_620)), Ok(()));
+    let h = headers(&[("stripe-signature", &format!("t=1533204620,t=1533204621,{v1}"))]);
+    assert_eq!(check(&stripe, &h, STRIPE_BODY, None, at(1_533_204_620)), Err(VerifyError::BadSignature));
+    for empty in ["t=1533204620", "t=1533204620,", "t=1533204620,v1=", ",,,"] {
+        let h = headers(&[("stripe-signature", empty)]);
+        assert!(check(&stripe, &h, STRIPE_BODY, None, at(1_533_204_620)).is_err(), "{empty:?}");
+    }
+    // Paddle: only separators.
+    let paddle = Paddle::new(&secrets(&["k"]), None);
+    let h = headers(&[("paddle-signature", "ts=1614265330;;;h1=;")]);
+    assert_eq!(check(&paddle, &h, b"x", None, now), Err(VerifyError::BadSignature));
+}
