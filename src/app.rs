@@ -62,12 +62,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("subscriptions.{name}: cannot build its HTTP client: {source}")]
-    Client {
-        name: String,
-        #[source]
-        source: reqwest::Error,
-    },
 }
 
 /// A running hookwire.
@@ -95,12 +89,8 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let destinations = config
         .subscriptions
         .iter()
-        .map(|(name, sub)| {
-            Destination::new(sub)
-                .map(|d| (name.clone(), Arc::new(d)))
-                .map_err(|source| StartError::Client { name: name.clone(), source })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(name, sub)| Ok((name.clone(), Arc::new(Destination::new(name, sub)?))))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     let topology = Arc::new(Topology::from_config(&config));
     let metrics = telemetry::metrics_handle();
 
@@ -154,7 +144,10 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
                 queues: topology.subscription(&name).expect("planned from the same config").clone(),
                 name,
                 destination,
-                schedule: sub.retry.clone(),
+                policy: crate::delivery::retry::Policy {
+                    schedule: sub.retry.clone(),
+                    dead_letter_on: sub.dead_letter_on.clone(),
+                },
                 concurrency: sub.concurrency,
                 broker: broker.clone(),
                 drain_timeout: config.shutdown.drain_timeout,

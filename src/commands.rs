@@ -10,9 +10,15 @@ use crate::{
     telemetry::{self, LogFormat},
 };
 
+/// Loads the config and builds everything that can still fail on it
+/// (schemes, destinations), so `check` catches what `serve` would.
 fn load(path: &Path) -> Result<(Config, Sources), String> {
-    let config = Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let sources = Sources::build(&config.sources).map_err(|e| format!("{}: {e}", path.display()))?;
+    let at = |e: crate::config::ConfigError| format!("{}: {e}", path.display());
+    let config = Config::load(path).map_err(at)?;
+    let sources = Sources::build(&config.sources).map_err(at)?;
+    for (name, subscription) in &config.subscriptions {
+        crate::delivery::http::Destination::new(name, subscription).map_err(at)?;
+    }
     Ok((config, sources))
 }
 

@@ -41,6 +41,9 @@ pub struct Attempt {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub error: String,
+    /// The start of the destination's response body, size-capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 impl Attempt {
@@ -54,7 +57,12 @@ impl Attempt {
             error.truncate(cut);
             error.push('…');
         }
-        Self { at: rfc3339(at), status, error }
+        Self { at: rfc3339(at), status, error, response: None }
+    }
+
+    pub fn with_response(mut self, response: Option<String>) -> Self {
+        self.response = response;
+        self
     }
 }
 
@@ -68,7 +76,12 @@ pub struct DeliveryState {
 }
 
 impl DeliveryState {
+    /// Appends a failed attempt. Only the latest attempt keeps its response
+    /// snippet, so the history header stays small.
     pub fn record_failure(&mut self, attempt: Attempt) {
+        for earlier in &mut self.history {
+            earlier.response = None;
+        }
         self.attempts += 1;
         self.history.push(attempt);
         if self.history.len() > MAX_HISTORY {

@@ -264,6 +264,58 @@ pub struct SubscriptionConfig {
     pub concurrency: u16,
     #[serde(default = "default_retry", deserialize_with = "duration::deserialize_list")]
     pub retry: Vec<Duration>,
+    /// Statuses that dead-letter at once instead of being retried.
+    #[serde(default = "default_dead_letter_on")]
+    pub dead_letter_on: Vec<u16>,
+    /// HTTP method of deliveries: POST (default), PUT or PATCH.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Static headers added to every delivery (values are secrets: they
+    /// often carry API keys).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Standard Webhooks secrets (`whsec_...`) to sign deliveries with; one
+    /// string or a list (rotation: one signature per secret).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub signing_secret: Vec<Secret>,
+    /// Credentials the destination requires.
+    pub auth: Option<DestinationAuth>,
+}
+
+/// `auth = { bearer = "..." }` or `auth = { basic = { user = "...", password = "..." } }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum DestinationAuth {
+    Bearer(Secret),
+    Basic(BasicCredentials),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredentials {
+    pub user: String,
+    pub password: Secret,
+}
+
+fn default_dead_letter_on() -> Vec<u16> {
+    vec![410]
+}
+
+fn default_method() -> String {
+    "POST".to_owned()
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Secret),
+        Many(Vec<Secret>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(secret) => vec![secret],
+        OneOrMany::Many(secrets) => secrets,
+    })
 }
 
 fn default_timeout() -> Duration {
@@ -419,6 +471,21 @@ impl SubscriptionConfig {
         }
         if self.retry.len() > MAX_RETRIES {
             return Err(ConfigError::invalid(key("retry"), format!("at most {MAX_RETRIES} delays")));
+        }
+        if !matches!(self.method.as_str(), "POST" | "PUT" | "PATCH") {
+            return Err(ConfigError::invalid(key("method"), "use \"POST\", \"PUT\" or \"PATCH\""));
+        }
+        if let Some(status) = self.dead_letter_on.iter().find(|s| !(400..=599).contains(*s)) {
+            return Err(ConfigError::invalid(key("dead_letter_on"), format!("{status} is not a 4xx or 5xx status")));
+        }
+        for (name, value) in &self.headers {
+            let valid_name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            if !valid_name || reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
+                return Err(ConfigError::invalid(
+                    key(&format!("headers.{name}")),
+                    "not a valid HTTP header name and value",
+                ));
+            }
         }
         if let Some(i) = self.retry.iter().position(|d| d.as_millis() == 0) {
             return Err(ConfigError::invalid(key(&format!("retry[{i}]")), "delays must be at least 1ms"));

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    http::Destination,
+    http::{Destination, Outgoing},
     retry::{self, Next, Outcome},
 };
 use crate::{
@@ -54,7 +54,7 @@ pub struct Worker {
     pub name: String,
     pub queues: SubscriptionQueues,
     pub destination: Arc<Destination>,
-    pub schedule: Vec<Duration>,
+    pub policy: retry::Policy,
     pub concurrency: u16,
     pub broker: Broker,
     /// How long shutdown waits for in-flight deliveries.
@@ -226,11 +226,17 @@ impl Worker {
     ) -> Result<(), crate::broker::PublishError> {
         let attempt = state.attempts + 1;
         let started = Instant::now();
-        let outcome = self.destination.send(&envelope, attempt).await;
+        let outgoing = Outgoing {
+            envelope: &envelope,
+            body: envelope.body.clone(),
+            content_type: envelope.content_type.as_deref(),
+            attempt,
+        };
+        let outcome = self.destination.send(outgoing).await;
         let label = if matches!(outcome, Outcome::Delivered { .. }) { "success" } else { "failure" };
         metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => self.name.clone(), "outcome" => label)
             .record(started.elapsed().as_secs_f64());
-        let (status, error) = match &outcome {
+        let failure = match &outcome {
             Outcome::Delivered { status } => {
                 let age = SystemTime::now().duration_since(envelope.received_at).unwrap_or_default();
                 metrics::histogram!(metric::END_TO_END, "subscription" => self.name.clone()).record(age.as_secs_f64());
@@ -239,23 +245,29 @@ impl Worker {
                 tracing::debug!(status, "delivered");
                 return Ok(());
             }
-            Outcome::Failed { status, error } => (*status, error.clone()),
+            Outcome::Failed(failure) => failure.clone(),
         };
-        let next = retry::next(&outcome, attempt, &self.schedule);
-        state.record_failure(Attempt::new(SystemTime::now(), status, &error));
+        let next = retry::next(&outcome, attempt, &self.policy, rand::random::<f64>());
+        let (status, error) = (failure.status, failure.error.as_str());
+        state.record_failure(Attempt::new(SystemTime::now(), status, error).with_response(failure.response.clone()));
         match next {
             Next::Ack => unreachable!("a failed attempt is never simply acked"),
-            Next::Retry { delay } => {
-                let queue = &self.queues.retry_queue(delay).expect("every scheduled delay has a queue").name;
-                self.store(session, queue, message::encode(&envelope, &state), &envelope.body).await?;
+            Next::Retry { queue, wait } => {
+                let queue = &self.queues.retry_queue(queue).expect("every scheduled delay has a queue").name;
+                // The queue's TTL caps the wait; the message's own expiration
+                // places it (jitter, Retry-After) within that cap.
+                let properties =
+                    message::encode(&envelope, &state).with_expiration(wait.as_millis().max(1).to_string().into());
+                self.store(session, queue, properties, &envelope.body).await?;
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried")
                     .increment(1);
-                tracing::info!(?status, %error, retry_in = ?delay, "delivery failed; scheduled a retry");
+                tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
             }
             Next::DeadLetter { reason } => {
                 state.dead_letter_reason = Some(reason.to_owned());
                 self.store(session, &self.queues.dead, message::encode(&envelope, &state), &envelope.body).await?;
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered").increment(1);
+                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered")
+                    .increment(1);
                 metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason)
                     .increment(1);
                 tracing::warn!(?status, %error, reason, attempts = state.attempts, "delivery failed; dead-lettered");

@@ -63,6 +63,7 @@ where
 
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: String,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -84,6 +85,13 @@ pub enum Behavior {
     Status(u16),
     /// Answer 200 after a delay.
     Delay(Duration),
+    /// Answer `status` with these headers and body this many more times, then 200.
+    Respond {
+        times: usize,
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
+    },
 }
 
 struct SinkState {
@@ -152,23 +160,55 @@ impl Drop for Sink {
     }
 }
 
-async fn record(State(state): State<Arc<SinkState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
-    state.received.lock().unwrap().push(Received { path: uri.path().to_owned(), headers, body, at: Instant::now() });
+async fn record(
+    State(state): State<Arc<SinkState>>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    state.received.lock().unwrap().push(Received {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
     state.notify.notify_waiters();
     let behavior = {
         let mut guard = state.behavior.lock().unwrap();
         let current = guard.clone();
-        if let Behavior::FailTimes(n, status) = current {
-            *guard = if n <= 1 { Behavior::Ok } else { Behavior::FailTimes(n - 1, status) };
+        match &current {
+            Behavior::FailTimes(n, status) => {
+                *guard = if *n <= 1 { Behavior::Ok } else { Behavior::FailTimes(n - 1, *status) };
+            }
+            Behavior::Respond { times, status, headers, body } => {
+                *guard = if *times <= 1 {
+                    Behavior::Ok
+                } else {
+                    Behavior::Respond { times: times - 1, status: *status, headers: headers.clone(), body }
+                };
+            }
+            _ => {}
         }
         current
     };
     match behavior {
-        Behavior::Ok => StatusCode::OK,
-        Behavior::FailTimes(_, status) | Behavior::Status(status) => StatusCode::from_u16(status).unwrap(),
+        Behavior::Ok => StatusCode::OK.into_response(),
+        Behavior::FailTimes(_, status) | Behavior::Status(status) => {
+            StatusCode::from_u16(status).unwrap().into_response()
+        }
         Behavior::Delay(d) => {
             tokio::time::sleep(d).await;
-            StatusCode::OK
+            StatusCode::OK.into_response()
+        }
+        Behavior::Respond { status, headers, body, .. } => {
+            let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+            response
         }
     }
 }

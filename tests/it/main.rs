@@ -7,6 +7,7 @@ mod delivery;
 mod edge;
 mod helpers;
 mod ingress;
+mod outbound;
 mod routing;
 mod schemes;
 mod shutdown;

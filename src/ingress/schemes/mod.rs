@@ -26,7 +26,7 @@ pub use credentials::{Basic, Token, Unverified};
 pub use paddle::Paddle;
 pub use slack::Slack;
 pub use square::Square;
-pub use standard_webhooks::StandardWebhooks;
+pub use standard_webhooks::{StandardWebhooks, decode_secret as decode_standard_webhooks_secret};
 pub use stripe::Stripe;
 pub use twilio::Twilio;
 
