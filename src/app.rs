@@ -89,7 +89,10 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let destinations = config
         .subscriptions
         .iter()
-        .map(|(name, sub)| Ok((name.clone(), Arc::new(Destination::new(name, sub)?))))
+        .map(|(name, sub)| {
+            let jq = crate::delivery::transform::Jq::from_config(name, sub)?.map(Arc::new);
+            Ok((name.clone(), Arc::new(Destination::new(name, sub)?), jq))
+        })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let topology = Arc::new(Topology::from_config(&config));
     let metrics = telemetry::metrics_handle();
@@ -138,12 +141,13 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let worker_token = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     if role.worker() {
-        for (name, destination) in destinations {
+        for (name, destination, jq) in destinations {
             let sub = &config.subscriptions[&name];
             let worker = Worker {
                 queues: topology.subscription(&name).expect("planned from the same config").clone(),
                 name,
                 destination,
+                jq,
                 policy: crate::delivery::retry::Policy {
                     schedule: sub.retry.clone(),
                     dead_letter_on: sub.dead_letter_on.clone(),

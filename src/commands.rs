@@ -18,6 +18,7 @@ fn load(path: &Path) -> Result<(Config, Sources), String> {
     let sources = Sources::build(&config.sources).map_err(at)?;
     for (name, subscription) in &config.subscriptions {
         crate::delivery::http::Destination::new(name, subscription).map_err(at)?;
+        crate::delivery::transform::Jq::validate(name, subscription).map_err(at)?;
     }
     Ok((config, sources))
 }

@@ -280,6 +280,17 @@ pub struct SubscriptionConfig {
     pub signing_secret: Vec<Secret>,
     /// Credentials the destination requires.
     pub auth: Option<DestinationAuth>,
+    /// jq expression: the event is delivered only if it yields `true`.
+    pub filter: Option<String>,
+    /// jq program whose output becomes the (JSON) body.
+    pub transform: Option<String>,
+    /// Bound on running `filter` and `transform` for one event.
+    #[serde(default = "default_transform_timeout", with = "duration")]
+    pub transform_timeout: Duration,
+}
+
+fn default_transform_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `auth = { bearer = "..." }` or `auth = { basic = { user = "...", password = "..." } }`.

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod retry;
+pub mod transform;
 pub mod worker;
 
 pub use worker::Worker;

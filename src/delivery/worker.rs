@@ -34,6 +34,7 @@ use tracing::Instrument;
 use super::{
     http::{Destination, Outgoing},
     retry::{self, Next, Outcome},
+    transform::{Jq, Verdict},
 };
 use crate::{
     broker::{
@@ -54,6 +55,8 @@ pub struct Worker {
     pub name: String,
     pub queues: SubscriptionQueues,
     pub destination: Arc<Destination>,
+    /// The subscription's filter and transform, if any.
+    pub jq: Option<Arc<Jq>>,
     pub policy: retry::Policy,
     pub concurrency: u16,
     pub broker: Broker,
@@ -225,13 +228,26 @@ impl Worker {
         mut state: DeliveryState,
     ) -> Result<(), crate::broker::PublishError> {
         let attempt = state.attempts + 1;
-        let started = Instant::now();
-        let outgoing = Outgoing {
-            envelope: &envelope,
-            body: envelope.body.clone(),
-            content_type: envelope.content_type.as_deref(),
-            attempt,
+        let (body, content_type) = match &self.jq {
+            None => (envelope.body.clone(), envelope.content_type.as_deref()),
+            Some(jq) => match jq.decide(&envelope).await {
+                Verdict::Deliver(None) => (envelope.body.clone(), envelope.content_type.as_deref()),
+                Verdict::Deliver(Some(body)) => (body, Some("application/json")),
+                Verdict::Filtered => {
+                    metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "filtered")
+                        .increment(1);
+                    tracing::debug!("filtered out");
+                    return Ok(());
+                }
+                Verdict::Failed(error) => {
+                    // Deterministic: running the program again cannot help.
+                    state.record_failure(Attempt::new(SystemTime::now(), None, &error));
+                    return self.dead_letter(session, &envelope, state, "transform_failed", None, &error).await;
+                }
+            },
         };
+        let started = Instant::now();
+        let outgoing = Outgoing { envelope: &envelope, body, content_type, attempt };
         let outcome = self.destination.send(outgoing).await;
         let label = if matches!(outcome, Outcome::Delivered { .. }) { "success" } else { "failure" };
         metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => self.name.clone(), "outcome" => label)
@@ -264,15 +280,28 @@ impl Worker {
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
             }
             Next::DeadLetter { reason } => {
-                state.dead_letter_reason = Some(reason.to_owned());
-                self.store(session, &self.queues.dead, message::encode(&envelope, &state), &envelope.body).await?;
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered")
-                    .increment(1);
-                metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason)
-                    .increment(1);
-                tracing::warn!(?status, %error, reason, attempts = state.attempts, "delivery failed; dead-lettered");
+                return self.dead_letter(session, &envelope, state, reason, status, error).await;
             }
         }
+        Ok(())
+    }
+
+    /// Moves the event to the dead-letter queue (confirmed) with its history.
+    async fn dead_letter(
+        &self,
+        session: &Session,
+        envelope: &crate::envelope::Envelope,
+        mut state: DeliveryState,
+        reason: &'static str,
+        status: Option<u16>,
+        error: &str,
+    ) -> Result<(), crate::broker::PublishError> {
+        state.dead_letter_reason = Some(reason.to_owned());
+        self.store(session, &self.queues.dead, message::encode(envelope, &state), &envelope.body).await?;
+        metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered")
+            .increment(1);
+        metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
+        tracing::warn!(?status, %error, reason, attempts = state.attempts, "dead-lettered");
         Ok(())
     }
 

@@ -11,3 +11,4 @@ mod outbound;
 mod routing;
 mod schemes;
 mod shutdown;
+mod transform;
