@@ -143,8 +143,12 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     if role.worker() {
         for (name, destination, jq) in destinations {
             let sub = &config.subscriptions[&name];
+            let breaker = &sub.circuit_breaker;
             let worker = Worker {
                 queues: topology.subscription(&name).expect("planned from the same config").clone(),
+                limiter: sub.rate_limit.map(|rate| crate::rate::RateLimiter::new(rate, sub.rate_limit_burst)),
+                breaker: (breaker.failures > 0)
+                    .then(|| crate::delivery::breaker::Breaker::new(&name, breaker.failures, breaker.cooldown)),
                 name,
                 destination,
                 jq,

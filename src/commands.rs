@@ -145,6 +145,10 @@ pub fn sign(
         }
     };
     let id = id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::now_v7().simple()));
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        eprintln!("error: --id must be visible ASCII without spaces (it travels in a header)");
+        return ExitCode::FAILURE;
+    }
     let Some(headers) = built.scheme.sign(&body, SystemTime::now(), &id) else {
         eprintln!("error: source {source:?} holds only public keys (whpk_), which cannot sign");
         return ExitCode::FAILURE;

@@ -49,5 +49,6 @@ pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod ingress;
+pub mod rate;
 pub mod shutdown;
 pub mod telemetry;

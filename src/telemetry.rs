@@ -29,6 +29,10 @@ pub mod metric {
     pub const BROKER_RECONNECTS: &str = "hookwire_broker_reconnects_total";
     /// Gauge; label `subscription`: deliveries being processed now.
     pub const IN_FLIGHT: &str = "hookwire_deliveries_in_flight";
+    /// Gauge; label `subscription`: 1 while the circuit breaker is open.
+    pub const CIRCUIT_OPEN: &str = "hookwire_circuit_open";
+    /// Counter; labels `subscription`, `state` (`open`, `closed`).
+    pub const CIRCUIT_TRANSITIONS: &str = "hookwire_circuit_transitions_total";
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
@@ -64,6 +68,8 @@ fn describe() {
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
+    metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a subscription's circuit breaker is open");
+    metrics::describe_counter!(CIRCUIT_TRANSITIONS, "Circuit breaker state changes");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -287,6 +287,31 @@ pub struct SubscriptionConfig {
     /// Bound on running `filter` and `transform` for one event.
     #[serde(default = "default_transform_timeout", with = "duration")]
     pub transform_timeout: Duration,
+    /// Deliveries per time unit to this destination (`"50/s"`), enforced
+    /// across the subscription's concurrent deliveries in this process.
+    pub rate_limit: Option<Rate>,
+    /// Deliveries allowed at once above `rate_limit` (default one second's worth).
+    pub rate_limit_burst: Option<u32>,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// `circuit_breaker = { failures = 10, cooldown = "30s" }`; `failures = 0` disables it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failed attempts (timeouts, connection errors, 408, 429,
+    /// 5xx) that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker pauses deliveries before one probe.
+    #[serde(with = "duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { failures: 10, cooldown: Duration::from_secs(30) }
+    }
 }
 
 fn default_transform_timeout() -> Duration {
@@ -482,6 +507,15 @@ impl SubscriptionConfig {
         }
         if self.retry.len() > MAX_RETRIES {
             return Err(ConfigError::invalid(key("retry"), format!("at most {MAX_RETRIES} delays")));
+        }
+        if self.rate_limit_burst == Some(0) || (self.rate_limit_burst.is_some() && self.rate_limit.is_none()) {
+            return Err(ConfigError::invalid(key("rate_limit_burst"), "must be at least 1, with rate_limit set"));
+        }
+        if self.circuit_breaker.failures > 0 && self.circuit_breaker.cooldown.is_zero() {
+            return Err(ConfigError::invalid(key("circuit_breaker.cooldown"), "must be greater than 0"));
+        }
+        if self.transform_timeout.is_zero() {
+            return Err(ConfigError::invalid(key("transform_timeout"), "must be greater than 0"));
         }
         if !matches!(self.method.as_str(), "POST" | "PUT" | "PATCH") {
             return Err(ConfigError::invalid(key("method"), "use \"POST\", \"PUT\" or \"PATCH\""));

@@ -6,6 +6,7 @@
 //! - `http` — one attempt against a destination.
 //! - `retry` — what follows an attempt (`is_retriable`, `next`).
 
+pub mod breaker;
 pub mod http;
 pub mod retry;
 pub mod transform;

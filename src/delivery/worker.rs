@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
+    breaker::{Breaker, Health},
     http::{Destination, Outgoing},
     retry::{self, Next, Outcome},
     transform::{Jq, Verdict},
@@ -43,6 +44,7 @@ use crate::{
         publisher::publish_confirmed,
         topology::SubscriptionQueues,
     },
+    rate::RateLimiter,
     shutdown,
     telemetry::metric,
 };
@@ -57,6 +59,9 @@ pub struct Worker {
     pub destination: Arc<Destination>,
     /// The subscription's filter and transform, if any.
     pub jq: Option<Arc<Jq>>,
+    /// The destination's rate limit, shared by all of its deliveries.
+    pub limiter: Option<RateLimiter>,
+    pub breaker: Option<Breaker>,
     pub policy: retry::Policy,
     pub concurrency: u16,
     pub broker: Broker,
@@ -144,6 +149,13 @@ impl Worker {
                 _ = token.cancelled() => break Ended::Shutdown,
                 permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             };
+            // An open breaker stops consumption here: events wait in the queue.
+            if let Some(breaker) = &self.breaker {
+                tokio::select! {
+                    _ = token.cancelled() => break Ended::Shutdown,
+                    _ = breaker.admit() => {}
+                }
+            }
             let delivery = tokio::select! {
                 _ = token.cancelled() => break Ended::Shutdown,
                 next = consumer.next() => next,
@@ -246,9 +258,19 @@ impl Worker {
                 }
             },
         };
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
         let started = Instant::now();
         let outgoing = Outgoing { envelope: &envelope, body, content_type, attempt };
         let outcome = self.destination.send(outgoing).await;
+        if let Some(breaker) = &self.breaker {
+            let (status, delivered) = match &outcome {
+                Outcome::Delivered { status } => (Some(*status), true),
+                Outcome::Failed(failure) => (failure.status, false),
+            };
+            breaker.record(Health::of(status, delivered));
+        }
         let label = if matches!(outcome, Outcome::Delivered { .. }) { "success" } else { "failure" };
         metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => self.name.clone(), "outcome" => label)
             .record(started.elapsed().as_secs_f64());

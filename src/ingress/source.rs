@@ -122,7 +122,7 @@ pub struct Source {
     pub scheme: Box<dyn Scheme>,
     /// Client networks allowed to post (empty: any).
     pub allow_ips: Vec<crate::config::Cidr>,
-    pub limiter: Option<super::guard::RateLimiter>,
+    pub limiter: Option<crate::rate::RateLimiter>,
     require_json: bool,
     event_type: Option<Extractor>,
     event_id: Option<Extractor>,
@@ -166,7 +166,7 @@ impl Source {
             name: name.to_owned(),
             scheme,
             allow_ips: config.allow_ips.clone(),
-            limiter: config.rate_limit.map(|rate| super::guard::RateLimiter::new(rate, config.rate_limit_burst)),
+            limiter: config.rate_limit.map(|rate| crate::rate::RateLimiter::new(rate, config.rate_limit_burst)),
             require_json: config.require_json,
             event_type,
             event_id,

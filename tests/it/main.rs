@@ -8,6 +8,7 @@ mod edge;
 mod helpers;
 mod ingress;
 mod outbound;
+mod protect;
 mod routing;
 mod schemes;
 mod shutdown;
