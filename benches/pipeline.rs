@@ -7,7 +7,9 @@
 //!     driven by 64 concurrent connections of signed 1 KiB webhooks: accepted/s,
 //!     request latency p50/p99, peak RSS, and the ratio to (a);
 //! (c) the whole pipeline (`serve --role all`) into a local sink: delivered/s,
-//!     ingress→destination latency p50/p99, peak RSS.
+//!     ingress→destination latency p50/p99, peak RSS;
+//! (d) the same with 2 KiB events, without and with a transform that picks
+//!     and renames 5 fields (jq), to show what a typical transform costs.
 //! Results go to stdout; docs/BENCHMARKS.md records them with the machine.
 
 use std::{
@@ -70,16 +72,23 @@ async fn run(duration: Duration) {
     );
     println!("    ingress / raw = {:.0}%", 100.0 * ingress.rate / raw);
 
-    let e2e = end_to_end(duration, None).await;
+    let e2e = end_to_end(duration, None, BODY_BYTES, None).await;
     println!(
         "(c) end to end, saturated: {:.0} delivered/s ({} events), accepted {:.0}/s, ingress→destination p50 {:.2} ms p99 {:.2} ms (queueing), peak RSS {:.1} MiB",
         e2e.delivered_rate, e2e.delivered, e2e.accepted_rate, e2e.p50_ms, e2e.p99_ms, e2e.rss_mib
     );
-    let paced = end_to_end(duration, Some(PACED_RATE)).await;
+    let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None).await;
     println!(
         "(c) end to end at {PACED_RATE:.0}/s: {:.0} delivered/s ({} events), ingress→destination p50 {:.2} ms p99 {:.2} ms, peak RSS {:.1} MiB",
         paced.delivered_rate, paced.delivered, paced.p50_ms, paced.p99_ms, paced.rss_mib
     );
+    for (label, transform) in [("no transform", None), ("pick 5 fields", Some(TRANSFORM))] {
+        let run = end_to_end(duration, None, 2048, transform).await;
+        println!(
+            "(d) 2 KiB events, {label}: {:.0} delivered/s ({} events), accepted {:.0}/s, peak RSS {:.1} MiB",
+            run.delivered_rate, run.delivered, run.accepted_rate, run.rss_mib
+        );
+    }
 }
 
 fn rabbitmq_version() -> String {
@@ -92,12 +101,22 @@ fn rabbitmq_version() -> String {
 }
 
 fn body(seq: u64) -> Vec<u8> {
-    let head = format!(r#"{{"type":"invoice.paid","seq":{seq},"pad":""#);
+    body_of(seq, BODY_BYTES)
+}
+
+/// An invoice-like JSON event of `size` bytes.
+fn body_of(seq: u64, size: usize) -> Vec<u8> {
+    let head = format!(
+        r#"{{"type":"invoice.paid","seq":{seq},"data":{{"object":{{"id":"in_{seq}","amount":4200,"currency":"eur","customer":"cus_42","status":"paid"}}}},"pad":""#
+    );
     let mut body = head.into_bytes();
-    body.resize(BODY_BYTES - 2, b'x');
+    body.resize(size - 2, b'x');
     body.extend_from_slice(b"\"}");
     body
 }
+
+/// The transform of phase (d): pick and rename 5 fields.
+const TRANSFORM: &str = "{id, kind: .type, amount: .body.data.object.amount, currency: .body.data.object.currency, customer: .body.data.object.customer}";
 
 // ---------------------------------------------------------------- (a) raw
 
@@ -153,7 +172,7 @@ fn free_port() -> SocketAddr {
 }
 
 impl Hookwire {
-    async fn start(role: &str, sink: Option<SocketAddr>) -> Self {
+    async fn start(role: &str, sink: Option<SocketAddr>, transform: Option<&str>) -> Self {
         let (ingress, admin) = (free_port(), free_port());
         let namespace = format!("bench-{}", uuid::Uuid::now_v7().simple());
         let url = match sink {
@@ -178,6 +197,10 @@ url = "{url}"
 concurrency = 64
 "#
         );
+        let config = match transform {
+            Some(program) => format!("{config}transform = '{program}'\n"),
+            None => config,
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookwire.toml");
         std::fs::write(&path, config).unwrap();
@@ -251,7 +274,7 @@ struct Load {
 
 /// 64 senders, each on its own connection, for `duration`: closed-loop (as
 /// fast as answers come) or, with `rate`, paced to that many requests/s in all.
-async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>) -> Load {
+async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>, body_bytes: usize) -> Load {
     let scheme = Arc::new(StandardWebhooks::new(&[Secret::new(SECRET)], None).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let url = format!("http://{ingress}/webhooks/bench");
@@ -268,7 +291,7 @@ async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>) -> Lo
                     pace.tick().await;
                 }
                 seq += 1;
-                let payload = body(seq);
+                let payload = body_of(seq, body_bytes);
                 let sent_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
                 let id = format!("b{task}-{seq}-{sent_ns}");
                 let mut request = client.post(&url).header("content-type", "application/json");
@@ -319,9 +342,9 @@ struct IngressResult {
 }
 
 async fn ingress_only(duration: Duration) -> IngressResult {
-    let hookwire = Hookwire::start("ingress", None).await;
+    let hookwire = Hookwire::start("ingress", None, None).await;
     let cpu_before = hookwire.cpu_seconds();
-    let mut load = drive(hookwire.ingress, duration, None).await;
+    let mut load = drive(hookwire.ingress, duration, None, BODY_BYTES).await;
     let cpu = hookwire.cpu_seconds() - cpu_before;
     load.latencies_us.sort_unstable();
     let result = IngressResult {
@@ -370,15 +393,15 @@ struct EndToEnd {
     rss_mib: f64,
 }
 
-async fn end_to_end(duration: Duration, rate: Option<f64>) -> EndToEnd {
+async fn end_to_end(duration: Duration, rate: Option<f64>, body_bytes: usize, transform: Option<&str>) -> EndToEnd {
     let stats = Arc::new(Mutex::new(SinkStats::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = listener.local_addr().unwrap();
     let app = axum::Router::new().route("/", post(sink)).with_state(stats.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let hookwire = Hookwire::start("all", Some(sink_addr)).await;
-    let load = drive(hookwire.ingress, duration, rate).await;
+    let hookwire = Hookwire::start("all", Some(sink_addr), transform).await;
+    let load = drive(hookwire.ingress, duration, rate, body_bytes).await;
     // Let the backlog drain: wait until deliveries stop growing.
     let mut seen = 0;
     loop {
