@@ -294,6 +294,9 @@ pub struct SubscriptionConfig {
     pub rate_limit_burst: Option<u32>,
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
+    /// PEM file of extra certificate authorities to trust for this
+    /// destination (an internal CA), on top of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `circuit_breaker = { failures = 10, cooldown = "30s" }`; `failures = 0` disables it.

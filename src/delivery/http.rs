@@ -49,7 +49,18 @@ pub struct Outgoing<'a> {
 impl Destination {
     pub fn new(name: &str, config: &SubscriptionConfig) -> Result<Self, ConfigError> {
         let key = |field: &str| format!("subscriptions.{name}.{field}");
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| ConfigError::invalid(key("ca_file"), format!("cannot read {}: {e}", path.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).ok().filter(|roots| !roots.is_empty()).ok_or_else(
+                || ConfigError::invalid(key("ca_file"), format!("{} holds no PEM certificate", path.display())),
+            )?;
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let client = builder
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(usize::from(config.concurrency))

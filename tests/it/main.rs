@@ -12,4 +12,5 @@ mod protect;
 mod routing;
 mod schemes;
 mod shutdown;
+mod tls;
 mod transform;
