@@ -155,38 +155,27 @@ impl GenericHmac {
 
     /// GitHub: `X-Hub-Signature-256: sha256=<hex>` over the raw body.
     pub fn github(secrets: &[Secret]) -> Self {
-        Self::new(
-            HmacOptions {
-                header: "x-hub-signature-256".into(),
-                algorithm: Algorithm::Sha256,
-                encoding: Encoding::Hex,
-                prefix: "sha256=".into(),
-                template: Template::parse("{body}").expect("valid"),
-                timestamp_header: None,
-                id_header: None,
-                tolerance: Duration::ZERO,
-            },
-            secrets,
-        )
-        .expect("preset is consistent")
+        Self::over_body("x-hub-signature-256", Encoding::Hex, "sha256=", secrets)
     }
 
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>` over the raw body.
     pub fn shopify(secrets: &[Secret]) -> Self {
-        Self::new(
-            HmacOptions {
-                header: "x-shopify-hmac-sha256".into(),
-                algorithm: Algorithm::Sha256,
-                encoding: Encoding::Base64,
-                prefix: String::new(),
-                template: Template::parse("{body}").expect("valid"),
-                timestamp_header: None,
-                id_header: None,
-                tolerance: Duration::ZERO,
-            },
-            secrets,
-        )
-        .expect("preset is consistent")
+        Self::over_body("x-shopify-hmac-sha256", Encoding::Base64, "", secrets)
+    }
+
+    /// A preset: HMAC-SHA256 of the raw body in `header`, after `prefix`.
+    fn over_body(header: &str, encoding: Encoding, prefix: &str, secrets: &[Secret]) -> Self {
+        let options = HmacOptions {
+            header: header.to_owned(),
+            algorithm: Algorithm::Sha256,
+            encoding,
+            prefix: prefix.to_owned(),
+            template: Template::parse("{body}").expect("valid"),
+            timestamp_header: None,
+            id_header: None,
+            tolerance: Duration::ZERO,
+        };
+        Self::new(options, secrets).expect("a body-only template needs no extra header")
     }
 
     fn optional<'h>(&self, headers: &'h HeaderMap, name: Option<&'static str>) -> Result<&'h str, VerifyError> {
