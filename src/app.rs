@@ -109,7 +109,29 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         let draining = draining.clone();
         Box::new(move || broker.is_ready() && !draining.load(Ordering::Relaxed))
     };
-    let admin_router = admin::router(Arc::new(AdminState { metrics, ready }));
+    let breakers: std::collections::HashMap<String, Arc<crate::delivery::breaker::Breaker>> = if role.worker() {
+        config
+            .subscriptions
+            .iter()
+            .filter(|(_, sub)| sub.circuit_breaker.failures > 0)
+            .map(|(name, sub)| {
+                let breaker = &sub.circuit_breaker;
+                (
+                    name.clone(),
+                    Arc::new(crate::delivery::breaker::Breaker::new(name, breaker.failures, breaker.cooldown)),
+                )
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
+    let api = Arc::new(admin::api::ApiState {
+        tokens: config.admin.tokens.clone(),
+        broker: broker.clone(),
+        subscriptions: admin::api::SubscriptionInfo::from_config(&config),
+        breakers: breakers.clone(),
+    });
+    let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
     let admin_task = serve(admin_listener, admin_router, admin_token.clone());
 
     let http_token = CancellationToken::new();
@@ -143,12 +165,10 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     if role.worker() {
         for (name, destination, jq) in destinations {
             let sub = &config.subscriptions[&name];
-            let breaker = &sub.circuit_breaker;
             let worker = Worker {
                 queues: topology.subscription(&name).expect("planned from the same config").clone(),
                 limiter: sub.rate_limit.map(|rate| crate::rate::RateLimiter::new(rate, sub.rate_limit_burst)),
-                breaker: (breaker.failures > 0)
-                    .then(|| crate::delivery::breaker::Breaker::new(&name, breaker.failures, breaker.cooldown)),
+                breaker: breakers.get(&name).cloned(),
                 name,
                 destination,
                 jq,

@@ -73,6 +73,10 @@ pub fn check(config_path: &Path) -> ExitCode {
     line(format!("{}: OK", config_path.display()));
     line(format!("ingress: http://{}/webhooks/{{source}}", config.ingress.listen));
     line(format!("admin:   http://{} (/healthz /readyz /metrics)", config.admin.listen));
+    line(match config.admin.tokens.len() {
+        0 => "operator API: disabled (no admin.tokens configured)".to_owned(),
+        n => format!("operator API: http://{}/api/v1 ({n} token(s), not shown)", config.admin.listen),
+    });
     line(format!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose())));
     line("sources:".to_owned());
     for (name, source) in &config.sources {
@@ -213,6 +217,83 @@ async fn sink_async(listen: std::net::SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hookwire subscriptions`: a thin client of `GET /api/v1/subscriptions`.
+pub fn subscriptions(admin_url: &str, token: Option<&str>, json: bool) -> ExitCode {
+    use crate::admin::api::SubscriptionStatus;
+    let Some(token) = token else {
+        eprintln!("error: set HOOKWIRE_ADMIN_TOKEN to one of the server's admin.tokens");
+        return ExitCode::FAILURE;
+    };
+    let url = format!("{}/api/v1/subscriptions", admin_url.trim_end_matches('/'));
+    let fetched = runtime().block_on(async {
+        let response =
+            reqwest::Client::new().get(&url).bearer_auth(token).send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|p| p["detail"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            return Err(format!("{url}: {status}: {detail}"));
+        }
+        Ok(body)
+    });
+    let body = match fetched {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        emit(&format!("{body}\n"));
+        return ExitCode::SUCCESS;
+    }
+    let list: Vec<SubscriptionStatus> = match serde_json::from_str(&body) {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!("error: unexpected answer from {url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut rows = vec![
+        ["NAME", "DESTINATION", "CIRCUIT", "READY", "RETRYING", "DEAD", "CONSUMERS", "TOPICS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for s in &list {
+        rows.push(vec![
+            s.name.clone(),
+            s.destination_host.clone(),
+            s.circuit.clone().unwrap_or_else(|| "-".to_owned()),
+            s.work.messages.to_string(),
+            s.retry.iter().map(|q| q.messages).sum::<u32>().to_string(),
+            s.dead.messages.to_string(),
+            s.work.consumers.to_string(),
+            s.topics.join(", "),
+        ]);
+    }
+    emit(&table(&rows));
+    ExitCode::SUCCESS
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |v| v.chars().count())).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> =
+            row.iter().enumerate().map(|(c, v)| format!("{v:<width$}", width = widths[c])).collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
 }
 
 /// `amqp://user:***@host/vhost`: the password never reaches the terminal.

@@ -21,11 +21,13 @@ pub struct ApiError {
     pub title: &'static str,
     pub detail: String,
     pub retry_after: Option<Duration>,
+    /// Adds `WWW-Authenticate: Bearer` (a 401 from the operator API).
+    pub www_authenticate: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, slug, title, detail: detail.into(), retry_after: None }
+        Self { status, slug, title, detail: detail.into(), retry_after: None, www_authenticate: false }
     }
 
     pub fn retry_after(mut self, after: Duration) -> Self {
@@ -45,6 +47,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.www_authenticate {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -62,6 +62,15 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
         headers: Vec<String>,
     },
+    /// List subscriptions with queue depths and circuit state (operator API).
+    Subscriptions {
+        /// The admin listener of any hookwire process.
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "HOOKWIRE_ADMIN_URL")]
+        admin_url: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a debug destination that prints every webhook it receives.
     Sink {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -78,5 +87,9 @@ fn main() -> ExitCode {
             commands::sign(&config, &source, &body, curl, id, &headers)
         }
         Command::Sink { listen } => commands::sink(listen),
+        Command::Subscriptions { admin_url, json } => {
+            let token = std::env::var("HOOKWIRE_ADMIN_TOKEN").ok();
+            commands::subscriptions(&admin_url, token.as_deref(), json)
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` (and, later, the
-//! operator API). Kept apart from ingress so it can stay private.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (open), and the
+//! operator API under `/api/v1` (bearer tokens; see `api`). Kept apart from
+//! the ingress so it can stay private.
+
+pub mod api;
 
 use std::sync::Arc;
 
@@ -18,12 +21,13 @@ pub struct AdminState {
     pub ready: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
-pub fn router(state: Arc<AdminState>) -> Router {
+pub fn router(state: Arc<AdminState>, api: Arc<api::ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(api::router(api))
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

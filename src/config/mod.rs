@@ -114,11 +114,14 @@ impl Default for IngressConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer tokens accepted by the operator API (`/api/...`); without any,
+    /// the API is disabled, never open.
+    pub tokens: Vec<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), tokens: Vec::new() }
     }
 }
 
@@ -425,6 +428,12 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
         }
+        if let Some(i) = self.admin.tokens.iter().position(|t| t.expose().trim().len() < 16) {
+            return Err(ConfigError::invalid(
+                format!("admin.tokens[{i}]"),
+                "operator tokens must be at least 16 characters (generate one: openssl rand -hex 24)",
+            ));
+        }
         if self.ingress.max_headers == 0 {
             return Err(ConfigError::invalid("ingress.max_headers", "must be at least 1"));
         }
@@ -653,6 +662,8 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
         assert!(e.starts_with("rabbitmq.namespace:"), "{e}");
         let e = error(&EXAMPLE.replace("[sources.acme]", "[sources.\"ac.me\"]"));
         assert!(e.starts_with("sources.ac.me:"), "{e}");
+        let e = error("[admin]\ntokens = [\"${SHORT:-short}\"]");
+        assert!(e.starts_with("admin.tokens[0]:") && !e.contains("short"), "{e}");
         let e = error("[ingress\nlisten=1");
         assert!(e.starts_with("invalid TOML"), "{e}");
     }

@@ -61,7 +61,7 @@ pub struct Worker {
     pub jq: Option<Arc<Jq>>,
     /// The destination's rate limit, shared by all of its deliveries.
     pub limiter: Option<RateLimiter>,
-    pub breaker: Option<Breaker>,
+    pub breaker: Option<Arc<Breaker>>,
     pub policy: retry::Policy,
     pub concurrency: u16,
     pub broker: Broker,

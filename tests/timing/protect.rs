@@ -30,6 +30,7 @@ fn arrival_rate(sink: &Sink) -> f64 {
 
 #[tokio::test]
 async fn rate_limit_holds_at_the_destination() {
+    let _serial = crate::serial().await;
     let sink = Sink::start(Behavior::Ok).await;
     let app = TestApp::start(&format!(
         "[subscriptions.gentle]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nconcurrency = 8\nrate_limit = \"20/s\"\nrate_limit_burst = 1\n",
@@ -45,6 +46,7 @@ async fn rate_limit_holds_at_the_destination() {
 
 #[tokio::test]
 async fn circuit_opens_after_failures_then_probes_and_closes() {
+    let _serial = crate::serial().await;
     let sink = Sink::start(Behavior::Status(503)).await;
     let app = TestApp::start(&format!(
         r#"
@@ -96,7 +98,7 @@ circuit_breaker = {{ failures = 3, cooldown = "1s" }}
 }
 
 async fn healthy_rate(with_hanging_neighbour: bool) -> f64 {
-    const EVENTS: usize = 300;
+    const EVENTS: usize = 1000;
     let healthy = Sink::start(Behavior::Ok).await;
     let hanging = Sink::start(Behavior::Delay(Duration::from_secs(60))).await;
     let mut extra =
@@ -104,7 +106,7 @@ async fn healthy_rate(with_hanging_neighbour: bool) -> f64 {
     if with_hanging_neighbour {
         extra += &format!(
             // Breaker off and quick retries: the neighbour keeps hammering.
-            "[subscriptions.hanging]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nconcurrency = 16\ntimeout = \"1s\"\nretry = [\"100ms\", \"100ms\", \"100ms\"]\ncircuit_breaker = {{ failures = 0 }}\n",
+            "[subscriptions.hanging]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nconcurrency = 16\ntimeout = \"500ms\"\nretry = [\"100ms\", \"100ms\", \"100ms\"]\ncircuit_breaker = {{ failures = 0 }}\n",
             hanging.url("/")
         );
     }
@@ -119,6 +121,7 @@ async fn healthy_rate(with_hanging_neighbour: bool) -> f64 {
 
 #[tokio::test]
 async fn a_hanging_destination_does_not_slow_a_healthy_one() {
+    let _serial = crate::serial().await;
     let alone = healthy_rate(false).await;
     let beside_hanging = healthy_rate(true).await;
     eprintln!("healthy subscription: {alone:.0}/s alone, {beside_hanging:.0}/s beside a hanging one");
