@@ -8,7 +8,14 @@ deploy/ensure-rabbitmq.sh
 # The reference Standard Webhooks implementation (PyPI), which the tests use
 # to check that signed deliveries verify with someone else's code.
 if [ ! -x target/test-venv/bin/python ] || ! target/test-venv/bin/python -c 'import standardwebhooks' 2>/dev/null; then
-  python3 -m venv target/test-venv
+  rm -rf target/test-venv
+  if ! python3 -m venv target/test-venv 2>/dev/null; then
+    # Debian ships venv support separately.
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    rm -rf target/test-venv
+    python3 -m venv target/test-venv
+  fi
   target/test-venv/bin/pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
 fi
 cargo fmt --all -- --check
