@@ -137,6 +137,27 @@ pub fn any_mac_matches(algorithm: Algorithm, keys: &[Vec<u8>], parts: &[&[u8]], 
     matched
 }
 
+/// Parses a `key=value` list such as Stripe's `t=…,v1=…,v1=…` or Paddle's
+/// `ts=…;h1=…;h1=…`: the value of `timestamp_key` and every hex-decodable
+/// value of `signature_key`. Other keys (legacy or future schemes) are skipped.
+pub fn timestamped_signatures<'v>(
+    value: &'v str,
+    separator: char,
+    timestamp_key: &str,
+    signature_key: &str,
+) -> (Option<&'v str>, Vec<Vec<u8>>) {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for item in value.split(separator) {
+        match item.trim().split_once('=') {
+            Some((key, ts)) if key == timestamp_key => timestamp = Some(ts),
+            Some((key, hex)) if key == signature_key => signatures.extend(hex::decode(hex).ok()),
+            _ => {}
+        }
+    }
+    (timestamp, signatures)
+}
+
 /// Constant-time equality of two secrets of possibly different lengths:
 /// compares their SHA-256 digests, so neither content nor length leaks.
 pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {

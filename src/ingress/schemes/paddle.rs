@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, timestamped_signatures,
+        unix_seconds,
     },
 };
 
@@ -33,15 +34,7 @@ impl Paddle {
 impl Scheme for Paddle {
     fn verify(&self, request: &Incoming<'_>, now: SystemTime) -> Result<(), VerifyError> {
         let value = header(request.headers, SIGNATURE)?;
-        let mut timestamp = None;
-        let mut candidates = Vec::new();
-        for item in value.split(';') {
-            match item.trim().split_once('=') {
-                Some(("ts", ts)) => timestamp = Some(ts),
-                Some(("h1", hex)) => candidates.extend(hex::decode(hex).ok()),
-                _ => {}
-            }
-        }
+        let (timestamp, candidates) = timestamped_signatures(value, ';', "ts", "h1");
         let timestamp = timestamp.ok_or(VerifyError::MalformedHeader(SIGNATURE))?;
         check_timestamp(timestamp, SIGNATURE, now, self.tolerance)?;
         let parts: [&[u8]; 3] = [timestamp.as_bytes(), b":", request.body];

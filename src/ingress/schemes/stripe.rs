@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use crate::{
     config::Secret,
     ingress::verify::{
-        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, unix_seconds,
+        Algorithm, Incoming, Scheme, VerifyError, any_mac_matches, check_timestamp, header, timestamped_signatures,
+        unix_seconds,
     },
 };
 
@@ -32,15 +33,8 @@ impl Stripe {
 impl Scheme for Stripe {
     fn verify(&self, request: &Incoming<'_>, now: SystemTime) -> Result<(), VerifyError> {
         let value = header(request.headers, SIGNATURE)?;
-        let mut timestamp = None;
-        let mut candidates = Vec::new();
-        for item in value.split(',') {
-            match item.trim().split_once('=') {
-                Some(("t", t)) => timestamp = Some(t),
-                Some(("v1", hex)) => candidates.extend(hex::decode(hex).ok()),
-                _ => {} // v0 (test-mode legacy) and future schemes are ignored
-            }
-        }
+        // v0 (Stripe's legacy test mode) and future schemes are skipped.
+        let (timestamp, candidates) = timestamped_signatures(value, ',', "t", "v1");
         let timestamp = timestamp.ok_or(VerifyError::MalformedHeader(SIGNATURE))?;
         check_timestamp(timestamp, SIGNATURE, now, self.tolerance)?;
         let parts: [&[u8]; 3] = [timestamp.as_bytes(), b".", request.body];
