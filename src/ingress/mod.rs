@@ -129,9 +129,9 @@ async fn receive(
         }
     };
     tracing::Span::current().record("event_id", envelope.id.as_str());
-    publish(&state, &envelope).await?;
-    count(name, "accepted");
     let routing_key = envelope.routing_key();
+    publish(&state, &envelope, &routing_key).await?;
+    count(name, "accepted");
     if !state.topics.iter().any(|t| topic_matches(t, &routing_key)) {
         metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
         tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");
@@ -154,10 +154,9 @@ fn rejection_error(rejection: &Rejection) -> ApiError {
     ApiError::new(status, slug, title, rejection.to_string())
 }
 
-async fn publish(state: &IngressState, envelope: &Envelope) -> Result<(), ApiError> {
+async fn publish(state: &IngressState, envelope: &Envelope, routing_key: &str) -> Result<(), ApiError> {
     let properties = message::encode(envelope, &Default::default());
-    let routing_key = envelope.routing_key();
-    state.publisher.publish(&state.events_exchange, &routing_key, properties, &envelope.body).await.map_err(|error| {
+    state.publisher.publish(&state.events_exchange, routing_key, properties, &envelope.body).await.map_err(|error| {
         count(&envelope.source, "unavailable");
         tracing::warn!(%error, reason = error.reason(), "publish failed; answering 503");
         ApiError::new(
