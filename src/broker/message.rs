@@ -153,7 +153,7 @@ fn integer(value: &AMQPValue) -> Option<i64> {
     }
 }
 
-pub fn decode(properties: &BasicProperties, body: Vec<u8>) -> Result<(Envelope, DeliveryState), DecodeError> {
+pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<(Envelope, DeliveryState), DecodeError> {
     let empty = FieldTable::default();
     let headers = properties.headers().as_ref().unwrap_or(&empty);
     let get = |key: &'static str| -> Result<String, DecodeError> {
@@ -176,7 +176,7 @@ pub fn decode(properties: &BasicProperties, body: Vec<u8>) -> Result<(Envelope, 
         received_at,
         content_type: properties.content_type().as_ref().map(|s| s.as_str().to_owned()),
         headers: forwarded,
-        body: Bytes::from(body),
+        body,
     };
     let attempts = match headers.inner().get(ATTEMPTS) {
         None => 0,
@@ -222,7 +222,7 @@ mod tests {
         state.record_failure(Attempt::new(SystemTime::now(), None, &"x".repeat(1000)));
         state.dead_letter_reason = Some("retries_exhausted".into());
         let props = encode(&envelope(), &state);
-        let (decoded, decoded_state) = decode(&props, b"{\"a\": 1}".to_vec()).unwrap();
+        let (decoded, decoded_state) = decode(&props, Bytes::from_static(b"{\"a\": 1}")).unwrap();
         assert_eq!(decoded, envelope());
         assert_eq!(decoded_state, state);
         assert_eq!(decoded_state.attempts, 2);
@@ -232,15 +232,15 @@ mod tests {
     #[test]
     fn fresh_event_has_no_attempts() {
         let props = encode(&envelope(), &DeliveryState::default());
-        let (_, state) = decode(&props, vec![]).unwrap();
+        let (_, state) = decode(&props, Bytes::new()).unwrap();
         assert_eq!(state, DeliveryState::default());
     }
 
     #[test]
     fn foreign_messages_are_rejected() {
-        assert_eq!(decode(&BasicProperties::default(), vec![]).unwrap_err(), DecodeError::Missing("message-id"));
+        assert_eq!(decode(&BasicProperties::default(), Bytes::new()).unwrap_err(), DecodeError::Missing("message-id"));
         let props = BasicProperties::default().with_message_id("x".into());
-        assert_eq!(decode(&props, vec![]).unwrap_err(), DecodeError::Missing(RECEIVED_AT));
+        assert_eq!(decode(&props, Bytes::new()).unwrap_err(), DecodeError::Missing(RECEIVED_AT));
     }
 
     #[test]

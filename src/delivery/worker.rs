@@ -192,6 +192,9 @@ impl Worker {
         let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
         gauge.increment(1.0);
         let Delivery { properties, data, acker, .. } = delivery;
+        // Bytes: keeping the body for the undecodable path costs a reference
+        // count, not a copy of every delivery's body.
+        let data = bytes::Bytes::from(data);
         let settle = match message::decode(&properties, data.clone()) {
             Ok((envelope, state)) => {
                 let span = tracing::info_span!("delivery", subscription = %self.name, event_id = %envelope.id, attempt = state.attempts + 1);

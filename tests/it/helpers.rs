@@ -463,7 +463,7 @@ impl TestApp {
         let mut out = Vec::new();
         while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
             let delivery = message.delivery;
-            out.push(message::decode(&delivery.properties, delivery.data).unwrap());
+            out.push(message::decode(&delivery.properties, delivery.data.into()).unwrap());
         }
         let _ = conn.close(200, "".into()).await;
         out
