@@ -6,7 +6,8 @@
 //! 1. ingress stops accepting and finishes in-flight requests (their
 //!    publishes still need the broker);
 //! 2. workers stop consuming and settle in-flight deliveries;
-//! 3. the broker connection closes (unsettled deliveries return to queues);
+//! 3. the pause/resume listener stops, then the broker connection closes
+//!    (unsettled deliveries return to queues);
 //! 4. the admin listener stops last, so probes see the drain.
 
 use std::{
@@ -27,6 +28,7 @@ use crate::{
     config::{Config, ConfigError},
     delivery::{Worker, http::Destination},
     ingress::{self, IngressState, Sources},
+    operator::{Operator, control::Control},
     telemetry,
 };
 
@@ -75,10 +77,12 @@ pub struct App {
     drain_timeout: Duration,
     http_token: CancellationToken,
     worker_token: CancellationToken,
+    control_token: CancellationToken,
     broker_token: CancellationToken,
     admin_token: CancellationToken,
     ingress_task: Option<JoinHandle<()>>,
     workers: tokio::task::JoinSet<()>,
+    control_task: JoinHandle<()>,
     broker_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
 }
@@ -99,6 +103,9 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
 
     let broker_token = CancellationToken::new();
     let (broker, broker_task) = Broker::spawn(&config.rabbitmq, topology.clone(), broker_token.clone());
+    // Every process follows pause/resume: workers obey it, the API reports it.
+    let control_token = CancellationToken::new();
+    let (control, control_task) = Control::spawn(broker.clone(), control_token.clone());
 
     let draining = Arc::new(AtomicBool::new(false));
     let admin_token = CancellationToken::new();
@@ -130,6 +137,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         broker: broker.clone(),
         subscriptions: admin::api::SubscriptionInfo::from_config(&config),
         breakers: breakers.clone(),
+        operator: Operator { broker: broker.clone(), control: control.clone() },
     });
     let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
     let admin_task = serve(admin_listener, admin_router, admin_token.clone());
@@ -141,7 +149,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         let state = IngressState {
             sources,
             publisher: Publisher::new(broker.clone(), config.ingress.publish_timeout),
-            events_exchange: topology.events_exchange.clone(),
+            accepted_exchange: topology.accepted_exchange.clone(),
             topics: config.subscriptions.values().flat_map(|s| s.topics.clone()).collect(),
             max_body_bytes: config.ingress.max_body_bytes,
             read_timeout: config.ingress.read_timeout,
@@ -169,6 +177,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
                 queues: topology.subscription(&name).expect("planned from the same config").clone(),
                 limiter: sub.rate_limit.map(|rate| crate::rate::RateLimiter::new(rate, sub.rate_limit_burst)),
                 breaker: breakers.get(&name).cloned(),
+                paused: control.watch(&name),
                 name,
                 destination,
                 jq,
@@ -192,10 +201,12 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         drain_timeout: config.shutdown.drain_timeout,
         http_token,
         worker_token,
+        control_token,
         broker_token,
         admin_token,
         ingress_task,
         workers,
+        control_task,
         broker_task,
         admin_task,
     })
@@ -217,6 +228,8 @@ impl App {
         if left > 0 {
             tracing::warn!(left, "workers did not stop in time");
         }
+        self.control_token.cancel();
+        join_within(self.control_task, Duration::from_secs(5), "operator control listener").await;
         self.broker_token.cancel();
         join_within(self.broker_task, Duration::from_secs(15), "broker connection").await;
         self.admin_token.cancel();

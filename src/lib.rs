@@ -8,8 +8,10 @@
 //! finally parking what cannot be delivered in a **dead-letter queue**.
 //!
 //! ```text
-//!  sender ──POST──▶ ingress ──publish+confirm──▶ ns.events (topic)
-//!                   verify                        │ no match ─▶ ns.unrouted
+//!  sender ──POST──▶ ingress ──publish+confirm──▶ ns.accepted (fanout) ─▶ ns.archive (stream)
+//!                   verify                        ▼
+//!                                             ns.events (topic)
+//!                                                 │ no match ─▶ ns.unrouted
 //!                                                 ▼
 //!                                      ns.sub.NAME (quorum) ◀── ns.sub.NAME.retry.D (TTL)
 //!                                                 │                      ▲
@@ -18,6 +20,10 @@
 //!                                                 └─ exhausted ─▶ ns.sub.NAME.dead
 //! ```
 //!
+//! **Operators** browse, replay and purge the dead-letter and unrouted
+//! queues, pause subscriptions, and replay time windows from the archive,
+//! through the operator API on the admin listener.
+//!
 //! # Layout
 //! The modules follow the data's path:
 //!
@@ -25,11 +31,15 @@
 //! - [`broker`] — RabbitMQ: topology, the supervised connection, confirmed
 //!   publishing, the message encoding.
 //! - [`delivery`] — workers: consume, POST, decide retry/dead-letter, settle.
-//! - [`admin`] — `/healthz`, `/readyz`, `/metrics`.
+//! - [`operator`] — what operators do to the queues: scan (browse, move,
+//!   remove), selectors, pause/resume across processes, archive replay.
+//! - [`admin`] — `/healthz`, `/readyz`, `/metrics`, and the operator API's
+//!   HTTP side.
 //!
 //! Cross-cutting: [`config`] (the TOML file), [`envelope`] (the event as it
 //! travels), [`app`] (startup and ordered shutdown, callable from tests with
-//! port 0), [`commands`] (the CLI subcommands), [`telemetry`] (logs, metric
+//! port 0), [`commands`] (the CLI subcommands), [`client`] (the operator
+//! CLI, a client of the operator API), [`telemetry`] (logs, metric
 //! names), [`shutdown`] (signals, bounded drains), [`error`] (the
 //! problem+json edge).
 //!
@@ -43,12 +53,14 @@
 pub mod admin;
 pub mod app;
 pub mod broker;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod ingress;
+pub mod operator;
 pub mod rate;
 pub mod shutdown;
 pub mod telemetry;

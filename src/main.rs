@@ -4,7 +4,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use hookwire::{app::Role, commands, telemetry};
+use hookwire::{
+    app::Role,
+    client::{self, Api, Selectors, Target},
+    commands, telemetry,
+};
 
 /// mimalloc instead of glibc malloc: the ingress hot path allocates per
 /// request, and glibc's malloc/free showed up as ~10% of its CPU profile
@@ -62,19 +66,116 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
         headers: Vec<String>,
     },
-    /// List subscriptions with queue depths and circuit state (operator API).
+    /// List subscriptions: queue depths, consumers, circuit, paused (operator API).
     Subscriptions {
-        /// The admin listener of any hookwire process.
-        #[arg(long, default_value = "http://127.0.0.1:9090", env = "HOOKWIRE_ADMIN_URL")]
-        admin_url: String,
-        /// Print the API's JSON instead of a table.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// A subscription's dead letters: list, show, replay, purge (operator API).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Events no subscription matched: list, show, replay through routing, purge.
+    Unrouted {
+        #[command(subcommand)]
+        action: QueueAction,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Re-deliver archived events from a time window to a subscription (original ids kept).
+    Replay {
+        /// Subscription name, as in [subscriptions.NAME].
+        subscription: String,
+        /// Window start, RFC 3339 (2026-11-21T09:00:00Z), inclusive.
         #[arg(long)]
-        json: bool,
+        from: String,
+        /// Window end, RFC 3339, exclusive (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only event types matching this topic pattern (within the subscription's topics).
+        #[arg(long = "type", value_name = "PATTERN")]
+        event_type: Option<String>,
+        /// Only count what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Stop deliveries of a subscription in every process (events keep queueing).
+    Pause {
+        subscription: String,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Restart deliveries of a paused subscription.
+    Resume {
+        subscription: String,
+        #[command(flatten)]
+        api: Api,
     },
     /// Run a debug destination that prints every webhook it receives.
     Sink {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first (browsing changes nothing).
+    List {
+        subscription: String,
+        /// Page size (at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this event id (the previous page's last).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one dead letter whole: headers, attempt history, body.
+    Show { subscription: String, event_id: String },
+    /// Move matching dead letters back to the work queue with a fresh attempt count.
+    Replay {
+        subscription: String,
+        #[command(flatten)]
+        selectors: Selectors,
+    },
+    /// Delete matching dead letters for good.
+    Purge {
+        subscription: String,
+        #[command(flatten)]
+        selectors: Selectors,
+        /// Confirm the deletion (not needed with --dry-run).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List unrouted events, oldest first (browsing changes nothing).
+    List {
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one unrouted event whole.
+    Show { event_id: String },
+    /// Route matching events again (those still matching no subscription stay).
+    Replay {
+        #[command(flatten)]
+        selectors: Selectors,
+    },
+    /// Delete matching unrouted events for good.
+    Purge {
+        #[command(flatten)]
+        selectors: Selectors,
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -87,9 +188,31 @@ fn main() -> ExitCode {
             commands::sign(&config, &source, &body, curl, id, &headers)
         }
         Command::Sink { listen } => commands::sink(listen),
-        Command::Subscriptions { admin_url, json } => {
-            let token = std::env::var("HOOKWIRE_ADMIN_TOKEN").ok();
-            commands::subscriptions(&admin_url, token.as_deref(), json)
+        Command::Subscriptions { api } => client::subscriptions(&api),
+        Command::Dlq { action, api } => match action {
+            DlqAction::List { subscription, limit, after } => {
+                client::list(&api, &Target::DeadLetters(subscription), limit, after.as_deref())
+            }
+            DlqAction::Show { subscription, event_id } => {
+                client::show(&api, &Target::DeadLetters(subscription), &event_id)
+            }
+            DlqAction::Replay { subscription, selectors } => {
+                client::replay(&api, &Target::DeadLetters(subscription), &selectors)
+            }
+            DlqAction::Purge { subscription, selectors, yes } => {
+                client::purge(&api, &Target::DeadLetters(subscription), &selectors, yes)
+            }
+        },
+        Command::Unrouted { action, api } => match action {
+            QueueAction::List { limit, after } => client::list(&api, &Target::Unrouted, limit, after.as_deref()),
+            QueueAction::Show { event_id } => client::show(&api, &Target::Unrouted, &event_id),
+            QueueAction::Replay { selectors } => client::replay(&api, &Target::Unrouted, &selectors),
+            QueueAction::Purge { selectors, yes } => client::purge(&api, &Target::Unrouted, &selectors, yes),
+        },
+        Command::Replay { subscription, from, to, event_type, dry_run, api } => {
+            client::replay_window(&api, &subscription, &from, to.as_deref(), event_type.as_deref(), dry_run)
         }
+        Command::Pause { subscription, api } => client::set_paused(&api, &subscription, true),
+        Command::Resume { subscription, api } => client::set_paused(&api, &subscription, false),
     }
 }

@@ -33,6 +33,13 @@ pub mod metric {
     pub const CIRCUIT_OPEN: &str = "hookwire_circuit_open";
     /// Counter; labels `subscription`, `state` (`open`, `closed`).
     pub const CIRCUIT_TRANSITIONS: &str = "hookwire_circuit_transitions_total";
+    /// Gauge per subscription: 1 while an operator has it paused.
+    pub const PAUSED: &str = "hookwire_subscription_paused";
+    /// Counter: operator operations by `operation` and `outcome`; the
+    /// messages they moved or removed are in `hookwire_operator_messages_total`.
+    pub const OPERATIONS: &str = "hookwire_operator_operations_total";
+    /// Counter: messages replayed or purged by operators, by `operation`.
+    pub const OPERATOR_MESSAGES: &str = "hookwire_operator_messages_total";
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.

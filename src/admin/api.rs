@@ -3,21 +3,31 @@
 //! Every route needs `Authorization: Bearer <token>` with one of
 //! `admin.tokens`, compared in constant time. Without configured tokens the
 //! API answers 404 to everything: disabled, never open.
-//! Reads broker state (queue depths, consumers) rather than this process's
-//! memory, so any process of a deployment gives the same answer.
+//! Reads broker state (queue depths, consumers, dead letters) rather than
+//! this process's memory, so any process of a deployment gives the same
+//! answer. The routes are listed in `docs/openapi.json`, served at
+//! `/api/v1/openapi.json`.
+//!
+//! Replays and purges run in a task of their own: a client that disconnects
+//! does not stop them halfway. With `Accept: application/x-ndjson` the
+//! response streams `{"progress": …}` lines and ends with `{"result": …}`
+//! (or `{"error": …}`); otherwise it is the final report alone.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Request, State},
-    http::{StatusCode, header},
+    body::{Body, Bytes},
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     middleware::{self, Next},
-    response::Response,
-    routing::get,
+    response::{IntoResponse, Response},
+    routing::{get, post},
 };
+use futures_util::stream;
 use lapin::{options::QueueDeclareOptions, types::FieldTable};
-use serde::Serialize;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     broker::{Broker, topology::SubscriptionQueues},
@@ -25,7 +35,14 @@ use crate::{
     delivery::breaker::Breaker,
     error::ApiError,
     ingress::verify::secrets_equal,
+    operator::{DEFAULT_LIMIT, MAX_LIMIT, OpError, Operator, Page, Report, archive::Window, select::Selector},
+    telemetry::metric,
 };
+
+/// The OpenAPI document of this API, kept in the repository.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+/// How often a streamed operation reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// What the operator API reads.
 pub struct ApiState {
@@ -35,6 +52,7 @@ pub struct ApiState {
     pub subscriptions: Vec<SubscriptionInfo>,
     /// Circuit breakers of this process's workers (none for `--role ingress`).
     pub breakers: HashMap<String, Arc<Breaker>>,
+    pub operator: Operator,
 }
 
 pub struct SubscriptionInfo {
@@ -62,14 +80,34 @@ impl SubscriptionInfo {
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/subscriptions", get(subscriptions))
+        .route("/api/v1/subscriptions/{name}/dead-letters", get(list_dead_letters).delete(purge_dead_letters))
+        .route("/api/v1/subscriptions/{name}/dead-letters/{event_id}", get(show_dead_letter))
+        .route("/api/v1/subscriptions/{name}/dead-letters/replay", post(replay_dead_letters))
+        .route("/api/v1/subscriptions/{name}/pause", post(pause))
+        .route("/api/v1/subscriptions/{name}/resume", post(resume))
+        .route("/api/v1/subscriptions/{name}/replay", post(replay_window))
+        .route("/api/v1/unrouted", get(list_unrouted).delete(purge_unrouted))
+        .route("/api/v1/unrouted/{event_id}", get(show_unrouted))
+        .route("/api/v1/unrouted/replay", post(replay_unrouted))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such operator API route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "see /api/v1/openapi.json",
+    )
 }
 
 async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -121,18 +159,11 @@ pub struct SubscriptionStatus {
     /// `closed`, `open`, `half_open`; `null` where this process runs no worker
     /// for it (or its breaker is disabled).
     pub circuit: Option<String>,
+    /// Paused by an operator (deliveries stop, events keep queueing).
+    pub paused: bool,
 }
 
 async fn subscriptions(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
-    let unavailable = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker-unavailable",
-            "Broker unavailable",
-            "RabbitMQ is not reachable",
-        )
-        .retry_after(std::time::Duration::from_secs(5))
-    };
     let session = state.broker.session().ok_or_else(unavailable)?;
     let timeout = state.broker.operation_timeout;
     let channel = tokio::time::timeout(timeout, session.connection.create_channel())
@@ -176,8 +207,325 @@ async fn subscriptions(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<Su
             retry,
             dead: stats(queues.dead.clone()).await?,
             circuit: state.breakers.get(&info.name).map(|b| b.state_name().to_owned()),
+            paused: state.operator.control.is_paused(&info.name).await?,
         });
     }
     let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
     Ok(Json(out))
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker-unavailable",
+        "Broker unavailable",
+        "RabbitMQ is not reachable",
+    )
+    .retry_after(Duration::from_secs(5))
+}
+
+fn invalid(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail)
+}
+
+impl From<OpError> for ApiError {
+    fn from(error: OpError) -> Self {
+        match error {
+            OpError::Unavailable | OpError::Timeout | OpError::Broker(_) | OpError::Publish(_) => {
+                tracing::warn!(%error, "operator operation failed on the broker");
+                unavailable()
+            }
+            OpError::NoQueue(queue) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "queue-not-found",
+                "Queue not found",
+                format!("queue {queue} does not exist (has hookwire connected since it was configured?)"),
+            ),
+            OpError::CursorNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "cursor-not-found", "Cursor not found", error.to_string())
+            }
+            OpError::Invalid(detail) => invalid(detail),
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The subscription's name, checked against the config.
+fn known<'a>(state: &'a ApiState, name: &str) -> Result<&'a SubscriptionQueues, ApiError> {
+    state.broker.topology.subscription(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-subscription",
+            "Unknown subscription",
+            format!("no subscription named {name:?} is configured"),
+        )
+    })
+}
+
+/// A JSON request body, with a problem+json answer when it does not parse.
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(text).map_err(|e| invalid(format!("request body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+fn list_query(uri: &Uri) -> Result<ListQuery, ApiError> {
+    let Query(query) = Query::<ListQuery>::try_from_uri(uri).map_err(|e| invalid(e.body_text()))?;
+    if query.limit.is_some_and(|l| l == 0 || l > MAX_LIMIT) {
+        return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    Ok(query)
+}
+
+async fn list(state: &ApiState, queue: &str, uri: &Uri) -> Result<Json<Page>, ApiError> {
+    let query = list_query(uri)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    Ok(Json(state.operator.page(queue, limit, query.after.as_deref()).await?))
+}
+
+async fn show(state: &ApiState, queue: &str, id: &str) -> Result<Response, ApiError> {
+    match state.operator.find(queue, id).await? {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "event-not-found",
+            "Event not found",
+            format!("no event {id:?} in {queue}"),
+        )),
+    }
+}
+
+async fn list_dead_letters(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Json<Page>, ApiError> {
+    let queue = known(&state, &name)?.dead.clone();
+    list(&state, &queue, &uri).await
+}
+
+async fn show_dead_letter(
+    State(state): State<Arc<ApiState>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let queue = known(&state, &name)?.dead.clone();
+    show(&state, &queue, &id).await
+}
+
+async fn list_unrouted(State(state): State<Arc<ApiState>>, uri: Uri) -> Result<Json<Page>, ApiError> {
+    let queue = state.operator.unrouted_queue().to_owned();
+    list(&state, &queue, &uri).await
+}
+
+async fn show_unrouted(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let queue = state.operator.unrouted_queue().to_owned();
+    show(&state, &queue, &id).await
+}
+
+async fn replay_dead_letters(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    known(&state, &name)?;
+    let selector: Selector = json_body(&body)?;
+    let filter = selector.compile().map_err(invalid)?;
+    let operator = state.operator.clone();
+    Ok(run(&headers, "replay_dead_letters", Some(name.clone()), move |progress| async move {
+        operator.replay_dead_letters(&name, &filter, selector.dry_run, &progress).await
+    })
+    .await)
+}
+
+async fn purge_dead_letters(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let queue = known(&state, &name)?.dead.clone();
+    let selector: Selector = json_body(&body)?;
+    let filter = selector.compile().map_err(invalid)?;
+    let operator = state.operator.clone();
+    Ok(run(&headers, "purge_dead_letters", Some(name), move |progress| async move {
+        operator.purge(&queue, &filter, selector.dry_run, &progress).await
+    })
+    .await)
+}
+
+async fn replay_unrouted(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let selector: Selector = json_body(&body)?;
+    let filter = selector.compile().map_err(invalid)?;
+    let operator = state.operator.clone();
+    Ok(run(&headers, "replay_unrouted", None, move |progress| async move {
+        operator.replay_unrouted(&filter, selector.dry_run, &progress).await
+    })
+    .await)
+}
+
+async fn purge_unrouted(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let queue = state.operator.unrouted_queue().to_owned();
+    let selector: Selector = json_body(&body)?;
+    let filter = selector.compile().map_err(invalid)?;
+    let operator = state.operator.clone();
+    Ok(run(&headers, "purge_unrouted", None, move |progress| async move {
+        operator.purge(&queue, &filter, selector.dry_run, &progress).await
+    })
+    .await)
+}
+
+async fn replay_window(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    known(&state, &name)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(invalid("request body: give at least \"from\" (RFC 3339)"));
+    }
+    let window: Window = json_body(&body)?;
+    window.bounds().map_err(invalid)?;
+    if state.broker.topology.archive.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "archive-disabled",
+            "Archive disabled",
+            "the archive is disabled ([archive] enabled = false), so there is nothing to replay from",
+        ));
+    }
+    let operator = state.operator.clone();
+    Ok(run(&headers, "replay_window", Some(name.clone()), move |progress| async move {
+        operator.replay_window(&name, &window, &progress).await
+    })
+    .await)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PauseState {
+    pub subscription: String,
+    pub paused: bool,
+}
+
+async fn pause(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, name, true).await
+}
+
+async fn resume(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, name, false).await
+}
+
+async fn set_paused(state: &ApiState, name: String, paused: bool) -> Result<Json<PauseState>, ApiError> {
+    known(state, &name)?;
+    state.operator.control.set(&name, paused).await?;
+    let operation = if paused { "pause" } else { "resume" };
+    metrics::counter!(metric::OPERATIONS, "operation" => operation, "outcome" => "ok").increment(1);
+    Ok(Json(PauseState { subscription: name, paused }))
+}
+
+/// Runs a replay or purge in its own task and answers with its report, or
+/// streams its progress (see the module docs).
+async fn run<F, Fut>(headers: &HeaderMap, operation: &'static str, subscription: Option<String>, work: F) -> Response
+where
+    F: FnOnce(watch::Sender<Report>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), OpError>> + Send,
+{
+    let (progress, updates) = watch::channel(Report::default());
+    let task: JoinHandle<Result<Report, ApiError>> = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = work(progress.clone()).await;
+        let report = progress.borrow().clone();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(metric::OPERATIONS, "operation" => operation, "outcome" => outcome).increment(1);
+        metrics::counter!(metric::OPERATOR_MESSAGES, "operation" => operation)
+            .increment(report.replayed + report.purged);
+        tracing::info!(
+            operation,
+            subscription = subscription.as_deref().unwrap_or("-"),
+            dry_run = report.dry_run,
+            scanned = report.scanned,
+            matched = report.matched,
+            replayed = report.replayed,
+            purged = report.purged,
+            skipped = report.skipped,
+            failed = report.failed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "operator operation finished"
+        );
+        result.map(|()| report.clone()).map_err(|error| {
+            // Say what was already done: a failed replay may have moved some.
+            let mut problem = ApiError::from(error);
+            problem.detail = format!(
+                "{} (before it stopped: {} scanned, {} matched, {} replayed, {} purged; \
+                 running the same request again is safe)",
+                problem.detail, report.scanned, report.matched, report.replayed, report.purged
+            );
+            problem
+        })
+    });
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/x-ndjson"));
+    if !streaming {
+        return match task.await {
+            Ok(Ok(report)) => Json(report).into_response(),
+            Ok(Err(error)) => error.into_response(),
+            Err(_) => internal().into_response(),
+        };
+    }
+    ndjson(task, updates)
+}
+
+fn internal() -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "the operation failed")
+}
+
+/// `{"progress": …}` every [`PROGRESS_EVERY`], then `{"result": …}` or
+/// `{"error": <problem>}`, one JSON document per line.
+fn ndjson(task: JoinHandle<Result<Report, ApiError>>, updates: watch::Receiver<Report>) -> Response {
+    let line = |value: serde_json::Value| {
+        let mut line = serde_json::to_vec(&value).expect("serializes");
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    };
+    let lines = stream::unfold(Some((task, updates)), move |running| async move {
+        let (mut task, updates) = running?;
+        tokio::select! {
+            joined = &mut task => {
+                let last = match joined {
+                    Ok(Ok(report)) => serde_json::json!({ "result": report }),
+                    Ok(Err(error)) => serde_json::json!({ "error": error.problem() }),
+                    Err(_) => serde_json::json!({ "error": internal().problem() }),
+                };
+                Some((line(last), None))
+            }
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                let progress = serde_json::json!({ "progress": *updates.borrow() });
+                Some((line(progress), Some((task, updates))))
+            }
+        }
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response
 }

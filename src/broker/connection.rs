@@ -168,6 +168,12 @@ async fn wait_for_failure(connection: &Connection, token: &CancellationToken) ->
         tokio::select! {
             _ = token.cancelled() => return false,
             event = events.next() => match event {
+                // lapin reports channel-level (soft) errors here too, such as
+                // the NOT_FOUND of a passive declare probing for a queue; they
+                // close one channel, not the connection.
+                Some(lapin::Event::Error(error)) if connection.status().connected() => {
+                    tracing::debug!(%error, "RabbitMQ closed a channel; the connection is fine");
+                }
                 Some(lapin::Event::Error(error)) => {
                     tracing::warn!(%error, "RabbitMQ connection error");
                     return true;

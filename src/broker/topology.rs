@@ -4,15 +4,31 @@
 //! [`Topology::declare`] applies it idempotently at every (re)connect.
 //!
 //! Names, all under the namespace `ns`:
+//! - `ns.accepted` — fanout exchange the ingress publishes every accepted
+//!   event to. It feeds `ns.events` and, when enabled, the archive. The
+//!   archive hangs here rather than on `ns.events` because a catch-all
+//!   binding on `ns.events` would route everything and so silence the
+//!   alternate exchange that catches unrouted events.
 //! - `ns.events` — topic exchange; routing key `{source}.{event_type}`;
 //!   alternate exchange `ns.unrouted`, so events no subscription matches are kept.
-//! - `ns.unrouted` — fanout exchange and quorum queue holding unmatched events.
+//! - `ns.archive` — stream (retention by age and size) of every accepted event.
+//! - `ns.control` — fanout exchange for operator commands (pause/resume) to
+//!   every hookwire process; each process binds its own exclusive queue.
+//! - `ns.unrouted` — fanout exchange and classic queue holding unmatched events.
 //! - `ns.sub.NAME` — a subscription's quorum work queue, bound to `ns.events`
 //!   with each topic pattern.
 //! - `ns.sub.NAME.retry.DELAY` — one quorum queue per distinct retry delay; a
 //!   message waits out the queue's TTL and is dead-lettered back to the work
 //!   queue. At-least-once dead-lettering makes that move itself confirmed.
-//! - `ns.sub.NAME.dead` — the subscription's dead-letter queue (quorum).
+//! - `ns.sub.NAME.dead` — the subscription's dead-letter queue. Classic, not
+//!   quorum, because operators browse it: a classic queue puts a browsed
+//!   (requeued) message back where it was; a quorum queue moves it to the
+//!   back. Durable, persistent messages, publisher confirms: a message is on
+//!   disk before anyone acks its previous copy. Not replicated across a
+//!   cluster's nodes (docs/DECISIONS.md).
+//! - `ns.sub.NAME.paused` — the durable pause flag: it holds one message
+//!   while the subscription is paused and none otherwise (max length 1). A
+//!   process reads it (a passive declare's message count) when it connects.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -24,7 +40,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use crate::config::{Config, format_duration};
+use crate::config::{ArchiveConfig, Config, format_duration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -69,6 +85,8 @@ pub struct SubscriptionQueues {
     /// Sorted by delay, one per distinct delay in the schedule.
     pub retries: Vec<RetryQueue>,
     pub dead: String,
+    /// Holds a message exactly while the subscription is paused.
+    pub paused_marker: String,
 }
 
 impl SubscriptionQueues {
@@ -81,11 +99,42 @@ impl SubscriptionQueues {
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub namespace: String,
+    /// Where the ingress publishes: feeds `events_exchange` and the archive.
+    pub accepted_exchange: String,
+    /// Routes by topic to the subscriptions' work queues.
     pub events_exchange: String,
     pub unrouted_exchange: String,
     pub unrouted_queue: String,
     pub subscriptions: Vec<SubscriptionQueues>,
+    /// The archive stream, when enabled.
+    pub archive: Option<ArchiveStream>,
+    pub control_exchange: String,
     delivery_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArchiveStream {
+    pub name: String,
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+impl ArchiveStream {
+    /// Retention applies to whole segments, so segments are kept to a
+    /// twentieth of the size limit (RabbitMQ's default is 500 MB): small
+    /// limits would otherwise never trim anything.
+    fn segment_bytes(&self) -> u64 {
+        (self.max_bytes / 20).clamp(1_000_000, 500_000_000)
+    }
+
+    fn args(&self) -> Vec<(&'static str, Arg)> {
+        vec![
+            ("x-queue-type", Arg::Str("stream".into())),
+            ("x-max-age", Arg::Str(format!("{}s", self.max_age.as_secs().max(1)))),
+            ("x-max-length-bytes", Arg::Int(self.max_bytes as i64)),
+            ("x-stream-max-segment-size-bytes", Arg::Int(self.segment_bytes() as i64)),
+        ]
+    }
 }
 
 impl Topology {
@@ -105,16 +154,21 @@ impl Topology {
                         .map(|delay| RetryQueue { name: format!("{work}.retry.{}", format_duration(delay)), delay })
                         .collect(),
                     dead: format!("{work}.dead"),
+                    paused_marker: format!("{work}.paused"),
                     work,
                 }
             })
             .collect();
+        let ArchiveConfig { enabled, max_age, max_bytes } = config.archive;
         Self {
             namespace: ns.clone(),
+            accepted_exchange: format!("{ns}.accepted"),
             events_exchange: format!("{ns}.events"),
             unrouted_exchange: format!("{ns}.unrouted"),
             unrouted_queue: format!("{ns}.unrouted"),
             subscriptions,
+            archive: enabled.then(|| ArchiveStream { name: format!("{ns}.archive"), max_age, max_bytes: max_bytes.0 }),
+            control_exchange: format!("{ns}.control"),
             delivery_limit: config.rabbitmq.delivery_limit,
         }
     }
@@ -137,8 +191,14 @@ impl Topology {
     }
 
     pub fn queues(&self) -> Vec<QueueSpec> {
-        let quorum = || vec![("x-queue-type", Arg::Str("quorum".into()))];
-        let mut out = vec![QueueSpec { name: self.unrouted_queue.clone(), args: quorum() }];
+        // Queues operators browse are classic: a classic queue puts a
+        // requeued message back at its original position, where a quorum
+        // queue (3.10+) appends it to the back, so browsing would reorder.
+        let classic = || vec![("x-queue-type", Arg::Str("classic".into()))];
+        let mut out = vec![QueueSpec { name: self.unrouted_queue.clone(), args: classic() }];
+        if let Some(archive) = &self.archive {
+            out.push(QueueSpec { name: archive.name.clone(), args: archive.args() });
+        }
         for sub in &self.subscriptions {
             let mut work = Self::dead_lettering_to(&sub.dead);
             work.push(("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit))));
@@ -148,7 +208,10 @@ impl Topology {
                 args.push(("x-message-ttl", Arg::Int(retry.delay.as_millis() as i64)));
                 out.push(QueueSpec { name: retry.name.clone(), args });
             }
-            out.push(QueueSpec { name: sub.dead.clone(), args: quorum() });
+            out.push(QueueSpec { name: sub.dead.clone(), args: classic() });
+            let mut flag = classic();
+            flag.push(("x-max-length", Arg::Int(1)));
+            out.push(QueueSpec { name: sub.paused_marker.clone(), args: flag });
         }
         out
     }
@@ -156,6 +219,9 @@ impl Topology {
     /// `(exchange, queue, binding key)`.
     pub fn bindings(&self) -> Vec<(String, String, String)> {
         let mut out = vec![(self.unrouted_exchange.clone(), self.unrouted_queue.clone(), String::new())];
+        if let Some(archive) = &self.archive {
+            out.push((self.accepted_exchange.clone(), archive.name.clone(), String::new()));
+        }
         for sub in &self.subscriptions {
             for topic in &sub.topics {
                 out.push((self.events_exchange.clone(), sub.work.clone(), topic.clone()));
@@ -168,23 +234,38 @@ impl Topology {
     /// process. Each call is bounded by `timeout`.
     pub async fn declare(&self, channel: &Channel, timeout: Duration) -> Result<(), TopologyError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        let unrouted = format!("exchange {}", self.unrouted_exchange);
-        bounded(&unrouted, timeout, async {
-            channel
-                .exchange_declare(
-                    self.unrouted_exchange.as_str().into(),
-                    lapin::ExchangeKind::Fanout,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await
-        })
-        .await?;
+        for fanout in [&self.unrouted_exchange, &self.accepted_exchange, &self.control_exchange] {
+            bounded(&format!("exchange {fanout}"), timeout, async {
+                channel
+                    .exchange_declare(
+                        fanout.as_str().into(),
+                        lapin::ExchangeKind::Fanout,
+                        durable,
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await?;
+        }
         let mut args = FieldTable::default();
         args.insert("alternate-exchange".into(), AMQPValue::LongString(self.unrouted_exchange.clone().into()));
         bounded(&format!("exchange {}", self.events_exchange), timeout, async {
             channel
                 .exchange_declare(self.events_exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, args)
+                .await
+        })
+        .await?;
+        // The fanout ignores routing keys but passes them on, so the topic
+        // exchange still routes by `{source}.{event_type}`.
+        bounded(&format!("binding {} -> {}", self.accepted_exchange, self.events_exchange), timeout, async {
+            channel
+                .exchange_bind(
+                    self.events_exchange.as_str().into(),
+                    self.accepted_exchange.as_str().into(),
+                    "".into(),
+                    lapin::options::ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
         })
         .await?;
@@ -223,7 +304,9 @@ impl Topology {
         for queue in self.queues() {
             channel.queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        for exchange in [&self.events_exchange, &self.unrouted_exchange] {
+        for exchange in
+            [&self.accepted_exchange, &self.events_exchange, &self.unrouted_exchange, &self.control_exchange]
+        {
             channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
@@ -232,8 +315,10 @@ impl Topology {
     /// The plan as text, for `hookwire check`.
     pub fn describe(&self) -> String {
         let mut out = String::from("exchanges:\n");
+        out += &format!("  {} (fanout, durable) -> {}\n", self.accepted_exchange, self.events_exchange);
         out += &format!("  {} (topic, durable, alternate-exchange={})\n", self.events_exchange, self.unrouted_exchange);
         out += &format!("  {} (fanout, durable)\n", self.unrouted_exchange);
+        out += &format!("  {} (fanout, durable; operator commands)\n", self.control_exchange);
         out += "queues:\n";
         for queue in self.queues() {
             let args: Vec<String> = queue
@@ -311,14 +396,18 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        assert_eq!(t.queues().len(), 1 + 1 + 3 + 1);
+        // unrouted, archive, work, three retries, dead, paused flag
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 3 + 1 + 1);
+        let archive = t.queues().into_iter().find(|q| q.name == "t.archive").unwrap();
+        assert!(archive.args.contains(&("x-max-age", Arg::Str("604800s".into()))));
+        assert!(archive.args.contains(&("x-stream-max-segment-size-bytes", Arg::Int(500_000_000))));
         let retry = t.queues().into_iter().find(|q| q.name == "t.sub.billing.retry.2m").unwrap();
         assert!(retry.args.contains(&("x-message-ttl", Arg::Int(120_000))));
         assert!(retry.args.contains(&("x-dead-letter-routing-key", Arg::Str("t.sub.billing".into()))));
         assert!(retry.args.contains(&("x-dead-letter-strategy", Arg::Str("at-least-once".into()))));
         let work = t.queues().into_iter().find(|q| q.name == "t.sub.billing").unwrap();
         assert!(work.args.contains(&("x-delivery-limit", Arg::Int(20))));
-        assert_eq!(t.bindings().len(), 3);
+        assert_eq!(t.bindings().len(), 4);
         let text = t.describe();
         assert!(text.contains("t.events (topic, durable, alternate-exchange=t.unrouted)"));
         assert!(text.contains("t.events -> t.sub.billing  acme.customer.#"));

@@ -1,4 +1,4 @@
-//! Config value types for edge protection: CIDR blocks and rates.
+//! Config value types with their own syntax: CIDR blocks, rates, byte sizes.
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
@@ -83,6 +83,42 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// A size in bytes: `"10GB"`, `"512MiB"`, `"1048576"`. Decimal units (kB,
+/// MB, GB, TB) are powers of 1000, binary ones (KiB, MiB, GiB, TiB) of 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a size; write it like \"10GB\", \"512MiB\" or a number of bytes");
+        let trimmed = text.trim();
+        let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        number.checked_mul(factor).map(Self).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +146,17 @@ mod tests {
         assert_eq!("600/m".parse::<Rate>().unwrap().to_string(), "600/m");
         for bad in ["50", "x/s", "50/d", "0/s", "-1/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_byte_sizes() {
+        assert_eq!("10GB".parse::<ByteSize>().unwrap(), ByteSize(10_000_000_000));
+        assert_eq!("512MiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 20));
+        assert_eq!("1048576".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
+        assert_eq!(" 5 kb ".parse::<ByteSize>().unwrap(), ByteSize(5_000));
+        for bad in ["", "GB", "10XB", "-1GB", "99999999999TB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
         }
     }
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use interpolate::InterpolateError;
-pub use limits::{Cidr, Rate};
+pub use limits::{ByteSize, Cidr, Rate};
 pub use secret::Secret;
 
 /// Upper bound for `concurrency`: it becomes the consumer prefetch, and
@@ -64,6 +64,8 @@ pub struct Config {
     pub rabbitmq: RabbitConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
@@ -167,6 +169,25 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self { drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The archive: a RabbitMQ stream keeping every accepted event for
+/// time-window replay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    pub enabled: bool,
+    /// Events older than this are discarded (segment by segment).
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    /// The stream is trimmed (oldest segments first) beyond this size.
+    pub max_bytes: ByteSize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_age: Duration::from_secs(7 * 24 * 3600), max_bytes: ByteSize(10_000_000_000) }
     }
 }
 
@@ -440,6 +461,14 @@ impl Config {
         if self.ingress.max_header_bytes < 8192 {
             return Err(ConfigError::invalid("ingress.max_header_bytes", "must be at least 8192"));
         }
+        if self.archive.enabled {
+            if self.archive.max_age < Duration::from_secs(1) {
+                return Err(ConfigError::invalid("archive.max_age", "must be at least 1s"));
+            }
+            if self.archive.max_bytes.0 < 1_000_000 {
+                return Err(ConfigError::invalid("archive.max_bytes", "must be at least 1MB"));
+            }
+        }
         if self.rabbitmq.delivery_limit == 0 {
             return Err(ConfigError::invalid("rabbitmq.delivery_limit", "must be at least 1"));
         }
@@ -559,7 +588,7 @@ fn is_name(name: &str, allow_dot: bool) -> bool {
 
 /// A RabbitMQ topic binding pattern over `{source}.{event_type}`: dot-separated
 /// words, where `*` matches one word and `#` zero or more.
-fn validate_topic(topic: &str) -> Result<(), String> {
+pub fn validate_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() || topic.len() > 255 {
         return Err("a topic pattern must be 1 to 255 characters".to_owned());
     }

@@ -62,6 +62,9 @@ pub struct Worker {
     /// The destination's rate limit, shared by all of its deliveries.
     pub limiter: Option<RateLimiter>,
     pub breaker: Option<Arc<Breaker>>,
+    /// The operator's pause flag for this subscription (see `operator::control`).
+    /// `None` inside: not known yet (see `operator::control`); wait.
+    pub paused: Option<tokio::sync::watch::Receiver<Option<bool>>>,
     pub policy: retry::Policy,
     pub concurrency: u16,
     pub broker: Broker,
@@ -143,6 +146,7 @@ impl Worker {
         )
         .await?;
         tracing::info!(subscription = %self.name, queue = %self.queues.work, "consuming");
+        let mut paused = self.paused.clone();
         let ended = loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
@@ -156,8 +160,19 @@ impl Worker {
                     _ = breaker.admit() => {}
                 }
             }
+            // Paused by an operator: same place, same effect.
+            if let Some(paused) = &mut paused {
+                tokio::select! {
+                    _ = token.cancelled() => break Ended::Shutdown,
+                    resumed = paused.wait_for(|p| *p == Some(false)) => if resumed.is_err() { break Ended::Shutdown },
+                }
+            }
             let delivery = tokio::select! {
+                biased;
                 _ = token.cancelled() => break Ended::Shutdown,
+                // A pause while waiting here must win over a message that
+                // arrives at the same time: it stays prefetched until resumed.
+                _ = until_paused(&mut paused) => continue,
                 next = consumer.next() => next,
             };
             match delivery {
@@ -341,6 +356,16 @@ impl Worker {
     ) -> Result<(), crate::broker::PublishError> {
         let channel: Channel = session.publish_channels.get().await?;
         publish_confirmed(&channel, "", queue, properties, body, self.broker.operation_timeout).await
+    }
+}
+
+/// Returns once the subscription is paused (or its state unknown); never
+/// without a pause flag.
+async fn until_paused(paused: &mut Option<tokio::sync::watch::Receiver<Option<bool>>>) {
+    let Some(paused) = paused else { return std::future::pending().await };
+    if paused.wait_for(|p| *p != Some(false)).await.is_err() {
+        // The flag's owner is gone (shutdown): the token ends the loop.
+        std::future::pending::<()>().await;
     }
 }
 

@@ -45,7 +45,8 @@ use crate::{
 pub struct IngressState {
     pub sources: Sources,
     pub publisher: Publisher,
-    pub events_exchange: String,
+    /// `ns.accepted`: routes to the subscriptions and the archive.
+    pub accepted_exchange: String,
     /// Every subscription's topic patterns, to count unrouted events.
     pub topics: Vec<String>,
     pub max_body_bytes: usize,
@@ -156,7 +157,7 @@ fn rejection_error(rejection: &Rejection) -> ApiError {
 
 async fn publish(state: &IngressState, envelope: &Envelope, routing_key: &str) -> Result<(), ApiError> {
     let properties = message::encode(envelope, &Default::default());
-    state.publisher.publish(&state.events_exchange, routing_key, properties, &envelope.body).await.map_err(|error| {
+    state.publisher.publish(&state.accepted_exchange, routing_key, properties, &envelope.body).await.map_err(|error| {
         count(&envelope.source, "unavailable");
         tracing::warn!(%error, reason = error.reason(), "publish failed; answering 503");
         ApiError::new(

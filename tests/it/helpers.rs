@@ -32,7 +32,7 @@ use hookwire::{
 };
 use lapin::{
     Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueDeclareOptions},
+    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use tokio::{net::TcpListener, sync::Notify};
@@ -346,11 +346,15 @@ impl TestApp {
     /// Like [`TestApp::start`], with a chance to adjust the parsed config
     /// (for keys of sections the base config already has, like `[ingress]`).
     pub async fn start_adjusted(amqp_url: &str, extra: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        // HOOKWIRE_TEST_LOG=debug shows hookwire's logs in failing tests' output.
+        if let Ok(filter) = std::env::var("HOOKWIRE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
         let namespace = format!("hwtest-{}", uuid::Uuid::now_v7().simple());
         let mut config = Config::from_toml(&config_text(&namespace, amqp_url, extra), &|_| None).unwrap();
         adjust(&mut config);
         let topology = Topology::from_config(&config);
-        let guard = NamespaceGuard { topology: topology.clone() };
+        let guard = NamespaceGuard { topology: Arc::new(Mutex::new(topology.clone())) };
         let mut this = Self {
             app: None,
             sources: Sources::build(&config.sources).unwrap(),
@@ -374,6 +378,15 @@ impl TestApp {
         })
         .await;
         self.app = Some(app);
+    }
+
+    /// Adds the subscriptions of `toml` to the config (for the next
+    /// [`TestApp::restart`]), as an operator editing the file would.
+    pub fn add_subscriptions(&mut self, toml: &str) {
+        let added = Config::from_toml(&config_text("unused", AMQP_URL, toml), &|_| None).unwrap().subscriptions;
+        self.config.subscriptions.extend(added);
+        self.topology = Topology::from_config(&self.config);
+        *self._guard.topology.lock().unwrap() = self.topology.clone();
     }
 
     /// Graceful shutdown, as on SIGTERM.
@@ -470,15 +483,98 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Operator token of [`TestApp::operator`].
+    pub const TOKEN: &str = "operator-token-0123456789";
+
+    /// Starts with the operator API enabled (token [`TestApp::TOKEN`]).
+    pub async fn operator(extra: &str) -> Self {
+        Self::start_adjusted(AMQP_URL, extra, |c| c.admin.tokens = vec![hookwire::config::Secret::new(Self::TOKEN)])
+            .await
+    }
+
+    /// An authorized operator API request.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.admin_url(path)).bearer_auth(Self::TOKEN)
+    }
+
+    /// `GET path` on the operator API, as JSON; panics unless 200.
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let response = self.api(reqwest::Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// `method path` with a JSON body; returns status and JSON body.
+    pub async fn api_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = self.api(method, path).json(&body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// Publishes encoded events straight into `queue` (confirmed), as if
+    /// hookwire had put them there: seeds dead-letter queues fast.
+    pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let mut confirms = Vec::new();
+        for (envelope, state) in messages {
+            let properties = message::encode(&envelope, &state);
+            let confirm = channel
+                .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.body, properties)
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.unwrap().is_ack());
+        }
+        let _ = conn.close(200, "".into()).await;
+    }
+}
+
+/// A dead letter as a worker would have left it: `attempts` failures with
+/// `status`, the last at `failed_at`.
+pub fn dead_letter(
+    id: &str,
+    event_type: &str,
+    status: u16,
+    attempts: u32,
+    failed_at: SystemTime,
+) -> (Envelope, DeliveryState) {
+    let envelope = Envelope {
+        id: id.to_owned(),
+        source: "acme".into(),
+        event_type: event_type.to_owned(),
+        received_at: failed_at - Duration::from_secs(60),
+        content_type: Some("application/json".into()),
+        headers: vec![("user-agent".into(), "acme/1".into())],
+        body: Bytes::from(format!(r#"{{"type":"{event_type}","id":"{id}"}}"#)),
+    };
+    let mut state = DeliveryState::default();
+    for i in 0..attempts {
+        let at = failed_at - Duration::from_secs(u64::from(attempts - 1 - i));
+        state.record_failure(message::Attempt::new(at, Some(status), &format!("HTTP {status}")));
+    }
+    state.dead_letter_reason = Some("retries_exhausted".into());
+    (envelope, state)
+}
+
 /// Deletes the namespace's queues and exchanges on drop, panicking test or
 /// not. Runs on its own thread and runtime since `Drop` cannot await.
 struct NamespaceGuard {
-    topology: Topology,
+    /// Shared with [`TestApp::add_subscriptions`], which grows it.
+    topology: Arc<Mutex<Topology>>,
 }
 
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
-        let topology = self.topology.clone();
+        let topology = self.topology.lock().unwrap().clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {

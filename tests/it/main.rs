@@ -3,12 +3,15 @@
 
 mod broker_outage;
 mod cli;
+mod dead_letters;
 mod delivery;
 mod edge;
 mod helpers;
 mod ingress;
+mod openapi;
 mod operator;
 mod outbound;
+mod replay;
 mod routing;
 mod schemes;
 mod shutdown;

@@ -1,0 +1,185 @@
+//! Pause and resume, for every process of a deployment at once.
+//!
+//! The durable truth is a flag queue per subscription (`ns.sub.NAME.paused`,
+//! max length 1) that holds a message exactly while the subscription is
+//! paused; each process reads the flags whenever it (re)connects. (A queue
+//! that exists only while paused would need a passive declare that fails
+//! with NOT_FOUND, closing a channel and logging an error each time.) Changes reach running processes
+//! through the fanout exchange `ns.control`, where every process binds its
+//! own exclusive queue. The listener binds before it reads the markers, so
+//! no change falls between the two.
+//!
+//! A paused worker stops taking deliveries from its queue (events keep
+//! queueing); deliveries already in flight finish. Until the listener has
+//! read the markers on the current connection the state is unknown (`None`),
+//! and workers wait: a process started while a subscription is paused must
+//! not deliver even one event.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    Connection,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions},
+    types::FieldTable,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::{OpError, bounded};
+use crate::{
+    broker::{Broker, PublishError, publisher::publish_confirmed},
+    telemetry::metric,
+};
+
+/// A broadcast on `ns.control`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Command {
+    subscription: String,
+    paused: bool,
+}
+
+pub struct Control {
+    broker: Broker,
+    /// `None`: not read yet on this connection.
+    states: HashMap<String, watch::Sender<Option<bool>>>,
+}
+
+impl Control {
+    /// Starts the listener; it stops when `token` is cancelled.
+    pub fn spawn(broker: Broker, token: CancellationToken) -> (Arc<Self>, JoinHandle<()>) {
+        let states =
+            broker.topology.subscriptions.iter().map(|s| (s.subscription.clone(), watch::channel(None).0)).collect();
+        let control = Arc::new(Self { broker, states });
+        let task = tokio::spawn(control.clone().listen(token));
+        (control, task)
+    }
+
+    /// Follows subscription `name`'s paused flag (as this process knows it).
+    pub fn watch(&self, name: &str) -> Option<watch::Receiver<Option<bool>>> {
+        self.states.get(name).map(watch::Sender::subscribe)
+    }
+
+    /// Whether subscription `name` is paused, read from the broker (the
+    /// marker), not from this process's view.
+    pub async fn is_paused(&self, name: &str) -> Result<bool, OpError> {
+        let queues = self.broker.topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        let session = self.broker.session().ok_or(OpError::Unavailable)?;
+        let channel = bounded(self.broker.operation_timeout, session.connection.create_channel()).await?;
+        let paused = flag_set(&channel, &queues.paused_marker, self.broker.operation_timeout).await;
+        let _ = tokio::time::timeout(self.broker.operation_timeout, channel.close(200, "checked".into())).await;
+        paused
+    }
+
+    /// Pauses or resumes subscription `name` everywhere.
+    pub async fn set(&self, name: &str, paused: bool) -> Result<(), OpError> {
+        let queues = self.broker.topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        let session = self.broker.session().ok_or(OpError::Unavailable)?;
+        let timeout = self.broker.operation_timeout;
+        let marker = queues.paused_marker.as_str();
+        let body = serde_json::to_vec(&Command { subscription: name.to_owned(), paused }).expect("serializes");
+        let channel = session.publish_channels.get().await.map_err(OpError::Publish)?;
+        if paused {
+            let persistent = lapin::BasicProperties::default().with_delivery_mode(2);
+            publish_confirmed(&channel, "", marker, persistent, &body, timeout).await.map_err(OpError::Publish)?;
+        } else {
+            bounded(timeout, channel.queue_purge(marker.into(), QueuePurgeOptions::default())).await?;
+        }
+        let exchange = &self.broker.topology.control_exchange;
+        match publish_confirmed(&channel, exchange, "", Default::default(), &body, timeout).await {
+            // Returned: no process listens right now; each reads the marker
+            // when it connects.
+            Ok(()) | Err(PublishError::Returned(_)) => {}
+            Err(error) => return Err(OpError::Publish(error)),
+        }
+        self.apply(name, paused);
+        Ok(())
+    }
+
+    fn apply(&self, name: &str, paused: bool) {
+        let Some(state) = self.states.get(name) else { return };
+        let changed = state.send_if_modified(|p| p.replace(paused) != Some(paused));
+        metrics::gauge!(metric::PAUSED, "subscription" => name.to_owned()).set(if paused { 1.0 } else { 0.0 });
+        if changed {
+            tracing::info!(subscription = %name, paused, "subscription {}", if paused { "paused" } else { "resumed" });
+        }
+    }
+
+    async fn listen(self: Arc<Self>, token: CancellationToken) {
+        let mut sessions = self.broker.watch();
+        loop {
+            let session = tokio::select! {
+                _ = token.cancelled() => return,
+                changed = sessions.wait_for(Option::is_some) => match changed {
+                    Ok(session) => session.clone().expect("waited for Some"),
+                    Err(_) => return,
+                },
+            };
+            if let Err(error) = self.follow(&session.connection, &token).await {
+                tracing::warn!(%error, "operator control listener failed; restarting");
+            }
+            // Changes may be missed until the next connection reads the
+            // markers again: workers wait meanwhile.
+            for state in self.states.values() {
+                state.send_replace(None);
+            }
+            if token.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Binds this process's control queue, reads the markers, then applies
+    /// broadcasts until the connection or the token ends.
+    async fn follow(&self, connection: &Connection, token: &CancellationToken) -> Result<(), OpError> {
+        let timeout = self.broker.operation_timeout;
+        let channel = bounded(timeout, connection.create_channel()).await?;
+        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = bounded(timeout, channel.queue_declare("".into(), private, FieldTable::default())).await?;
+        let exchange = self.broker.topology.control_exchange.as_str();
+        let bind = channel.queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        bounded(timeout, bind).await?;
+        let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut commands =
+            bounded(timeout, channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()))
+                .await?;
+        for subscription in &self.broker.topology.subscriptions {
+            let paused = flag_set(&channel, &subscription.paused_marker, timeout).await?;
+            self.apply(&subscription.subscription, paused);
+        }
+        loop {
+            let delivery = tokio::select! {
+                _ = token.cancelled() => break,
+                next = commands.next() => next,
+            };
+            match delivery {
+                Some(Ok(delivery)) => match serde_json::from_slice::<Command>(&delivery.data) {
+                    Ok(command) => self.apply(&command.subscription, command.paused),
+                    Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
+                },
+                Some(Err(error)) => return Err(OpError::Broker(error.to_string())),
+                None => return Err(OpError::Unavailable),
+            }
+        }
+        let _ = tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into())).await;
+        Ok(())
+    }
+}
+
+/// Whether a pause flag queue holds its message (the topology declares it).
+async fn flag_set(channel: &lapin::Channel, flag: &str, timeout: Duration) -> Result<bool, OpError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = bounded(timeout, channel.queue_declare(flag.into(), passive, FieldTable::default())).await?;
+    Ok(declared.message_count() > 0)
+}

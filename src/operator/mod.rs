@@ -1,0 +1,265 @@
+//! What operators do to the queues: browse, replay and purge dead letters and
+//! unrouted events, pause and resume subscriptions, replay from the archive.
+//!
+//! - `scan` — the queue-walking primitive (keep in place / remove / move).
+//! - `select` — selectors (`ids`, `type`, `status`, …) and the JSON views.
+//! - `control` — pause/resume, broadcast to every process.
+//! - `archive` — time-window replay from the archive stream.
+//!
+//! Everything here works on RabbitMQ state only, so any hookwire process of a
+//! deployment can serve the operator API. The HTTP side is `admin::api`.
+//! Must not: hold a message across calls; every operation leaves the queues
+//! as it found them except for what it was asked to change.
+
+pub mod archive;
+pub mod control;
+pub mod scan;
+pub mod select;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use self::{
+    scan::{Decision, Flow, Message},
+    select::{Detail, Filter, Summary},
+};
+use crate::{
+    broker::{
+        Broker, PublishError, Topology,
+        message::{self, DeliveryState},
+    },
+    envelope::topic_matches,
+};
+
+/// Listing page size when none is asked for, and the largest allowed.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 1000;
+/// Per-consumer prefetch of replays and purges.
+const BULK_PREFETCH: u16 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("RabbitMQ is not connected")]
+    Unavailable,
+    #[error("a RabbitMQ operation timed out")]
+    Timeout,
+    #[error("queue {0} does not exist")]
+    NoQueue(String),
+    #[error("RabbitMQ error: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Publish(PublishError),
+    /// The `after` cursor of a listing is no longer in the queue.
+    #[error("event {0} is not in the queue (replayed or purged since?); list again from the start")]
+    CursorNotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Counts of a replay or purge: its result, and its progress while it runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub dry_run: bool,
+    /// Messages in the queue (or, for the archive, none known) when the
+    /// operation started; the operation looks at no more than these.
+    pub total: u64,
+    pub scanned: u64,
+    /// Messages the selector matched (what a dry run would affect).
+    pub matched: u64,
+    pub replayed: u64,
+    pub purged: u64,
+    /// Matched but left in place: malformed messages (replay), or unrouted
+    /// events that still match no subscription.
+    pub skipped: u64,
+    /// Moves that were not confirmed; those messages stayed where they were.
+    pub failed: u64,
+}
+
+/// One page of a queue listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page {
+    pub queue: String,
+    /// Messages ready in the queue when the listing started.
+    pub depth: u64,
+    pub items: Vec<Summary>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// The operator's view of a deployment.
+#[derive(Clone)]
+pub struct Operator {
+    pub broker: Broker,
+    pub control: Arc<control::Control>,
+}
+
+impl Operator {
+    fn topology(&self) -> &Topology {
+        &self.broker.topology
+    }
+
+    /// The dead-letter queue of subscription `name`, if it exists.
+    pub fn dead_letter_queue(&self, name: &str) -> Option<&str> {
+        self.topology().subscription(name).map(|s| s.dead.as_str())
+    }
+
+    pub fn unrouted_queue(&self) -> &str {
+        &self.topology().unrouted_queue
+    }
+
+    /// Up to `limit` messages from the head of `queue`, or after the event
+    /// `after`. Every message goes back exactly where it was.
+    pub async fn page(&self, queue: &str, limit: usize, after: Option<&str>) -> Result<Page, OpError> {
+        let limit = limit.clamp(1, MAX_LIMIT);
+        let mut items = Vec::new();
+        let mut found = after.is_none();
+        let mut more = false;
+        // A first page asks the broker for just enough; a later one walks on.
+        let prefetch = if after.is_none() { limit as u16 + 1 } else { BULK_PREFETCH };
+        let (progress, _) = watch::channel(Report::default());
+        scan::scan(&self.broker, queue, prefetch, &progress, |message| {
+            if !found {
+                found = message.id() == after;
+                return (Decision::Keep, Flow::Continue);
+            }
+            if items.len() == limit {
+                more = true;
+                return (Decision::Keep, Flow::Stop);
+            }
+            items.push(select::summary(message));
+            (Decision::Keep, Flow::Continue)
+        })
+        .await?;
+        if !found {
+            return Err(OpError::CursorNotFound(after.unwrap_or_default().to_owned()));
+        }
+        let next_after = if more { items.last().map(|s| s.event_id.clone()) } else { None };
+        Ok(Page { queue: queue.to_owned(), depth: progress.borrow().total, items, next_after })
+    }
+
+    /// The message with event id `id` in `queue`, whole.
+    pub async fn find(&self, queue: &str, id: &str) -> Result<Option<Detail>, OpError> {
+        let mut found = None;
+        let (progress, _) = watch::channel(Report::default());
+        scan::scan(&self.broker, queue, BULK_PREFETCH, &progress, |message| {
+            if message.id() == Some(id) {
+                found = Some(select::detail(message));
+                return (Decision::Keep, Flow::Stop);
+            }
+            (Decision::Keep, Flow::Continue)
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Moves the matching dead letters of subscription `name` back to its
+    /// work queue with a fresh attempt count (the history stays, for the
+    /// record).
+    pub async fn replay_dead_letters(
+        &self,
+        name: &str,
+        filter: &Filter,
+        dry_run: bool,
+        progress: &watch::Sender<Report>,
+    ) -> Result<(), OpError> {
+        let queues = self.topology().subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        progress.send_modify(|r| r.dry_run = dry_run);
+        scan::scan(&self.broker, &queues.dead, BULK_PREFETCH, progress, |message| {
+            if !filter.matches(message) {
+                return (Decision::Keep, Flow::Continue);
+            }
+            progress.send_modify(|r| r.matched += 1);
+            let Ok((envelope, state)) = &message.decoded else {
+                // A message hookwire cannot read would only come back here.
+                progress.send_modify(|r| r.skipped += 1);
+                return (Decision::Keep, Flow::Continue);
+            };
+            if dry_run {
+                return (Decision::Keep, Flow::Continue);
+            }
+            let fresh = DeliveryState { attempts: 0, history: state.history.clone(), dead_letter_reason: None };
+            let properties = message::encode(envelope, &fresh);
+            (
+                Decision::Move {
+                    exchange: String::new(),
+                    routing_key: queues.work.clone(),
+                    properties: Box::new(properties),
+                },
+                Flow::Continue,
+            )
+        })
+        .await
+    }
+
+    /// Sends the matching unrouted events through routing again (to every
+    /// subscription whose topics now match). Events that still match none
+    /// stay where they are, counted as skipped.
+    pub async fn replay_unrouted(
+        &self,
+        filter: &Filter,
+        dry_run: bool,
+        progress: &watch::Sender<Report>,
+    ) -> Result<(), OpError> {
+        let topology = self.topology();
+        progress.send_modify(|r| r.dry_run = dry_run);
+        scan::scan(&self.broker, &topology.unrouted_queue, BULK_PREFETCH, progress, |message| {
+            if !filter.matches(message) {
+                return (Decision::Keep, Flow::Continue);
+            }
+            progress.send_modify(|r| r.matched += 1);
+            let routing_key = match &message.decoded {
+                Ok((envelope, _)) => envelope.routing_key(),
+                Err(_) => {
+                    progress.send_modify(|r| r.skipped += 1);
+                    return (Decision::Keep, Flow::Continue);
+                }
+            };
+            let routable =
+                topology.subscriptions.iter().flat_map(|s| &s.topics).any(|topic| topic_matches(topic, &routing_key));
+            if !routable {
+                progress.send_modify(|r| r.skipped += 1);
+                return (Decision::Keep, Flow::Continue);
+            }
+            if dry_run {
+                return (Decision::Keep, Flow::Continue);
+            }
+            // Straight to the topic exchange: the archive has it already.
+            let exchange = topology.events_exchange.clone();
+            (Decision::Move { exchange, routing_key, properties: Box::new(message.properties.clone()) }, Flow::Continue)
+        })
+        .await
+    }
+
+    /// Removes the matching messages from `queue`.
+    pub async fn purge(
+        &self,
+        queue: &str,
+        filter: &Filter,
+        dry_run: bool,
+        progress: &watch::Sender<Report>,
+    ) -> Result<(), OpError> {
+        progress.send_modify(|r| r.dry_run = dry_run);
+        scan::scan(&self.broker, queue, BULK_PREFETCH, progress, |message: &Message| {
+            if !filter.matches(message) {
+                return (Decision::Keep, Flow::Continue);
+            }
+            progress.send_modify(|r| r.matched += 1);
+            let decision = if dry_run { Decision::Keep } else { Decision::Remove };
+            (decision, Flow::Continue)
+        })
+        .await
+    }
+}
+
+/// A broker round trip, bounded by the operation timeout.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    fut: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, OpError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.map_err(|e| OpError::Broker(e.to_string())),
+        Err(_) => Err(OpError::Timeout),
+    }
+}
