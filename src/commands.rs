@@ -78,6 +78,15 @@ pub fn check(config_path: &Path) -> ExitCode {
         n => format!("operator API: http://{}/api/v1 ({n} token(s), not shown)", config.admin.listen),
     });
     line(format!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose())));
+    line(if config.archive.enabled {
+        format!(
+            "archive: on, events kept {} or up to {} bytes (hookwire replay)",
+            format_duration(config.archive.max_age),
+            config.archive.max_bytes.0
+        )
+    } else {
+        "archive: off (no time-window replay)".to_owned()
+    });
     line("sources:".to_owned());
     for (name, source) in &config.sources {
         let built = sources.get(name).expect("built from the same config");

@@ -35,7 +35,11 @@ use crate::{
     delivery::breaker::Breaker,
     error::ApiError,
     ingress::verify::secrets_equal,
-    operator::{DEFAULT_LIMIT, MAX_LIMIT, OpError, Operator, Page, Report, archive::Window, select::Selector},
+    operator::{
+        DEFAULT_LIMIT, MAX_LIMIT, OpError, Operator, Page, Report,
+        archive::Window,
+        select::{Filter, Selector},
+    },
     telemetry::metric,
 };
 
@@ -331,6 +335,12 @@ async fn show_unrouted(State(state): State<Arc<ApiState>>, Path(id): Path<String
     show(&state, &queue, &id).await
 }
 
+/// A replay's or purge's selector body, checked.
+fn selection(body: &Bytes) -> Result<(Filter, bool), ApiError> {
+    let selector: Selector = json_body(body)?;
+    Ok((selector.compile().map_err(invalid)?, selector.dry_run))
+}
+
 async fn replay_dead_letters(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -338,11 +348,23 @@ async fn replay_dead_letters(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     known(&state, &name)?;
-    let selector: Selector = json_body(&body)?;
-    let filter = selector.compile().map_err(invalid)?;
+    let (filter, dry_run) = selection(&body)?;
     let operator = state.operator.clone();
     Ok(run(&headers, "replay_dead_letters", Some(name.clone()), move |progress| async move {
-        operator.replay_dead_letters(&name, &filter, selector.dry_run, &progress).await
+        operator.replay_dead_letters(&name, &filter, dry_run, &progress).await
+    })
+    .await)
+}
+
+async fn replay_unrouted(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (filter, dry_run) = selection(&body)?;
+    let operator = state.operator.clone();
+    Ok(run(&headers, "replay_unrouted", None, move |progress| async move {
+        operator.replay_unrouted(&filter, dry_run, &progress).await
     })
     .await)
 }
@@ -354,27 +376,7 @@ async fn purge_dead_letters(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let queue = known(&state, &name)?.dead.clone();
-    let selector: Selector = json_body(&body)?;
-    let filter = selector.compile().map_err(invalid)?;
-    let operator = state.operator.clone();
-    Ok(run(&headers, "purge_dead_letters", Some(name), move |progress| async move {
-        operator.purge(&queue, &filter, selector.dry_run, &progress).await
-    })
-    .await)
-}
-
-async fn replay_unrouted(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let selector: Selector = json_body(&body)?;
-    let filter = selector.compile().map_err(invalid)?;
-    let operator = state.operator.clone();
-    Ok(run(&headers, "replay_unrouted", None, move |progress| async move {
-        operator.replay_unrouted(&filter, selector.dry_run, &progress).await
-    })
-    .await)
+    purge(&state, queue, "purge_dead_letters", Some(name), &headers, &body).await
 }
 
 async fn purge_unrouted(
@@ -383,11 +385,21 @@ async fn purge_unrouted(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let queue = state.operator.unrouted_queue().to_owned();
-    let selector: Selector = json_body(&body)?;
-    let filter = selector.compile().map_err(invalid)?;
+    purge(&state, queue, "purge_unrouted", None, &headers, &body).await
+}
+
+async fn purge(
+    state: &ApiState,
+    queue: String,
+    operation: &'static str,
+    subscription: Option<String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let (filter, dry_run) = selection(body)?;
     let operator = state.operator.clone();
-    Ok(run(&headers, "purge_unrouted", None, move |progress| async move {
-        operator.purge(&queue, &filter, selector.dry_run, &progress).await
+    Ok(run(headers, operation, subscription, move |progress| async move {
+        operator.purge(&queue, &filter, dry_run, &progress).await
     })
     .await)
 }

@@ -14,6 +14,8 @@ fn check_accepts_the_example_config_and_prints_topology_without_secrets() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("hookwire.events (topic, durable, alternate-exchange=hookwire.unrouted)"));
+    assert!(stdout.contains("archive: on, events kept 7days or up to 10000000000 bytes"), "{stdout}");
+    assert!(stdout.contains("hookwire.archive (x-queue-type=stream, x-max-age=604800s"), "{stdout}");
     assert!(stdout.contains("hookwire.sub.billing.retry.30s"));
     assert!(stdout.contains("hookwire.events -> hookwire.sub.billing  acme.invoice.*"));
     assert!(stdout.contains("amqp://guest:***@"));
