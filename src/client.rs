@@ -205,7 +205,10 @@ struct ProgressBar {
 
 impl ProgressBar {
     fn new() -> Self {
-        Self { terminal: std::io::stderr().is_terminal(), last: None, drawn: false }
+        let terminal = std::io::stderr().is_terminal();
+        // Off a terminal, the first line comes after the first interval too:
+        // a quick operation prints nothing but its result.
+        Self { terminal, last: (!terminal).then(Instant::now), drawn: false }
     }
 
     fn draw(&mut self, report: &Report) {
@@ -215,17 +218,15 @@ impl ProgressBar {
         }
         self.last = Some(Instant::now());
         const WIDTH: u64 = 30;
-        let filled = (report.scanned * WIDTH).checked_div(report.total).unwrap_or(0).min(WIDTH) as usize;
-        let text = format!(
-            "[{}{}] {}/{} scanned, {} matched, {} replayed, {} purged",
-            "#".repeat(filled),
-            "-".repeat(WIDTH as usize - filled),
-            report.scanned,
-            report.total,
-            report.matched,
-            report.replayed,
-            report.purged
-        );
+        let counts = format!("{} matched, {} replayed, {} purged", report.matched, report.replayed, report.purged);
+        // An archive replay cannot know its total in advance.
+        let text = if report.total == 0 {
+            format!("{} scanned, {counts}", report.scanned)
+        } else {
+            let filled = (report.scanned * WIDTH).checked_div(report.total).unwrap_or(0).min(WIDTH) as usize;
+            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
+            format!("[{bar}] {}/{} scanned, {counts}", report.scanned, report.total)
+        };
         let mut stderr = std::io::stderr().lock();
         let _ = if self.terminal { write!(stderr, "\r\x1b[2K{text}") } else { writeln!(stderr, "{text}") };
         let _ = stderr.flush();

@@ -117,7 +117,7 @@ impl Default for IngressConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer tokens accepted by the operator API (`/api/...`); without any,
-    /// the API is disabled, never open.
+    /// the API is disabled, never open. Empty entries are dropped.
     pub tokens: Vec<Secret>,
 }
 
@@ -417,11 +417,15 @@ impl Config {
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let subs = interpolate::interpolate_table(&mut table, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = subs.scrub(&e.into_inner().to_string());
             ConfigError::Invalid { key, message }
         })?;
+        // An empty token is no token: `["${HOOKWIRE_ADMIN_TOKEN:-}"]` turns the
+        // operator API on exactly when the variable is set (and it stays
+        // closed, never open, when it is not).
+        config.admin.tokens.retain(|t| !t.expose().trim().is_empty());
         config.validate()?;
         Ok(config)
     }
@@ -693,6 +697,8 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
         assert!(e.starts_with("sources.ac.me:"), "{e}");
         let e = error("[admin]\ntokens = [\"${SHORT:-short}\"]");
         assert!(e.starts_with("admin.tokens[0]:") && !e.contains("short"), "{e}");
+        let unset = Config::from_toml("[admin]\ntokens = [\"${UNSET_TOKEN:-}\"]", &|_| None).unwrap();
+        assert!(unset.admin.tokens.is_empty(), "an empty token disables the API");
         let e = error("[ingress\nlisten=1");
         assert!(e.starts_with("invalid TOML"), "{e}");
     }

@@ -99,10 +99,15 @@ impl Control {
 
     fn apply(&self, name: &str, paused: bool) {
         let Some(state) = self.states.get(name) else { return };
-        let changed = state.send_if_modified(|p| p.replace(paused) != Some(paused));
+        let before = state.send_replace(Some(paused));
         metrics::gauge!(metric::PAUSED, "subscription" => name.to_owned()).set(if paused { 1.0 } else { 0.0 });
-        if changed {
-            tracing::info!(subscription = %name, paused, "subscription {}", if paused { "paused" } else { "resumed" });
+        match (before, paused) {
+            (Some(false), true) => tracing::info!(subscription = %name, "subscription paused by an operator"),
+            (Some(true), false) => tracing::info!(subscription = %name, "subscription resumed by an operator"),
+            (None, true) => {
+                tracing::warn!(subscription = %name, "subscription is paused: not delivering until resumed")
+            }
+            _ => {}
         }
     }
 
