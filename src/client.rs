@@ -103,7 +103,7 @@ pub enum Target {
 impl Target {
     fn path(&self) -> String {
         match self {
-            Self::DeadLetters(name) => format!("/api/v1/subscriptions/{name}/dead-letters"),
+            Self::DeadLetters(name) => format!("/api/v1/subscriptions/{}/dead-letters", urlencode(name)),
             Self::Unrouted => "/api/v1/unrouted".to_owned(),
         }
     }
@@ -123,7 +123,12 @@ impl Client {
         Ok(Self {
             base: api.admin_url.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::new(),
+            // No overall timeout: a replay may rightly take minutes, and its
+            // progress stream shows it is alive.
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| format!("HTTP client: {e}"))?,
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime"),
         })
     }
@@ -411,7 +416,7 @@ pub fn replay_window(
         if let Some(pattern) = event_type {
             body["type"] = json!(pattern);
         }
-        let path = format!("/api/v1/subscriptions/{subscription}/replay");
+        let path = format!("/api/v1/subscriptions/{}/replay", urlencode(subscription));
         let answer = Client::new(api)?.operation(reqwest::Method::POST, &path, body)?;
         report(api, &answer, "replayed")
     })
@@ -441,7 +446,7 @@ fn report(api: &Api, body: &str, verb: &str) -> Result<String, String> {
 pub fn set_paused(api: &Api, subscription: &str, paused: bool) -> ExitCode {
     run(|| {
         let verb = if paused { "pause" } else { "resume" };
-        let path = format!("/api/v1/subscriptions/{subscription}/{verb}");
+        let path = format!("/api/v1/subscriptions/{}/{verb}", urlencode(subscription));
         let body = Client::new(api)?.send(reqwest::Method::POST, &path, None)?;
         if api.json {
             return Ok(body + "\n");

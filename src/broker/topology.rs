@@ -341,7 +341,8 @@ impl Topology {
     }
 }
 
-fn field_table(args: &[(&'static str, Arg)]) -> FieldTable {
+/// Queue arguments as AMQP wants them.
+pub fn field_table(args: &[(&'static str, Arg)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in args {
         let value = match value {

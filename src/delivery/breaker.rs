@@ -72,18 +72,19 @@ impl Breaker {
 
     /// Waits until a delivery may start: at once while closed; after the
     /// cooldown (as the single probe) while open; after the probe's outcome
-    /// while probing.
-    pub async fn admit(&self) {
+    /// while probing. `true` when this admission is the probe: its holder
+    /// must [`Breaker::release_probe`] if it ends up sending nothing.
+    pub async fn admit(&self) -> bool {
         loop {
             let notified = self.changed.notified();
             let wait = {
                 let mut state = self.state.lock().expect("breaker lock poisoned");
                 match *state {
-                    State::Closed { .. } => return,
+                    State::Closed { .. } => return false,
                     State::Open { until } if Instant::now() >= until => {
                         *state = State::Probing;
                         tracing::info!(subscription = %self.subscription, "circuit half-open: sending one probe");
-                        return;
+                        return true;
                     }
                     State::Open { until } => Some(until - Instant::now()),
                     State::Probing => None,
@@ -101,10 +102,29 @@ impl Breaker {
         }
     }
 
+    /// The probe was not sent after all (filtered out, transform failed,
+    /// paused, shutting down): let the next delivery probe instead, rather
+    /// than wait forever for an outcome that will not come. A no-op once the
+    /// probe's outcome was recorded.
+    pub fn release_probe(&self) {
+        let mut state = self.state.lock().expect("breaker lock poisoned");
+        if *state == State::Probing {
+            *state = State::Open { until: Instant::now() };
+            drop(state);
+            self.changed.notify_waiters();
+        }
+    }
+
     /// Records an attempt's bearing on the destination's health.
     pub fn record(&self, health: Health) {
         let mut state = self.state.lock().expect("breaker lock poisoned");
         let next = match (*state, health) {
+            // A probe answered with a 4xx: the destination is up and answering.
+            (State::Probing, Health::Unknown) => {
+                tracing::info!(subscription = %self.subscription, "circuit closed: the destination answers again");
+                self.transition("closed", 0.0);
+                State::Closed { failures: 0 }
+            }
             (_, Health::Unknown) => return,
             (State::Closed { .. }, Health::Up) => State::Closed { failures: 0 },
             (State::Closed { failures }, Health::Down) if failures + 1 >= self.threshold => self.open(),
@@ -185,6 +205,21 @@ mod tests {
         // Late outcomes of earlier deliveries do not change an open breaker.
         breaker.record(Health::Up);
         assert_eq!(breaker.state_name(), "open");
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_was_never_sent_lets_the_next_delivery_probe() {
+        let breaker = Breaker::new("t", 1, Duration::from_millis(10));
+        breaker.record(Health::Down);
+        assert!(breaker.admit().await, "the first admission after the cooldown is the probe");
+        breaker.release_probe();
+        let next = tokio::time::timeout(Duration::from_millis(100), breaker.admit()).await;
+        assert_eq!(next, Ok(true), "without the release this would wait forever");
+        // A 4xx answer to the probe means the destination is back.
+        breaker.record(Health::Unknown);
+        assert_eq!(breaker.state_name(), "closed");
+        breaker.release_probe(); // after the outcome: no effect
+        assert_eq!(breaker.state_name(), "closed");
     }
 
     #[test]

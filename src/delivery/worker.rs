@@ -76,6 +76,8 @@ pub struct Worker {
 enum Ended {
     Shutdown,
     ConnectionLost,
+    /// Paused by an operator: consume again once resumed.
+    Paused,
 }
 
 impl Worker {
@@ -88,7 +90,18 @@ impl Worker {
         // lost session still hold their permits until they finish, so a
         // reconnect never runs more than `concurrency` deliveries at once.
         let permits = Arc::new(Semaphore::new(usize::from(this.concurrency)));
+        let mut paused = this.paused.clone();
         loop {
+            // While paused (or before this process knows), hold no consumer at
+            // all: a consumer would keep prefetched events unacked, and the
+            // broker closes channels that sit on unacked deliveries past its
+            // consumer_timeout (30 min), counting a delivery attempt each time.
+            if let Some(paused) = &mut paused {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    resumed = paused.wait_for(|p| *p == Some(false)) => if resumed.is_err() { break },
+                }
+            }
             let session = tokio::select! {
                 _ = token.cancelled() => break,
                 changed = sessions.wait_for(Option::is_some) => match changed {
@@ -98,6 +111,10 @@ impl Worker {
             };
             match this.clone().consume(&session, &token, &permits, &mut tasks).await {
                 Ok(Ended::Shutdown) => break,
+                Ok(Ended::Paused) => {
+                    tracing::info!(subscription = %this.name, "paused: stopped consuming");
+                    continue;
+                }
                 Ok(Ended::ConnectionLost) => {}
                 Err(error) => {
                     tracing::warn!(subscription = %this.name, %error, "consumer failed; restarting")
@@ -153,42 +170,62 @@ impl Worker {
                 _ = token.cancelled() => break Ended::Shutdown,
                 permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             };
+            if paused.as_ref().is_some_and(|p| *p.borrow() != Some(false)) {
+                break Ended::Paused;
+            }
             // An open breaker stops consumption here: events wait in the queue.
-            if let Some(breaker) = &self.breaker {
-                tokio::select! {
+            let probe = match &self.breaker {
+                None => false,
+                Some(breaker) => tokio::select! {
                     _ = token.cancelled() => break Ended::Shutdown,
-                    _ = breaker.admit() => {}
+                    _ = until_paused(&mut paused) => break Ended::Paused,
+                    probe = breaker.admit() => probe,
+                },
+            };
+            let release = || {
+                if let (true, Some(breaker)) = (probe, &self.breaker) {
+                    breaker.release_probe();
                 }
-            }
-            // Paused by an operator: same place, same effect.
-            if let Some(paused) = &mut paused {
-                tokio::select! {
-                    _ = token.cancelled() => break Ended::Shutdown,
-                    resumed = paused.wait_for(|p| *p == Some(false)) => if resumed.is_err() { break Ended::Shutdown },
-                }
-            }
+            };
             let delivery = tokio::select! {
                 biased;
-                _ = token.cancelled() => break Ended::Shutdown,
-                // A pause while waiting here must win over a message that
-                // arrives at the same time: it stays prefetched until resumed.
-                _ = until_paused(&mut paused) => continue,
+                _ = token.cancelled() => {
+                    release();
+                    break Ended::Shutdown;
+                }
+                // A pause must win over a message that arrives at the same
+                // time: that one goes back to the queue with the prefetch.
+                _ = until_paused(&mut paused) => {
+                    release();
+                    break Ended::Paused;
+                }
                 next = consumer.next() => next,
             };
             match delivery {
+                // Deliveries lapin buffered before the broker closed the
+                // channel were requeued by the broker already: handling them
+                // would deliver twice.
+                Some(Ok(_)) if !channel.status().connected() => {
+                    release();
+                    break Ended::ConnectionLost;
+                }
                 Some(Ok(delivery)) => {
                     let this = self.clone();
                     let session = session.clone();
-                    tasks.spawn(async move { this.handle(session, delivery, permit).await });
+                    tasks.spawn(async move { this.handle(session, delivery, permit, probe).await });
                 }
                 Some(Err(error)) => {
+                    release();
                     tracing::warn!(subscription = %self.name, %error, "consumer stream failed");
                     break Ended::ConnectionLost;
                 }
-                None => break Ended::ConnectionLost,
+                None => {
+                    release();
+                    break Ended::ConnectionLost;
+                }
             }
         };
-        if let Ended::Shutdown = ended {
+        if let Ended::Shutdown | Ended::Paused = ended {
             // Stop new deliveries, let the in-flight ones settle, then close:
             // anything prefetched but never started returns to the queue.
             let _ =
@@ -203,7 +240,9 @@ impl Worker {
         Ok(ended)
     }
 
-    async fn handle(self: Arc<Self>, session: Session, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    /// Delivers one event and settles it. `probe`: this delivery is the
+    /// circuit breaker's probe, released if it ends without an attempt.
+    async fn handle(self: Arc<Self>, session: Session, delivery: Delivery, _permit: OwnedSemaphorePermit, probe: bool) {
         let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
         gauge.increment(1.0);
         let Delivery { properties, data, acker, .. } = delivery;
@@ -245,6 +284,10 @@ impl Worker {
                 let requeue = BasicNackOptions { requeue: true, ..Default::default() };
                 let _ = tokio::time::timeout(timeout, acker.nack(requeue)).await;
             }
+        }
+        if let (true, Some(breaker)) = (probe, &self.breaker) {
+            // Filtered, transform failed, malformed: no attempt was recorded.
+            breaker.release_probe();
         }
         gauge.decrement(1.0);
     }

@@ -46,7 +46,7 @@ const IDLE: Duration = Duration::from_secs(1);
 pub struct Window {
     /// Start of the window (RFC 3339), inclusive.
     pub from: String,
-    /// End of the window (RFC 3339), exclusive; default now.
+    /// End of the window (RFC 3339), exclusive; default, and at most, now.
     pub to: Option<String>,
     /// A topic pattern over the event type, narrowing the subscription's own topics.
     #[serde(rename = "type")]
@@ -63,9 +63,12 @@ impl Window {
                 .map_err(|_| format!("{key}: {text:?} is not an RFC 3339 time like 2026-11-21T09:00:00Z"))
         };
         let from = parse("from", &self.from)?;
+        // Never past now: a window into the future would keep the replay
+        // reading (and re-delivering) live traffic until then.
+        let now = SystemTime::now();
         let to = match &self.to {
-            Some(to) => parse("to", to)?,
-            None => SystemTime::now(),
+            Some(to) => parse("to", to)?.min(now),
+            None => now,
         };
         if to <= from {
             return Err("\"to\" must be later than \"from\"".to_owned());

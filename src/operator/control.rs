@@ -29,11 +29,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{OpError, bounded};
 use crate::{
-    broker::{Broker, PublishError, publisher::publish_confirmed},
+    broker::{
+        Broker, PublishError, Topology,
+        publisher::{open_confirm_channel, publish_confirmed},
+        topology::field_table,
+    },
     telemetry::metric,
 };
 
-/// A broadcast on `ns.control`.
+/// A broadcast on `ns.control`: "subscription X changed". Receivers read
+/// the flag rather than trust `paused`, so two operators pausing and
+/// resuming at once cannot leave processes disagreeing with the flag.
 #[derive(Debug, Serialize, Deserialize)]
 struct Command {
     subscription: String,
@@ -67,7 +73,8 @@ impl Control {
         let queues = self.broker.topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         let session = self.broker.session().ok_or(OpError::Unavailable)?;
         let channel = bounded(self.broker.operation_timeout, session.connection.create_channel()).await?;
-        let paused = flag_set(&channel, &queues.paused_marker, self.broker.operation_timeout).await;
+        let paused =
+            flag_set(&channel, &self.broker.topology, &queues.paused_marker, self.broker.operation_timeout).await;
         let _ = tokio::time::timeout(self.broker.operation_timeout, channel.close(200, "checked".into())).await;
         paused
     }
@@ -79,13 +86,21 @@ impl Control {
         let timeout = self.broker.operation_timeout;
         let marker = queues.paused_marker.as_str();
         let body = serde_json::to_vec(&Command { subscription: name.to_owned(), paused }).expect("serializes");
-        let channel = session.publish_channels.get().await.map_err(OpError::Publish)?;
-        if paused {
-            let persistent = lapin::BasicProperties::default().with_delivery_mode(2);
-            publish_confirmed(&channel, "", marker, persistent, &body, timeout).await.map_err(OpError::Publish)?;
-        } else {
-            bounded(timeout, channel.queue_purge(marker.into(), QueuePurgeOptions::default())).await?;
+        // A channel of its own: an error here must not close a channel that
+        // ingress publishes share.
+        let channel = open_confirm_channel(&session.connection, timeout).await.map_err(OpError::Publish)?;
+        let result = async {
+            if paused {
+                let persistent = lapin::BasicProperties::default().with_delivery_mode(2);
+                publish_confirmed(&channel, "", marker, persistent, &body, timeout).await.map_err(OpError::Publish)
+            } else {
+                bounded(timeout, channel.queue_purge(marker.into(), QueuePurgeOptions::default())).await.map(drop)
+            }
         }
+        .await;
+        let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
+        result?;
+        let channel = session.publish_channels.get().await.map_err(OpError::Publish)?;
         let exchange = &self.broker.topology.control_exchange;
         match publish_confirmed(&channel, exchange, "", Default::default(), &body, timeout).await {
             // Returned: no process listens right now; each reads the marker
@@ -159,8 +174,9 @@ impl Control {
         let mut commands =
             bounded(timeout, channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()))
                 .await?;
-        for subscription in &self.broker.topology.subscriptions {
-            let paused = flag_set(&channel, &subscription.paused_marker, timeout).await?;
+        let topology = &self.broker.topology;
+        for subscription in &topology.subscriptions {
+            let paused = flag_set(&channel, topology, &subscription.paused_marker, timeout).await?;
             self.apply(&subscription.subscription, paused);
         }
         loop {
@@ -170,7 +186,11 @@ impl Control {
             };
             match delivery {
                 Some(Ok(delivery)) => match serde_json::from_slice::<Command>(&delivery.data) {
-                    Ok(command) => self.apply(&command.subscription, command.paused),
+                    Ok(command) => {
+                        let Some(queues) = topology.subscription(&command.subscription) else { continue };
+                        let paused = flag_set(&channel, topology, &queues.paused_marker, timeout).await?;
+                        self.apply(&command.subscription, paused);
+                    }
                     Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
                 },
                 Some(Err(error)) => return Err(OpError::Broker(error.to_string())),
@@ -182,9 +202,17 @@ impl Control {
     }
 }
 
-/// Whether a pause flag queue holds its message (the topology declares it).
-async fn flag_set(channel: &lapin::Channel, flag: &str, timeout: Duration) -> Result<bool, OpError> {
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = bounded(timeout, channel.queue_declare(flag.into(), passive, FieldTable::default())).await?;
+/// Whether a pause flag queue holds its message. Declared (not passively:
+/// one deleted by hand must not stop every worker of the process until the
+/// next reconnect) with the topology's own arguments.
+async fn flag_set(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    flag: &str,
+    timeout: Duration,
+) -> Result<bool, OpError> {
+    let spec = topology.queues().into_iter().find(|q| q.name == flag).expect("flags are part of the topology");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let declared = bounded(timeout, channel.queue_declare(flag.into(), durable, field_table(&spec.args))).await?;
     Ok(declared.message_count() > 0)
 }

@@ -133,9 +133,10 @@ pub async fn scan(
     };
     let result = scan.run(&publisher, depth, progress, &mut visit).await;
     scan.finish().await;
-    // Returns reach a quorum queue asynchronously (its Raft log applies
-    // them), so wait until the queue holds them again: an operator who lists
-    // right after a replay must see the untouched messages in place.
+    // The queue takes handed-back messages asynchronously (the nack goes
+    // from the channel process to the queue process), so wait until it holds
+    // them again: an operator who lists right after a replay must see the
+    // untouched messages in place.
     let taken = { progress.borrow().replayed + progress.borrow().purged };
     let expected = u64::from(depth).saturating_sub(taken);
     let deadline = tokio::time::Instant::now() + RETURN_WAIT;
@@ -208,15 +209,24 @@ impl Scanner<'_> {
         // tag → consumer index, for moves awaiting their confirm.
         let mut owners: HashMap<u64, usize> = HashMap::new();
         let mut stop = false;
-        while !stop && scanned < depth {
+        // On an error the loop stops taking deliveries, but the moves in
+        // flight are still settled below: abandoning them would hand their
+        // originals back although their copies may be confirmed (duplicates
+        // that the report would not count).
+        let result = loop {
+            if stop || scanned >= depth {
+                break Ok(());
+            }
             if moving.len() >= MAX_PENDING_MOVES {
                 if let Some(confirmed) = moving.next().await {
                     self.settle_move(confirmed, &mut owners, progress).await;
                 }
                 continue;
             }
-            if self.unsettled.iter().all(|&n| n >= self.prefetch) {
-                self.add_consumer().await?;
+            if self.unsettled.iter().all(|&n| n >= self.prefetch)
+                && let Err(error) = self.add_consumer().await
+            {
+                break Err(error);
             }
             let delivery = tokio::select! {
                 Some(confirmed) = moving.next(), if !moving.is_empty() => {
@@ -224,8 +234,8 @@ impl Scanner<'_> {
                     continue;
                 }
                 next = tokio::time::timeout(IDLE, self.consumers.next()) => match next {
-                    Err(_) | Ok(None) => break,
-                    Ok(Some((_, Err(error)))) => return Err(OpError::Broker(error.to_string())),
+                    Err(_) | Ok(None) => break Ok(()),
+                    Ok(Some((_, Err(error)))) => break Err(OpError::Broker(error.to_string())),
                     Ok(Some((index, Ok(delivery)))) => (index, delivery),
                 },
             };
@@ -244,7 +254,11 @@ impl Scanner<'_> {
             match decision {
                 Decision::Keep => self.held.push(tag),
                 Decision::Remove => {
-                    bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await?;
+                    if let Err(error) =
+                        bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await
+                    {
+                        break Err(error);
+                    }
                     self.unsettled[index] -= 1;
                     progress.send_modify(|r| r.purged += 1);
                 }
@@ -270,17 +284,17 @@ impl Scanner<'_> {
                         Err(error) => {
                             self.held.push(tag);
                             progress.send_modify(|r| r.failed += 1);
-                            return Err(OpError::Broker(error.to_string()));
+                            break Err(error);
                         }
                     }
                 }
             }
             progress.send_modify(|r| r.scanned += 1);
-        }
+        };
         while let Some(confirmed) = moving.next().await {
             self.settle_move(confirmed, &mut owners, progress).await;
         }
-        Ok(())
+        result
     }
 
     /// Acks a moved message once its copy is confirmed; otherwise holds it

@@ -216,3 +216,33 @@ async fn every_operator_route_needs_a_valid_token() {
     // Nothing was paused by the refused calls.
     assert_eq!(app.api_get("/api/v1/subscriptions").await[0]["paused"], false);
 }
+
+/// A pause while the circuit breaker's probe waits for an event must not
+/// wedge the subscription: after resume, deliveries flow again.
+#[tokio::test]
+async fn pausing_while_the_breaker_probes_does_not_wedge_the_subscription() {
+    let sink = Sink::start(Behavior::Status(503)).await;
+    let extra = format!(
+        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nretry = [\"2s\"]\n\
+         circuit_breaker = {{ failures = 1, cooldown = \"100ms\" }}\n",
+        sink.url("/hooks")
+    );
+    let app = TestApp::operator(&extra).await;
+    // The first failure opens the breaker. The worker was already waiting
+    // for the next event (admitted while closed), so the second one goes
+    // out too; only then does the worker meet the open breaker.
+    assert_eq!(app.post_acme("evt_1", r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    sink.wait_for(1, T).await;
+    assert_eq!(app.post_acme("evt_2", r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    sink.wait_for(2, T).await;
+    // After the cooldown the worker holds the probe slot and waits for an
+    // event (both failed ones sit in the retry queue). Pause it there.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.api_send(Method::POST, "/api/v1/subscriptions/billing/pause", json!({})).await;
+    sink.set(Behavior::Ok);
+    app.api_send(Method::POST, "/api/v1/subscriptions/billing/resume", json!({})).await;
+    let got = sink.wait_for(4, T).await;
+    let mut retried: Vec<&str> = got[2..].iter().map(|r| r.header("webhook-id")).collect();
+    retried.sort();
+    assert_eq!(retried, ["evt_1", "evt_2"]);
+}
