@@ -436,6 +436,13 @@ fn report(api: &Api, body: &str, verb: &str) -> Result<String, String> {
     if r.skipped > 0 {
         out += &format!("{} matched but left in place (malformed, or still no subscription for them)\n", r.skipped);
     }
+    if r.total > 0 && r.scanned < r.total {
+        out += &format!(
+            "stopped after {} of {} messages: the rest was held by another consumer (another operator's \
+             listing or replay?); run the command again\n",
+            r.scanned, r.total
+        );
+    }
     if r.failed > 0 {
         out += &format!("{} not confirmed by RabbitMQ and left in place: run the command again\n", r.failed);
     }
