@@ -10,6 +10,8 @@
 //!     ingress→destination latency p50/p99, peak RSS;
 //! (d) the same with 2 KiB events, without and with a transform that picks
 //!     and renames 5 fields (jq), to show what a typical transform costs.
+//! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
+//! keeping every event in the archive stream costs.
 //! Results go to stdout; docs/BENCHMARKS.md records them with the machine.
 
 use std::{
@@ -37,6 +39,8 @@ const CONCURRENCY: usize = 64;
 const BODY_BYTES: usize = 1024;
 /// The steady load at which end-to-end latency is reported (well below saturation).
 const PACED_RATE: f64 = 1000.0;
+/// `--no-archive`: run hookwire without the archive stream, to see its cost.
+static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     // `cargo test` runs harness-less benches without `--bench`: do nothing then.
@@ -50,12 +54,16 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(10u64);
+    NO_ARCHIVE.store(args.iter().any(|a| a == "--no-archive"), Ordering::Relaxed);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(run(Duration::from_secs(seconds)));
 }
 
 async fn run(duration: Duration) {
-    println!("pipeline benchmark: {CONCURRENCY} concurrent senders, {BODY_BYTES} B bodies, {duration:?} per phase");
+    println!(
+        "pipeline benchmark: {CONCURRENCY} concurrent senders, {BODY_BYTES} B bodies, {duration:?} per phase, archive {}",
+        if NO_ARCHIVE.load(Ordering::Relaxed) { "off" } else { "on" }
+    );
     println!(
         "machine: {} cores, {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -200,6 +208,11 @@ concurrency = 64
         let config = match transform {
             Some(program) => format!("{config}transform = '{program}'\n"),
             None => config,
+        };
+        let config = if NO_ARCHIVE.load(Ordering::Relaxed) {
+            format!("{config}[archive]\nenabled = false\n")
+        } else {
+            config
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookwire.toml");
