@@ -209,11 +209,8 @@ concurrency = 64
             Some(program) => format!("{config}transform = '{program}'\n"),
             None => config,
         };
-        let config = if NO_ARCHIVE.load(Ordering::Relaxed) {
-            format!("{config}[archive]\nenabled = false\n")
-        } else {
-            config
-        };
+        let config =
+            if NO_ARCHIVE.load(Ordering::Relaxed) { format!("{config}[archive]\nenabled = false\n") } else { config };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookwire.toml");
         std::fs::write(&path, config).unwrap();

@@ -50,8 +50,10 @@ use crate::{
 };
 
 /// Publishes awaiting their confirm at once during a move: enough to keep the
-/// broker busy, few enough that an interrupted replay leaves few copies.
-const MAX_PENDING_MOVES: usize = 512;
+/// broker busy (10,000 moves in about 1 s here), few enough that a replay
+/// killed midway leaves few messages in both queues (the measured trade-off
+/// is in docs/DECISIONS.md).
+const MAX_PENDING_MOVES: usize = 128;
 /// No delivery for this long means the rest of the queue is held elsewhere
 /// (another operator's scan, a consumer): stop rather than wait.
 const IDLE: Duration = Duration::from_secs(2);

@@ -265,7 +265,7 @@ async fn a_replay_killed_halfway_loses_nothing() {
     assert_eq!(all.len(), N, "every dead letter is still somewhere");
     let doubled = dead.len() + work.len() - N;
     eprintln!("killed mid-replay: {} still dead, {} moved, {doubled} in both", dead.len(), work.len());
-    assert!(doubled <= 1024, "{doubled} in both queues: more than the replay's in-flight window");
+    assert!(doubled <= 256, "{doubled} in both queues: more than the replay's in-flight window allows");
     // What stayed behind kept its order.
     let mut sorted = dead.clone();
     sorted.sort();
