@@ -20,10 +20,16 @@ use crate::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct Api {
     /// The admin listener of any hookwire process.
-    #[arg(long, default_value = "http://127.0.0.1:9090", env = "HOOKWIRE_ADMIN_URL", global = true)]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9090",
+        env = "HOOKWIRE_ADMIN_URL",
+        global = true,
+        display_order = 100
+    )]
     pub admin_url: String,
     /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 101)]
     pub json: bool,
 }
 

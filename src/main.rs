@@ -106,12 +106,14 @@ enum Command {
     },
     /// Stop deliveries of a subscription in every process (events keep queueing).
     Pause {
+        /// Subscription name, as in [subscriptions.NAME].
         subscription: String,
         #[command(flatten)]
         api: Api,
     },
     /// Restart deliveries of a paused subscription.
     Resume {
+        /// Subscription name, as in [subscriptions.NAME].
         subscription: String,
         #[command(flatten)]
         api: Api,
@@ -127,6 +129,7 @@ enum Command {
 enum DlqAction {
     /// List dead letters, oldest first (browsing changes nothing).
     List {
+        /// Subscription name, as in [subscriptions.NAME].
         subscription: String,
         /// Page size (at most 1000).
         #[arg(long)]
@@ -136,15 +139,22 @@ enum DlqAction {
         after: Option<String>,
     },
     /// Show one dead letter whole: headers, attempt history, body.
-    Show { subscription: String, event_id: String },
+    Show {
+        /// Subscription name, as in [subscriptions.NAME].
+        subscription: String,
+        /// The event id (webhook-id).
+        event_id: String,
+    },
     /// Move matching dead letters back to the work queue with a fresh attempt count.
     Replay {
+        /// Subscription name, as in [subscriptions.NAME].
         subscription: String,
         #[command(flatten)]
         selectors: Selectors,
     },
     /// Delete matching dead letters for good.
     Purge {
+        /// Subscription name, as in [subscriptions.NAME].
         subscription: String,
         #[command(flatten)]
         selectors: Selectors,
@@ -158,13 +168,18 @@ enum DlqAction {
 enum QueueAction {
     /// List unrouted events, oldest first (browsing changes nothing).
     List {
+        /// Page size (at most 1000).
         #[arg(long)]
         limit: Option<usize>,
+        /// Start after this event id (the previous page's last).
         #[arg(long)]
         after: Option<String>,
     },
     /// Show one unrouted event whole.
-    Show { event_id: String },
+    Show {
+        /// The event id (webhook-id).
+        event_id: String,
+    },
     /// Route matching events again (those still matching no subscription stay).
     Replay {
         #[command(flatten)]
@@ -174,6 +189,7 @@ enum QueueAction {
     Purge {
         #[command(flatten)]
         selectors: Selectors,
+        /// Confirm the deletion (not needed with --dry-run).
         #[arg(long)]
         yes: bool,
     },
