@@ -315,6 +315,32 @@ mod tests {
     }
 
     #[test]
+    fn the_brokers_reason_is_its_newest_death() {
+        use lapin::types::{AMQPValue, FieldArray, FieldTable};
+        let death = |reason: &str| {
+            let mut entry = FieldTable::default();
+            entry.insert("reason".into(), AMQPValue::LongString(reason.into()));
+            AMQPValue::FieldTable(entry)
+        };
+        // Waited in a retry queue (expired), then hit the delivery limit:
+        // RabbitMQ lists the newest death first.
+        let mut message = message("a", "invoice.paid", 503, SystemTime::now());
+        if let Ok((_, state)) = &mut message.decoded {
+            state.dead_letter_reason = None;
+        }
+        let mut headers = message.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death("delivery_limit"), death("expired")])),
+        );
+        headers.insert("x-first-death-reason".into(), AMQPValue::LongString("expired".into()));
+        message.properties = message.properties.clone().with_headers(headers);
+        assert_eq!(summary(&message).reason.as_deref(), Some("delivery_limit"));
+        let filter = Selector { reason: Some("delivery_limit".into()), ..Default::default() }.compile().unwrap();
+        assert!(filter.matches(&message));
+    }
+
+    #[test]
     fn undecodable_messages_match_only_by_id_reason_or_all() {
         let properties = lapin::BasicProperties::default().with_message_id("junk".into());
         let junk = Message {
