@@ -30,6 +30,9 @@ pub use secret::Secret;
 pub const MAX_CONCURRENCY: u16 = 1024;
 /// Bound on the retry schedule length; each distinct delay is a queue.
 pub const MAX_RETRIES: usize = 25;
+/// RabbitMQ's default `consumer_timeout`: a channel holding an unacked
+/// delivery longer is closed by the broker.
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -518,6 +521,21 @@ impl Config {
                     ));
                 }
             }
+            // While the breaker is open the worker holds up to `concurrency`
+            // prefetched events and probes with one per cooldown; an event can
+            // wait that long unacked, and RabbitMQ closes channels that hold
+            // deliveries past consumer_timeout (30 min by default), counting a
+            // delivery toward delivery_limit each time.
+            let breaker = &sub.circuit_breaker;
+            let hold = breaker.cooldown * u32::from(sub.concurrency);
+            if breaker.failures > 0 && hold >= CONSUMER_TIMEOUT {
+                out.push(format!(
+                    "subscriptions.{name}: circuit_breaker.cooldown x concurrency = {} while the breaker is open; \
+                     prefetched events may exceed RabbitMQ's consumer_timeout (30m by default) and count toward \
+                     rabbitmq.delivery_limit; shorten the cooldown or lower the concurrency",
+                    format_duration(hold)
+                ));
+            }
         }
         out
     }
@@ -725,5 +743,18 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
         let config = parse(&EXAMPLE.replace("\"acme.customer.#\"", "\"github.push\"")).unwrap();
         assert_eq!(config.warnings().len(), 1);
         assert!(config.warnings()[0].contains("github"));
+    }
+
+    #[test]
+    fn warns_when_an_open_breaker_could_outlast_the_consumer_timeout() {
+        let long = EXAMPLE.replace("concurrency = 16", "concurrency = 16\ncircuit_breaker = { cooldown = \"2m\" }");
+        let warnings = parse(&long).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("subscriptions.billing: circuit_breaker.cooldown x concurrency = 32m"),
+            "{warnings:?}"
+        );
+        // The default (30 s x 16 = 8 min) is fine.
+        assert!(parse(EXAMPLE).unwrap().warnings().is_empty());
     }
 }
