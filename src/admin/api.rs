@@ -47,6 +47,8 @@ use crate::{
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 /// How often a streamed operation reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often a running operation logs its progress.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the operator API reads.
 pub struct ApiState {
@@ -463,7 +465,27 @@ where
     let (progress, updates) = watch::channel(Report::default());
     let task: JoinHandle<Result<Report, ApiError>> = tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let result = work(progress.clone()).await;
+        // Long operations also show their progress in the logs.
+        let work = work(progress.clone());
+        tokio::pin!(work);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + LOG_EVERY, LOG_EVERY);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                _ = ticker.tick() => {
+                    let r = progress.borrow().clone();
+                    tracing::info!(
+                        operation,
+                        subscription = subscription.as_deref().unwrap_or("-"),
+                        scanned = r.scanned,
+                        total = r.total,
+                        replayed = r.replayed,
+                        purged = r.purged,
+                        "operator operation in progress"
+                    );
+                }
+            }
+        };
         let report = progress.borrow().clone();
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(metric::OPERATIONS, "operation" => operation, "outcome" => outcome).increment(1);
