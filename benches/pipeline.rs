@@ -12,6 +12,11 @@
 //!     and renames 5 fields (jq), to show what a typical transform costs.
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
 //! keeping every event in the archive stream costs.
+//!
+//! `--soak MINUTES [--scrape SECONDS]` runs only a soak instead: one
+//! `serve --role all` with two subscriptions to the sink under saturating
+//! load, its RSS sampled every 10 s, and `/metrics` scraped every SECONDS or
+//! never. Memory must not depend on the scrape schedule (issue 13).
 //! Results go to stdout; docs/BENCHMARKS.md records them with the machine.
 
 use std::{
@@ -55,7 +60,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10u64);
     NO_ARCHIVE.store(args.iter().any(|a| a == "--no-archive"), Ordering::Relaxed);
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    if let Some(minutes) = value_of("--soak").map(|m| m.parse::<u64>().expect("--soak MINUTES")) {
+        let scrape = value_of("--scrape").map(|s| Duration::from_secs(s.parse().expect("--scrape SECONDS")));
+        runtime.block_on(soak(Duration::from_secs(minutes * 60), scrape));
+        return;
+    }
     runtime.block_on(run(Duration::from_secs(seconds)));
 }
 
@@ -172,7 +183,18 @@ struct Hookwire {
     ingress: SocketAddr,
     admin: SocketAddr,
     namespace: String,
+    subscriptions: usize,
     _dir: tempfile::TempDir,
+}
+
+/// `[subscriptions.*]` tables: `sink`, then `sink-2`, `sink-3`, ... all to `url`.
+fn subscriptions_toml(count: usize, url: &str) -> String {
+    (1..=count)
+        .map(|i| {
+            let name = if i == 1 { "sink".to_owned() } else { format!("sink-{i}") };
+            format!("[subscriptions.{name}]\ntopics = [\"bench.#\"]\nurl = \"{url}\"\nconcurrency = 64\n")
+        })
+        .collect()
 }
 
 fn free_port() -> SocketAddr {
@@ -180,7 +202,7 @@ fn free_port() -> SocketAddr {
 }
 
 impl Hookwire {
-    async fn start(role: &str, sink: Option<SocketAddr>, transform: Option<&str>) -> Self {
+    async fn start(role: &str, sink: Option<SocketAddr>, transform: Option<&str>, subscriptions: usize) -> Self {
         let (ingress, admin) = (free_port(), free_port());
         let namespace = format!("bench-{}", uuid::Uuid::now_v7().simple());
         let url = match sink {
@@ -199,11 +221,8 @@ namespace = "{namespace}"
 [sources.bench]
 scheme = "standard-webhooks"
 secrets = ["{SECRET}"]
-[subscriptions.sink]
-topics = ["bench.#"]
-url = "{url}"
-concurrency = 64
-"#
+{}"#,
+            subscriptions_toml(subscriptions, &url)
         );
         let config = match transform {
             Some(program) => format!("{config}transform = '{program}'\n"),
@@ -220,7 +239,7 @@ concurrency = 64
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let this = Self { child, ingress, admin, namespace, _dir: dir };
+        let this = Self { child, ingress, admin, namespace, subscriptions, _dir: dir };
         let client = reqwest::Client::new();
         let ready = format!("http://{}/readyz", this.admin);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -237,6 +256,18 @@ concurrency = 64
         let kb: f64 = status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+
+    /// Resident set size now (VmRSS) in MiB.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap();
@@ -261,8 +292,9 @@ concurrency = 64
         // Delete the namespace the run declared.
         let config = hookwire::config::Config::from_toml(
             &format!(
-                "[rabbitmq]\nnamespace = \"{}\"\n[subscriptions.sink]\ntopics = [\"bench.#\"]\nurl = \"http://127.0.0.1:9/\"\n",
-                self.namespace
+                "[rabbitmq]\nnamespace = \"{}\"\n{}",
+                self.namespace,
+                subscriptions_toml(self.subscriptions, "http://127.0.0.1:9/")
             ),
             &|_| None,
         )
@@ -352,7 +384,7 @@ struct IngressResult {
 }
 
 async fn ingress_only(duration: Duration) -> IngressResult {
-    let hookwire = Hookwire::start("ingress", None, None).await;
+    let hookwire = Hookwire::start("ingress", None, None, 1).await;
     let cpu_before = hookwire.cpu_seconds();
     let mut load = drive(hookwire.ingress, duration, None, BODY_BYTES).await;
     let cpu = hookwire.cpu_seconds() - cpu_before;
@@ -410,7 +442,7 @@ async fn end_to_end(duration: Duration, rate: Option<f64>, body_bytes: usize, tr
     let app = axum::Router::new().route("/", post(sink)).with_state(stats.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let hookwire = Hookwire::start("all", Some(sink_addr), transform).await;
+    let hookwire = Hookwire::start("all", Some(sink_addr), transform, 1).await;
     let load = drive(hookwire.ingress, duration, rate, body_bytes).await;
     // Let the backlog drain: wait until deliveries stop growing.
     let mut seen = 0;
@@ -438,4 +470,65 @@ async fn end_to_end(duration: Duration, rate: Option<f64>, body_bytes: usize, tr
         p99_ms: percentile(&stats.latencies_us, 0.99),
         rss_mib,
     }
+}
+
+// ------------------------------------------------------------------- soak
+
+/// Counts deliveries and nothing else, so the bench's own memory stays flat.
+async fn counting_sink(State(count): State<Arc<AtomicU64>>) -> &'static str {
+    count.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
+async fn soak(duration: Duration, scrape: Option<Duration>) {
+    const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+    println!(
+        "soak: {duration:?} saturated, 2 subscriptions, {CONCURRENCY} senders, {BODY_BYTES} B bodies, /metrics scraped {}",
+        scrape.map(|s| format!("every {s:?}")).unwrap_or_else(|| "never".into())
+    );
+    let delivered = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/", post(counting_sink)).with_state(delivered.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let hookwire = Hookwire::start("all", Some(sink_addr), None, 2).await;
+    let scraper = scrape.map(|every| {
+        let url = format!("http://{}/metrics", hookwire.admin);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let _ = client.get(&url).send().await.map(|r| r.bytes());
+            }
+        })
+    });
+    let load = tokio::spawn(drive(hookwire.ingress, duration, None, BODY_BYTES));
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    println!("   t (s)   RSS (MiB)   delivered");
+    while started.elapsed() < duration {
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        let (t, rss) = (started.elapsed().as_secs(), hookwire.rss_mib());
+        println!("{t:>8} {rss:>11.1} {:>11}", delivered.load(Ordering::Relaxed));
+        samples.push((t, rss));
+    }
+    let load = load.await.unwrap();
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
+    let after_first_minute: Vec<f64> = samples.iter().filter(|(t, _)| *t >= 60).map(|(_, rss)| *rss).collect();
+    let level = after_first_minute.first().copied().unwrap_or(f64::NAN);
+    let (low, high) = after_first_minute.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "soak result: accepted {} ({:.0}/s), errors {}, delivered {}; RSS at 60 s {level:.1} MiB, after it {low:.1}..{high:.1} MiB (max drift {:.1} MiB), peak {:.1} MiB",
+        load.accepted,
+        load.accepted as f64 / load.elapsed.as_secs_f64(),
+        load.errors,
+        delivered.load(Ordering::Relaxed),
+        (high - level).max(level - low),
+        hookwire.peak_rss_mib()
+    );
+    hookwire.stop().await;
 }

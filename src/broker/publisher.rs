@@ -116,7 +116,18 @@ pub async fn publish_confirmed(
         let confirm = channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?;
         Ok::<_, PublishError>(confirm.await?)
     };
-    match tokio::time::timeout(timeout, publish).await.map_err(|_| PublishError::Timeout)?? {
+    let Ok(confirmed) = tokio::time::timeout(timeout, publish).await else {
+        // lapin keeps the promise of a confirm dropped before it arrived until
+        // someone calls `wait_for_confirms`, which a shared channel never
+        // does: every timeout would leak one. Closing the channel frees them,
+        // and the pool opens a fresh one for the next publish.
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, channel.close(200, "confirm timed out".into())).await;
+        });
+        return Err(PublishError::Timeout);
+    };
+    match confirmed? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
             Err(PublishError::Returned(returned.reply_text.to_string()))

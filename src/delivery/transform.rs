@@ -140,14 +140,20 @@ const POOL_THREADS: usize = 2;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of detached threads taking jobs from one queue.
+/// Jobs waiting for a thread. Deliveries in flight are bounded by the
+/// subscription's concurrency, so a full queue means the threads are stuck on
+/// programs that outlived their timeout; refusing more keeps the queue (and
+/// the event bodies its jobs hold) bounded.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// A fixed set of detached threads taking jobs from one bounded queue.
 struct Pool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<mpsc::SyncSender<Job>>,
 }
 
 impl Pool {
     fn new(name: &str, threads: usize) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_CAPACITY);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = rx.clone();
@@ -168,8 +174,9 @@ impl Pool {
         Self { jobs: Mutex::new(tx) }
     }
 
+    /// Queues a job; `false` when the queue is full or the threads are gone.
     fn submit(&self, job: Job) -> bool {
-        self.jobs.lock().map(|tx| tx.send(job).is_ok()).unwrap_or(false)
+        self.jobs.lock().map(|tx| tx.try_send(job).is_ok()).unwrap_or(false)
     }
 }
 
@@ -252,12 +259,16 @@ impl Jq {
         let (this, envelope) = (self.clone(), envelope.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
+            // Its caller gave up waiting (timeout): do not spend a thread on it.
+            if tx.is_closed() {
+                return;
+            }
             let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.evaluate(&envelope)))
                 .unwrap_or_else(|_| Verdict::Failed("the program panicked".to_owned()));
             let _ = tx.send(verdict);
         });
         if !self.pool.submit(job) {
-            return Verdict::Failed("the program's threads are gone".to_owned());
+            return Verdict::Failed("the program's threads are busy with programs past their timeout".to_owned());
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(verdict)) => verdict,
