@@ -63,3 +63,48 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Longest framework message carried into `detail`.
+const MAX_REJECTION_DETAIL: usize = 300;
+
+/// Turns any error response that is not problem+json yet (axum's own
+/// rejections: a body over the limit, a path that does not decode, a query
+/// that does not parse) into one, so a client meets one error format only.
+/// The framework's text becomes `detail`: it describes the request, never
+/// the server's state, so it is safe to send.
+pub async fn problem_json_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut detail = String::from_utf8_lossy(&text).trim().to_owned();
+    if detail.len() > MAX_REJECTION_DETAIL {
+        let cut = (0..=MAX_REJECTION_DETAIL).rev().find(|&i| detail.is_char_boundary(i)).unwrap_or(0);
+        detail.truncate(cut);
+    }
+    let slug = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "internal",
+        _ => "invalid-request",
+    };
+    let title = status.canonical_reason().unwrap_or("Error");
+    let detail = if detail.is_empty() { title.to_owned() } else { detail };
+    let mut response = ApiError::new(status, slug, title, detail).into_response();
+    // Keep what the framework said besides the body (e.g. `Allow` on a 405).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().entry(name).or_insert_with(|| value.clone());
+        }
+    }
+    response
+}

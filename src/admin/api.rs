@@ -99,8 +99,27 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/unrouted/replay", post(replay_unrouted))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn(require_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
+}
+
+/// Request bodies are JSON. A body declared as something else (`curl -d`
+/// sends a form type) gets a clear `415` rather than a parse error about
+/// characters it never meant to send; no `Content-Type` at all is accepted.
+async fn require_json(request: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(given) = request.headers().get(header::CONTENT_TYPE) {
+        let essence = given.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                format!("request bodies are JSON: send Content-Type: application/json, not {essence:?}"),
+            ));
+        }
+    }
+    Ok(next.run(request).await)
 }
 
 async fn not_found() -> ApiError {

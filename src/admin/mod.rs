@@ -28,6 +28,7 @@ pub fn router(state: Arc<AdminState>, api: Arc<api::ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(api::router(api))
+        .layer(axum::middleware::map_response(crate::error::problem_json_rejections))
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -56,7 +56,10 @@ pub struct IngressState {
 }
 
 pub fn router(state: Arc<IngressState>) -> Router {
-    Router::new().route("/webhooks/{source}", post(receive)).with_state(state)
+    Router::new()
+        .route("/webhooks/{source}", post(receive))
+        .with_state(state)
+        .layer(axum::middleware::map_response(crate::error::problem_json_rejections))
 }
 
 fn count(source: &str, outcome: &'static str) {

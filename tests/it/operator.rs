@@ -111,3 +111,42 @@ async fn subscriptions_show_queue_depths_and_circuit_state() {
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
 }
+
+/// Issue 14: errors the framework produces (a body over the limit, a wrong
+/// content type, a path that does not decode, a wrong method, an unknown
+/// route) are problem+json like every other error, on both listeners.
+#[tokio::test]
+async fn framework_rejections_are_problem_json() {
+    let app = TestApp::operator("").await;
+    let sub = "/api/v1/subscriptions/orders/dead-letters/replay";
+    let too_big = format!("{{\"all\":true,\"pad\":\"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    let cases = [
+        (
+            "body over the limit",
+            app.api(reqwest::Method::POST, sub).header("content-type", "application/json").body(too_big),
+            413,
+        ),
+        (
+            "form content type",
+            app.api(reqwest::Method::POST, sub)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("all=true"),
+            415,
+        ),
+        ("path that does not decode", app.api(reqwest::Method::GET, "/api/v1/subscriptions/%FF%FE/dead-letters"), 400),
+        ("wrong method", app.api(reqwest::Method::PUT, "/api/v1/unrouted/replay"), 405),
+        ("unknown route", app.api(reqwest::Method::GET, "/api/v1/nothing-here"), 404),
+        ("unknown admin path", app.http.get(app.admin_url("/nothing-here")), 404),
+        ("GET on the ingress", app.http.get(app.webhook_url("acme")), 405),
+        ("unknown ingress path", app.http.post(app.webhook_url("acme").replace("/webhooks/acme", "/elsewhere")), 404),
+    ];
+    for (what, request, status) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{what}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}");
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], status, "{what}: {problem}");
+        assert!(problem["type"].as_str().unwrap().starts_with("urn:hookwire:problem:"), "{what}: {problem}");
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{what}: {problem}");
+    }
+}
