@@ -102,6 +102,23 @@ pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// Stored times ([`rfc3339`]) keep whole milliseconds, truncated. A window's
+/// bounds may carry more precision, so they are widened to the stored
+/// precision before comparing: the start rounded down ([`floor_stored`]),
+/// the end rounded up ([`ceil_stored`]). Nothing received inside the window
+/// is then missed; at worst an event of a bound's own millisecond is
+/// included, which a replay may duplicate but never lose.
+pub fn floor_stored(at: SystemTime) -> SystemTime {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
+}
+
+/// See [`floor_stored`].
+pub fn ceil_stored(at: SystemTime) -> SystemTime {
+    let floor = floor_stored(at);
+    if floor == at { floor } else { floor + Duration::from_millis(1) }
+}
+
 pub fn encode(envelope: &Envelope, state: &DeliveryState) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |key: &str, value: &str| {

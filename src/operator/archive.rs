@@ -76,7 +76,7 @@ impl Window {
         if let Some(pattern) = &self.event_type {
             crate::config::validate_topic(pattern).map_err(|e| format!("type: {e}"))?;
         }
-        Ok((from, to))
+        Ok((message::floor_stored(from), message::ceil_stored(to)))
     }
 }
 

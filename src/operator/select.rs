@@ -83,8 +83,9 @@ impl Selector {
             source: self.source.clone(),
             status: self.status,
             reason: self.reason.clone(),
-            failed_after: time("failed_after", &self.failed_after)?,
-            failed_before: time("failed_before", &self.failed_before)?,
+            // Attempt times are stored in whole milliseconds.
+            failed_after: time("failed_after", &self.failed_after)?.map(message::floor_stored),
+            failed_before: time("failed_before", &self.failed_before)?.map(message::ceil_stored),
             all: self.all,
         };
         let narrowed = !filter.ids.is_empty()

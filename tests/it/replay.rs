@@ -246,3 +246,41 @@ async fn pausing_while_the_breaker_probes_does_not_wedge_the_subscription() {
     retried.sort();
     assert_eq!(retried, ["evt_1", "evt_2"]);
 }
+
+/// Issue 14: `from` taken with microseconds right before an event arrives in
+/// the same millisecond. Stored times keep milliseconds, so a bound compared
+/// at full precision used to miss that event.
+#[tokio::test]
+async fn a_window_starting_within_the_first_events_millisecond_includes_it() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let app = TestApp::operator(&subscription("edge", "\"acme.#\"", &sink)).await;
+    const ROUNDS: usize = 20;
+    let mut starts = Vec::new();
+    for i in 0..ROUNDS {
+        let (id, body) = (format!("evt_edge_{i}"), format!(r#"{{"type":"edge.n{i}"}}"#));
+        let mut request = app.http.post(app.webhook_url("acme")).header("content-type", "application/json");
+        for (name, value) in app.sign("acme", body.as_bytes(), &id) {
+            request = request.header(name, value);
+        }
+        let request = request.body(body);
+        // Start just after a millisecond begins, so the event, sent at once,
+        // arrives within the same millisecond as `from`.
+        let from = loop {
+            let now = SystemTime::now();
+            if now.duration_since(std::time::UNIX_EPOCH).unwrap().subsec_micros() % 1000 < 50 {
+                break humantime::format_rfc3339_micros(now).to_string();
+            }
+        };
+        assert_eq!(request.send().await.unwrap().status(), 202);
+        starts.push(from);
+    }
+    sink.wait_for(ROUNDS, T).await;
+    let replays = starts.iter().enumerate().map(|(i, from)| {
+        let window = json!({"from": from, "type": format!("edge.n{i}"), "dry_run": true});
+        app.api_send(Method::POST, "/api/v1/subscriptions/edge/replay", window)
+    });
+    for (i, (status, report)) in futures_util::future::join_all(replays).await.into_iter().enumerate() {
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["matched"], 1, "round {i}, from {}: {report}", starts[i]);
+    }
+}
