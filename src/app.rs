@@ -114,7 +114,17 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let ready = {
         let broker = broker.clone();
         let draining = draining.clone();
-        Box::new(move || broker.is_ready() && !draining.load(Ordering::Relaxed))
+        Box::new(move || {
+            if draining.load(Ordering::Relaxed) {
+                Err("draining".to_owned())
+            } else if !broker.is_ready() {
+                Err("RabbitMQ not connected".to_owned())
+            } else if let Some(reason) = broker.blocked() {
+                Err(format!("RabbitMQ blocks publishing (resource alarm: {reason})"))
+            } else {
+                Ok(())
+            }
+        })
     };
     let breakers: std::collections::HashMap<String, Arc<crate::delivery::breaker::Breaker>> = if role.worker() {
         config

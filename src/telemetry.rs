@@ -31,6 +31,8 @@ pub mod metric {
     pub const DEAD_LETTERED: &str = "hookwire_dead_lettered_total";
     /// Gauge: 1 while connected to RabbitMQ with the topology declared.
     pub const BROKER_CONNECTED: &str = "hookwire_broker_connected";
+    /// Gauge: 1 while RabbitMQ blocks this process's publishes (resource alarm).
+    pub const BROKER_BLOCKED: &str = "hookwire_broker_blocked";
     /// Counter: connections lost and re-established.
     pub const BROKER_RECONNECTS: &str = "hookwire_broker_reconnects_total";
     /// Gauge; label `subscription`: deliveries being processed now.
@@ -109,6 +111,7 @@ fn describe() {
     metrics::describe_histogram!(END_TO_END, metrics::Unit::Seconds, "Ingress receipt to successful delivery");
     metrics::describe_counter!(DEAD_LETTERED, "Events moved to a dead-letter queue");
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
+    metrics::describe_gauge!(BROKER_BLOCKED, "1 while RabbitMQ blocks publishing (memory or disk alarm)");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
     metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a subscription's circuit breaker is open");

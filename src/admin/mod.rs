@@ -18,7 +18,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// What readiness depends on; each check must be cheap (no network I/O).
 pub struct AdminState {
     pub metrics: PrometheusHandle,
-    pub ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// `Err(why)` while this process should get no traffic.
+    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
 pub fn router(state: Arc<AdminState>, api: Arc<api::ApiState>) -> Router {
@@ -32,10 +33,9 @@ pub fn router(state: Arc<AdminState>, api: Arc<api::ApiState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    if (state.ready)() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: RabbitMQ not connected\n")
+    match (state.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 

@@ -5,6 +5,9 @@
 //! then wait for the connection to fail; on failure withdraw the session, back
 //! off with jitter, and start over. Publishers and workers never reconnect
 //! themselves: they wait for the next session.
+//! It also tracks RabbitMQ's `connection.blocked` / `connection.unblocked`
+//! notifications (a memory or disk alarm): while blocked, publishes would
+//! hang until their timeout, so publishers fail fast and `/readyz` says so.
 //! Must not: publish or consume.
 
 use std::{
@@ -44,6 +47,8 @@ pub struct Session {
 #[derive(Clone)]
 pub struct Broker {
     session: watch::Receiver<Option<Session>>,
+    /// The broker's reason while it blocks this connection's publishes.
+    blocked: watch::Receiver<Option<String>>,
     pub topology: Arc<Topology>,
     pub operation_timeout: Duration,
 }
@@ -53,7 +58,9 @@ impl Broker {
     /// is cancelled; cancel it only after every user of the connection is done.
     pub fn spawn(config: &RabbitConfig, topology: Arc<Topology>, token: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
+        let (blocked_tx, blocked) = watch::channel(None);
         let supervisor = Supervisor {
+            blocked: blocked_tx,
             url: config.url.expose().to_owned(),
             connect_timeout: config.connect_timeout,
             operation_timeout: config.operation_timeout,
@@ -62,7 +69,7 @@ impl Broker {
             generation: AtomicU64::new(0),
         };
         let handle = tokio::spawn(supervisor.run(token));
-        let broker = Self { session: rx, topology, operation_timeout: config.operation_timeout };
+        let broker = Self { session: rx, blocked, topology, operation_timeout: config.operation_timeout };
         (broker, handle)
     }
 
@@ -76,13 +83,36 @@ impl Broker {
         self.session.clone()
     }
 
-    /// Connected and topology declared: what `/readyz` reports.
+    /// Connected and topology declared.
     pub fn is_ready(&self) -> bool {
         self.session.borrow().as_ref().is_some_and(|s| s.connection.status().connected())
+    }
+
+    /// The broker's reason (e.g. a disk alarm) while it blocks publishing.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Resolves once the connection is blocked (at once if it is now).
+    pub async fn until_blocked(&self) -> String {
+        let mut blocked = self.blocked.clone();
+        let reason = blocked.wait_for(Option::is_some).await.map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The supervisor is gone; nothing will ever block again.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Resolves once the connection is not blocked (at once if it is not).
+    pub async fn until_unblocked(&self) {
+        let mut blocked = self.blocked.clone();
+        let _ = blocked.wait_for(Option::is_none).await;
     }
 }
 
 struct Supervisor {
+    blocked: watch::Sender<Option<String>>,
     url: String,
     connect_timeout: Duration,
     operation_timeout: Duration,
@@ -94,6 +124,7 @@ struct Supervisor {
 impl Supervisor {
     async fn run(self, token: CancellationToken) {
         metrics::gauge!(metric::BROKER_CONNECTED).set(0.0);
+        metrics::gauge!(metric::BROKER_BLOCKED).set(0.0);
         let mut backoff = MIN_BACKOFF;
         loop {
             let attempt = tokio::select! {
@@ -108,8 +139,11 @@ impl Supervisor {
                     tracing::info!(generation = session.generation, "connected to RabbitMQ, topology declared");
                     metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
                     self.tx.send_replace(Some(session));
-                    let lost = wait_for_failure(&connection, &token).await;
+                    let lost = wait_for_failure(&connection, &token, &self.blocked).await;
                     self.tx.send_replace(None);
+                    // A new connection starts unblocked; a lost one is
+                    // reported as disconnected, not as blocked.
+                    set_blocked(&self.blocked, None);
                     metrics::gauge!(metric::BROKER_CONNECTED).set(0.0);
                     if !lost {
                         channels.close().await;
@@ -160,8 +194,18 @@ impl Supervisor {
     }
 }
 
+fn set_blocked(blocked: &watch::Sender<Option<String>>, reason: Option<String>) {
+    metrics::gauge!(metric::BROKER_BLOCKED).set(if reason.is_some() { 1.0 } else { 0.0 });
+    blocked.send_replace(reason);
+}
+
 /// Returns `true` when the connection failed, `false` when shutdown was asked.
-async fn wait_for_failure(connection: &Connection, token: &CancellationToken) -> bool {
+/// Follows the blocked / unblocked notifications meanwhile.
+async fn wait_for_failure(
+    connection: &Connection,
+    token: &CancellationToken,
+    blocked: &watch::Sender<Option<String>>,
+) -> bool {
     let mut events = connection.events_listener();
     let mut poll = tokio::time::interval(STATUS_POLL);
     loop {
@@ -179,7 +223,12 @@ async fn wait_for_failure(connection: &Connection, token: &CancellationToken) ->
                     return true;
                 }
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
-                    tracing::warn!(%reason, "RabbitMQ blocked the connection (resource alarm)");
+                    tracing::warn!(%reason, "RabbitMQ blocked the connection (resource alarm): publishes fail fast until it lifts");
+                    set_blocked(blocked, Some(reason));
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    tracing::info!("RabbitMQ unblocked the connection");
+                    set_blocked(blocked, None);
                 }
                 Some(_) => {}
                 None => return true,

@@ -30,6 +30,8 @@ pub enum PublishError {
     Unavailable,
     #[error("RabbitMQ did not confirm the publish in time")]
     Timeout,
+    #[error("RabbitMQ blocks publishing: {0}")]
+    Blocked(String),
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
     #[error("RabbitMQ could not route the message: {0}")]
@@ -43,6 +45,7 @@ impl PublishError {
         match self {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::Blocked(_) => "blocked",
             Self::Nacked => "nack",
             Self::Returned(_) => "returned",
             Self::Channel(_) => "channel_error",
@@ -117,14 +120,7 @@ pub async fn publish_confirmed(
         Ok::<_, PublishError>(confirm.await?)
     };
     let Ok(confirmed) = tokio::time::timeout(timeout, publish).await else {
-        // lapin keeps the promise of a confirm dropped before it arrived until
-        // someone calls `wait_for_confirms`, which a shared channel never
-        // does: every timeout would leak one. Closing the channel frees them,
-        // and the pool opens a fresh one for the next publish.
-        let channel = channel.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(timeout, channel.close(200, "confirm timed out".into())).await;
-        });
+        discard(channel, timeout);
         return Err(PublishError::Timeout);
     };
     match confirmed? {
@@ -135,6 +131,18 @@ pub async fn publish_confirmed(
         Confirmation::Nack(None) => Err(PublishError::Nacked),
         Confirmation::NotRequested => unreachable!("publish channels are always in confirm mode"),
     }
+}
+
+/// Closes a channel whose confirm its caller stopped waiting for. lapin keeps
+/// the promise of a confirm dropped before it arrived until someone calls
+/// `wait_for_confirms`, which a shared channel never does: every abandoned
+/// confirm would leak one. Closing the channel frees them, and the pool opens
+/// a fresh one for the next publish.
+fn discard(channel: &Channel, timeout: Duration) {
+    let channel = channel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, channel.close(200, "confirm abandoned".into())).await;
+    });
 }
 
 /// The ingress side's publisher: publishes on the current session's pool.
@@ -159,8 +167,19 @@ impl Publisher {
         let started = Instant::now();
         let result = async {
             let session = self.broker.session().ok_or(PublishError::Unavailable)?;
+            // A blocked connection would hold the publish for the whole
+            // timeout and then fail anyway: fail now, the sender retries.
+            if let Some(reason) = self.broker.blocked() {
+                return Err(PublishError::Blocked(reason));
+            }
             let channel = session.publish_channels.get().await?;
-            publish_confirmed(&channel, exchange, routing_key, properties, body, self.timeout).await
+            tokio::select! {
+                result = publish_confirmed(&channel, exchange, routing_key, properties, body, self.timeout) => result,
+                reason = self.broker.until_blocked() => {
+                    discard(&channel, self.timeout);
+                    Err(PublishError::Blocked(reason))
+                }
+            }
         }
         .await;
         let outcome = match &result {

@@ -173,6 +173,16 @@ impl Worker {
             if paused.as_ref().is_some_and(|p| *p.borrow() != Some(false)) {
                 break Ended::Paused;
             }
+            // While RabbitMQ blocks publishing (a resource alarm), a failed
+            // attempt's retry or dead-letter publish could not be confirmed:
+            // start none. Attempts already running finish.
+            if self.broker.blocked().is_some() {
+                tokio::select! {
+                    _ = token.cancelled() => break Ended::Shutdown,
+                    _ = until_paused(&mut paused) => break Ended::Paused,
+                    _ = self.broker.until_unblocked() => {}
+                }
+            }
             // An open breaker stops consumption here: events wait in the queue.
             let probe = match &self.breaker {
                 None => false,

@@ -81,3 +81,101 @@ async fn starts_without_the_broker_and_connects_when_it_appears() {
     let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
     namespace_topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
 }
+
+/// A RabbitMQ node of this test's own (deploy/rabbitmq-node.sh), stopped and
+/// deleted when dropped: its alarms must not reach other tests.
+struct OwnNode {
+    name: &'static str,
+}
+
+impl OwnNode {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");
+
+    fn start(name: &'static str, port: u16) -> Self {
+        let status =
+            std::process::Command::new(Self::SCRIPT).args(["start", name, &port.to_string()]).status().unwrap();
+        assert!(status.success(), "starting RabbitMQ node {name}");
+        Self { name }
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let mut command = std::process::Command::new(Self::SCRIPT);
+        let status = command.args(["ctl", self.name]).args(args).stdout(std::process::Stdio::null()).status().unwrap();
+        assert!(status.success(), "rabbitmqctl {args:?}");
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::SCRIPT).args(["stop", self.name]).status();
+    }
+}
+
+/// Issue 14: a disk alarm makes RabbitMQ block publishers. hookwire follows
+/// `connection.blocked`: the ingress answers 503 at once instead of after
+/// `publish_timeout`, `/readyz` says why, and everything resumes when the
+/// alarm clears, with every accepted event delivered.
+#[tokio::test]
+async fn a_resource_alarm_gives_fast_503s_and_not_ready_until_it_clears() {
+    const PORT: u16 = 5681;
+    let node = OwnNode::start("hookwire-alarm-test", PORT);
+    node.ctl(&["set_disk_free_limit", "50MB"]); // a node left over from a killed run
+    let sink = Sink::start(Behavior::Ok).await;
+    let publish_timeout = Duration::from_secs(10);
+    let app = TestApp::start_adjusted(
+        &format!("amqp://guest:guest@127.0.0.1:{PORT}/%2f"),
+        &format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/")),
+        |c| c.ingress.publish_timeout = publish_timeout,
+    )
+    .await;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        let id = format!("before-{i}");
+        assert_eq!(app.post_acme(&id, r#"{"type":"a"}"#).await.status(), 202);
+        accepted.push(id);
+    }
+    sink.wait_for(5, T).await;
+
+    node.ctl(&["set_disk_free_limit", "100000GB"]);
+    // RabbitMQ blocks a connection when it next publishes; the first request
+    // after the alarm is the one that finds out, and it too must not wait
+    // for the publish timeout.
+    for i in 0..10 {
+        let started = std::time::Instant::now();
+        let response = app.post_acme(&format!("during-{i}"), r#"{"type":"a"}"#).await;
+        let took = started.elapsed();
+        if response.status() == 202 {
+            // Sent before the alarm took effect.
+            accepted.push(format!("during-{i}"));
+            continue;
+        }
+        assert_eq!(response.status(), 503, "during-{i}");
+        assert!(response.headers().contains_key("retry-after"));
+        assert!(took < publish_timeout / 4, "during-{i} waited {took:?} for its 503");
+    }
+    let ready = app.http.get(app.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("blocks publishing"), "{why}");
+    assert!(app.metrics().await.contains("hookwire_broker_blocked"));
+
+    node.ctl(&["set_disk_free_limit", "50MB"]);
+    let ready = app.admin_url("/readyz");
+    eventually(T, "readyz recovers when the alarm clears", || {
+        let (http, ready) = (app.http.clone(), ready.clone());
+        async move { http.get(ready).send().await.unwrap().status() == 200 }
+    })
+    .await;
+    for i in 0..5 {
+        let id = format!("after-{i}");
+        assert_eq!(app.post_acme(&id, r#"{"type":"a"}"#).await.status(), 202);
+        accepted.push(id);
+    }
+    eventually(T, "every accepted event is delivered", || {
+        let got: std::collections::HashSet<String> =
+            sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
+        let missing = accepted.iter().any(|id| !got.contains(id));
+        async move { !missing }
+    })
+    .await;
+}
