@@ -75,8 +75,16 @@ pub fn check(config_path: &Path) -> ExitCode {
     line(format!("admin:   http://{} (/healthz /readyz /metrics)", config.admin.listen));
     line(match config.admin.tokens.len() {
         0 => "operator API: disabled (no admin.tokens configured)".to_owned(),
-        n => format!("operator API: http://{}/api/v1 ({n} token(s), not shown)", config.admin.listen),
+        n => format!("operator API: http://{}/api/v1 ({n} token(s), values not shown)", config.admin.listen),
     });
+    for token in &config.admin.tokens {
+        let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
+        let limit = match &token.subscriptions {
+            Some(patterns) => format!("subscriptions {}", patterns.join(", ")),
+            None => "all subscriptions".to_owned(),
+        };
+        line(format!("  token {}: {}; {limit}", token.name, scopes.join(", ")));
+    }
     line(format!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose())));
     line(if config.archive.enabled {
         format!(

@@ -2,7 +2,10 @@
 //!
 //! Every route needs `Authorization: Bearer <token>` with one of
 //! `admin.tokens`, compared in constant time. Without configured tokens the
-//! API answers 404 to everything: disabled, never open.
+//! API answers 404 to everything: disabled, never open. Each route needs a
+//! scope ([`required_scope`]): reads `read`, acting on queued events
+//! `operate`, changing subscriptions `manage`; a token limited to some
+//! subscriptions gets `403` on any other, and on routes of no subscription.
 //! Reads broker state (queue depths, consumers, dead letters) rather than
 //! this process's memory, so any process of a deployment gives the same
 //! answer. The routes are listed in `docs/openapi.json`, served at
@@ -16,10 +19,10 @@
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Json, RequestExt, Router,
     body::{Body, Bytes},
-    extract::{Path, Query, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    extract::{Extension, MatchedPath, Path, Query, RawPathParams, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -31,7 +34,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     broker::{Broker, topology::SubscriptionQueues},
-    config::{Config, Secret},
+    config::{AccessToken, Config, Scope},
     delivery::breaker::Breaker,
     error::ApiError,
     ingress::verify::secrets_equal,
@@ -52,7 +55,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the operator API reads.
 pub struct ApiState {
-    pub tokens: Vec<Secret>,
+    pub tokens: Vec<AccessToken>,
     pub broker: Broker,
     /// Topics and destination host per subscription, from the config.
     pub subscriptions: Vec<SubscriptionInfo>,
@@ -135,7 +138,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Result<Response, ApiError> {
     if state.tokens.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -150,20 +153,71 @@ async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    let mut valid = false;
+    let mut found = None;
     if let Some(given) = given {
         // Every token is compared, so timing says nothing about which matched.
         for token in &state.tokens {
-            valid |= secrets_equal(given.as_bytes(), token.expose().as_bytes());
+            if secrets_equal(given.as_bytes(), token.token.expose().as_bytes()) {
+                found = Some(token);
+            }
         }
     }
-    if !valid {
+    let Some(token) = found else {
         let mut error =
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "a valid bearer token is required");
         error.www_authenticate = true;
         return Err(error);
+    };
+    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let scope = required_scope(request.method(), &path);
+    if !token.allows(scope) {
+        tracing::info!(token = %token.name, scope = scope.as_str(), %path, "operator API: scope denied");
+        return Err(forbidden(format!("token {:?} lacks the {:?} scope this route needs", token.name, scope.as_str())));
     }
+    if token.is_limited() {
+        let name = match request.extract_parts::<RawPathParams>().await {
+            Ok(params) => params.iter().find(|(key, _)| *key == "name").map(|(_, value)| value.to_owned()),
+            Err(_) => None,
+        };
+        match name {
+            Some(name) if !token.covers(&name) => {
+                return Err(forbidden(format!("token {:?} may not touch subscription {name:?}", token.name)));
+            }
+            Some(_) => {}
+            // The list filters itself; the OpenAPI document is public knowledge.
+            None if path == "/api/v1/subscriptions" && scope == Scope::Read => {}
+            None if path == "/api/v1/openapi.json" => {}
+            None => {
+                return Err(forbidden(format!(
+                    "token {:?} is limited to some subscriptions; this route is not about one",
+                    token.name
+                )));
+            }
+        }
+    }
+    request.extensions_mut().insert(Caller(Arc::new(token.clone())));
     Ok(next.run(request).await)
+}
+
+/// The token a request was authorized with (its name, scopes and limits).
+#[derive(Clone)]
+pub struct Caller(pub Arc<AccessToken>);
+
+/// The scope a route needs: reading is `read`; creating, changing or
+/// deleting a subscription itself is `manage`; every other change (replay,
+/// purge, pause, resume) acts on queued events and is `operate`.
+pub fn required_scope(method: &Method, route: &str) -> Scope {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        Scope::Read
+    } else if route == "/api/v1/subscriptions" || route == "/api/v1/subscriptions/{name}" {
+        Scope::Manage
+    } else {
+        Scope::Operate
+    }
+}
+
+fn forbidden(detail: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -188,7 +242,10 @@ pub struct SubscriptionStatus {
     pub paused: bool,
 }
 
-async fn subscriptions(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
+async fn subscriptions(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
     let session = state.broker.session().ok_or_else(unavailable)?;
     let timeout = state.broker.operation_timeout;
     let channel = tokio::time::timeout(timeout, session.connection.create_channel())
@@ -217,7 +274,7 @@ async fn subscriptions(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<Su
         }
     };
     let mut out = Vec::new();
-    for info in &state.subscriptions {
+    for info in state.subscriptions.iter().filter(|info| caller.covers(&info.name)) {
         let queues: &SubscriptionQueues =
             state.broker.topology.subscription(&info.name).expect("planned from the same config");
         let mut retry = Vec::new();

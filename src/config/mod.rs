@@ -11,6 +11,7 @@
 //! and never contains a secret: values that came from the environment are
 //! scrubbed from messages.
 
+pub mod access;
 mod duration;
 mod interpolate;
 mod limits;
@@ -20,6 +21,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::Deserialize;
 
+pub use access::{AccessToken, Scope};
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use interpolate::InterpolateError;
 pub use limits::{ByteSize, Cidr, Rate};
@@ -120,8 +122,10 @@ impl Default for IngressConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer tokens accepted by the operator API (`/api/...`); without any,
-    /// the API is disabled, never open. Empty entries are dropped.
-    pub tokens: Vec<Secret>,
+    /// the API is disabled, never open. Empty entries are dropped. A plain
+    /// list gives full access; named tables can be scoped (see [`access`]).
+    #[serde(deserialize_with = "access::deserialize")]
+    pub tokens: Vec<AccessToken>,
 }
 
 impl Default for AdminConfig {
@@ -420,15 +424,11 @@ impl Config {
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let subs = interpolate::interpolate_table(&mut table, env)?;
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = subs.scrub(&e.into_inner().to_string());
             ConfigError::Invalid { key, message }
         })?;
-        // An empty token is no token: `["${HOOKWIRE_ADMIN_TOKEN:-}"]` turns the
-        // operator API on exactly when the variable is set (and it stays
-        // closed, never open, when it is not).
-        config.admin.tokens.retain(|t| !t.expose().trim().is_empty());
         config.validate()?;
         Ok(config)
     }
@@ -456,11 +456,35 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
         }
-        if let Some(i) = self.admin.tokens.iter().position(|t| t.expose().trim().len() < 16) {
-            return Err(ConfigError::invalid(
-                format!("admin.tokens[{i}]"),
-                "operator tokens must be at least 16 characters (generate one: openssl rand -hex 24)",
-            ));
+        for token in &self.admin.tokens {
+            let key = if token.name.starts_with("tokens[") {
+                format!("admin.{}", token.name)
+            } else {
+                format!("admin.tokens.{}", token.name)
+            };
+            if token.token.expose().trim().len() < 16 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "operator tokens must be at least 16 characters (generate one: openssl rand -hex 24)",
+                ));
+            }
+            if token.scopes.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.scopes"),
+                    "list at least one of \"read\", \"operate\", \"manage\"",
+                ));
+            }
+            if token.subscriptions.as_ref().is_some_and(|p| p.is_empty() || p.iter().any(|p| p.is_empty())) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.subscriptions"),
+                    "name patterns like \"billing-*\"; leave the key out for all subscriptions",
+                ));
+            }
+        }
+        let mut values: Vec<&str> = self.admin.tokens.iter().map(|t| t.token.expose()).collect();
+        values.sort_unstable();
+        if values.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ConfigError::invalid("admin.tokens", "two entries have the same token value"));
         }
         if self.ingress.max_headers == 0 {
             return Err(ConfigError::invalid("ingress.max_headers", "must be at least 1"));

@@ -489,8 +489,11 @@ impl TestApp {
 
     /// Starts with the operator API enabled (token [`TestApp::TOKEN`]).
     pub async fn operator(extra: &str) -> Self {
-        Self::start_adjusted(AMQP_URL, extra, |c| c.admin.tokens = vec![hookwire::config::Secret::new(Self::TOKEN)])
-            .await
+        Self::start_adjusted(AMQP_URL, extra, |c| {
+            c.admin.tokens =
+                vec![hookwire::config::AccessToken::full("operator", hookwire::config::Secret::new(Self::TOKEN))]
+        })
+        .await
     }
 
     /// An authorized operator API request.

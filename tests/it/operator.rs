@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
-use hookwire::config::Secret;
+use hookwire::config::{AccessToken, Secret};
 
 use crate::helpers::{AMQP_URL, Behavior, Sink, TestApp};
 
 const T: Duration = Duration::from_secs(20);
 
 async fn with_tokens(extra: &str, tokens: &[&str]) -> TestApp {
-    let tokens: Vec<Secret> = tokens.iter().map(|t| Secret::new(*t)).collect();
+    let tokens: Vec<AccessToken> =
+        tokens.iter().enumerate().map(|(i, t)| AccessToken::full(format!("tokens[{i}]"), Secret::new(*t))).collect();
     TestApp::start_adjusted(AMQP_URL, extra, |c| c.admin.tokens = tokens).await
 }
 
@@ -148,5 +149,57 @@ async fn framework_rejections_are_problem_json() {
         assert_eq!(problem["status"], status, "{what}: {problem}");
         assert!(problem["type"].as_str().unwrap().starts_with("urn:hookwire:problem:"), "{what}: {problem}");
         assert!(!problem["detail"].as_str().unwrap().is_empty(), "{what}: {problem}");
+    }
+}
+
+/// Scoped tokens: `read` cannot act, a token limited to `billing-*` sees and
+/// touches only those subscriptions and no route that belongs to none.
+#[tokio::test]
+async fn scoped_tokens_get_403_outside_their_scope_and_subscriptions() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let extra = format!(
+        "[admin.tokens.ops]\ntoken = \"ops-token-0123456789abcdef\"\nscopes = [\"read\", \"operate\", \"manage\"]\n\
+         [admin.tokens.reader]\ntoken = \"reader-token-0123456789ab\"\nscopes = [\"read\"]\n\
+         [admin.tokens.billing-team]\ntoken = \"billing-token-0123456789a\"\nscopes = [\"operate\"]\nsubscriptions = [\"billing-*\"]\n\
+         [subscriptions.billing-eu]\ntopics = [\"acme.invoice.*\"]\nurl = \"{0}\"\n\
+         [subscriptions.orders]\ntopics = [\"acme.order.*\"]\nurl = \"{0}\"\n",
+        sink.url("/")
+    );
+    let app = TestApp::start(&extra).await;
+    let call = |token: &'static str, method: reqwest::Method, path: &str| {
+        app.http.request(method, app.admin_url(path)).bearer_auth(token).send()
+    };
+    let (ops, reader, billing) =
+        ("ops-token-0123456789abcdef", "reader-token-0123456789ab", "billing-token-0123456789a");
+    use reqwest::Method;
+    let names = |value: serde_json::Value| -> Vec<String> {
+        value.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let all = call(reader, Method::GET, "/api/v1/subscriptions").await.unwrap();
+    assert_eq!(all.status(), 200);
+    assert_eq!(names(all.json().await.unwrap()), ["billing-eu", "orders"]);
+    let own = call(billing, Method::GET, "/api/v1/subscriptions").await.unwrap();
+    assert_eq!(names(own.json().await.unwrap()), ["billing-eu"], "a limited token sees only its subscriptions");
+
+    for (token, method, path, status) in [
+        (reader, Method::POST, "/api/v1/subscriptions/orders/pause", 403),
+        (reader, Method::DELETE, "/api/v1/subscriptions/orders/dead-letters", 403),
+        (reader, Method::GET, "/api/v1/subscriptions/orders/dead-letters", 200),
+        (billing, Method::POST, "/api/v1/subscriptions/orders/pause", 403),
+        (billing, Method::GET, "/api/v1/subscriptions/orders/dead-letters", 403),
+        (billing, Method::GET, "/api/v1/unrouted", 403),
+        (billing, Method::POST, "/api/v1/subscriptions/billing-eu/pause", 200),
+        (billing, Method::POST, "/api/v1/subscriptions/billing-eu/resume", 200),
+        (ops, Method::POST, "/api/v1/subscriptions/orders/pause", 200),
+        (ops, Method::POST, "/api/v1/subscriptions/orders/resume", 200),
+        (ops, Method::GET, "/api/v1/unrouted", 200),
+    ] {
+        let response = call(token, method.clone(), path).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        if status == 403 {
+            assert_eq!(response.headers()["content-type"], "application/problem+json");
+            let text = response.text().await.unwrap();
+            assert!(!text.contains(token), "the token's value is never echoed: {text}");
+        }
     }
 }
