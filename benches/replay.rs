@@ -80,7 +80,7 @@ url = "http://127.0.0.1:9/"
     )
     .unwrap();
     let mut config = config;
-    config.admin.tokens = vec![Secret::new(TOKEN)];
+    config.admin.tokens = vec![hookwire::config::AccessToken::full("bench", Secret::new(TOKEN))];
     let topology = Topology::from_config(&config);
     let queues = topology.subscription("bench").unwrap().clone();
     let app = app::start(config, Role::Ingress).await.unwrap();
