@@ -6,7 +6,8 @@
 //! 1. ingress stops accepting and finishes in-flight requests (their
 //!    publishes still need the broker);
 //! 2. workers stop consuming and settle in-flight deliveries;
-//! 3. the pause/resume listener stops, then the broker connection closes
+//! 3. the pause/resume listener and the catalog follower stop, then the
+//!    broker connection closes
 //!    (unsettled deliveries return to queues);
 //! 4. the admin listener stops last, so probes see the drain.
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, AdminState},
     broker::{Broker, Publisher, Topology},
+    catalog::Catalog,
     config::{Config, ConfigError},
     delivery::{Worker, http::Destination},
     ingress::{self, IngressState, Sources},
@@ -73,6 +75,8 @@ pub struct App {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin_addr: SocketAddr,
     pub broker: Broker,
+    /// The subscriptions catalog as this process follows it.
+    pub catalog: Catalog,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
     http_token: CancellationToken,
@@ -83,6 +87,7 @@ pub struct App {
     ingress_task: Option<JoinHandle<()>>,
     workers: tokio::task::JoinSet<()>,
     control_task: JoinHandle<()>,
+    catalog_task: JoinHandle<()>,
     broker_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
 }
@@ -106,6 +111,9 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     // Every process follows pause/resume: workers obey it, the API reports it.
     let control_token = CancellationToken::new();
     let (control, control_task) = Control::spawn(broker.clone(), control_token.clone());
+    // Every process follows the catalog; readiness waits until it has read it.
+    let (catalog, catalog_task) =
+        Catalog::spawn(broker.clone(), topology.catalog_stream.clone(), control_token.clone());
 
     let draining = Arc::new(AtomicBool::new(false));
     let admin_token = CancellationToken::new();
@@ -113,6 +121,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
     let ready = {
         let broker = broker.clone();
+        let catalog = catalog.clone();
         let draining = draining.clone();
         Box::new(move || {
             if draining.load(Ordering::Relaxed) {
@@ -121,6 +130,8 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
                 Err("RabbitMQ not connected".to_owned())
             } else if let Some(reason) = broker.blocked() {
                 Err(format!("RabbitMQ blocks publishing (resource alarm: {reason})"))
+            } else if !catalog.is_caught_up() {
+                Err("reading the subscriptions catalog".to_owned())
             } else {
                 Ok(())
             }
@@ -207,6 +218,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         ingress_addr,
         admin_addr,
         broker,
+        catalog,
         draining,
         drain_timeout: config.shutdown.drain_timeout,
         http_token,
@@ -217,6 +229,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         ingress_task,
         workers,
         control_task,
+        catalog_task,
         broker_task,
         admin_task,
     })
@@ -240,6 +253,7 @@ impl App {
         }
         self.control_token.cancel();
         join_within(self.control_task, Duration::from_secs(5), "operator control listener").await;
+        join_within(self.catalog_task, Duration::from_secs(5), "catalog follower").await;
         self.broker_token.cancel();
         join_within(self.broker_task, Duration::from_secs(15), "broker connection").await;
         self.admin_token.cancel();

@@ -31,6 +31,8 @@
 //! - [`broker`] — RabbitMQ: topology, the supervised connection, confirmed
 //!   publishing, the message encoding.
 //! - [`delivery`] — workers: consume, POST, decide retry/dead-letter, settle.
+//! - [`catalog`] — the subscriptions made through the API: a versioned log
+//!   (the stream `ns.catalog`) every process replays and follows.
 //! - [`operator`] — what operators do to the queues: scan (browse, move,
 //!   remove), selectors, pause/resume across processes, archive replay.
 //! - [`admin`] — `/healthz`, `/readyz`, `/metrics`, and the operator API's
@@ -53,6 +55,7 @@
 pub mod admin;
 pub mod app;
 pub mod broker;
+pub mod catalog;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -12,6 +12,8 @@
 //! - `ns.events` — topic exchange; routing key `{source}.{event_type}`;
 //!   alternate exchange `ns.unrouted`, so events no subscription matches are kept.
 //! - `ns.archive` — stream (retention by age and size) of every accepted event.
+//! - `ns.catalog` — stream of the subscriptions catalog's changes (see
+//!   `catalog`), kept forever: it is the API-made subscriptions' only copy.
 //! - `ns.control` — fanout exchange for operator commands (pause/resume) to
 //!   every hookwire process; each process binds its own exclusive queue.
 //! - `ns.unrouted` — fanout exchange and classic queue holding unmatched events.
@@ -109,6 +111,8 @@ pub struct Topology {
     /// The archive stream, when enabled.
     pub archive: Option<ArchiveStream>,
     pub control_exchange: String,
+    /// The catalog's log (a stream).
+    pub catalog_stream: String,
     delivery_limit: u32,
 }
 
@@ -169,6 +173,7 @@ impl Topology {
             subscriptions,
             archive: enabled.then(|| ArchiveStream { name: format!("{ns}.archive"), max_age, max_bytes: max_bytes.0 }),
             control_exchange: format!("{ns}.control"),
+            catalog_stream: format!("{ns}.catalog"),
             delivery_limit: config.rabbitmq.delivery_limit,
         }
     }
@@ -195,7 +200,10 @@ impl Topology {
         // requeued message back at its original position, where a quorum
         // queue (3.10+) appends it to the back, so browsing would reorder.
         let classic = || vec![("x-queue-type", Arg::Str("classic".into()))];
-        let mut out = vec![QueueSpec { name: self.unrouted_queue.clone(), args: classic() }];
+        let mut out = vec![
+            QueueSpec { name: self.unrouted_queue.clone(), args: classic() },
+            QueueSpec { name: self.catalog_stream.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
+        ];
         if let Some(archive) = &self.archive {
             out.push(QueueSpec { name: archive.name.clone(), args: archive.args() });
         }
@@ -397,8 +405,10 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        // unrouted, archive, work, three retries, dead, paused flag
-        assert_eq!(t.queues().len(), 1 + 1 + 1 + 3 + 1 + 1);
+        // unrouted, catalog, archive, work, three retries, dead, paused flag
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 3 + 1 + 1);
+        let catalog = t.queues().into_iter().find(|q| q.name == "t.catalog").unwrap();
+        assert_eq!(catalog.args, [("x-queue-type", Arg::Str("stream".into()))], "kept forever: no retention");
         let archive = t.queues().into_iter().find(|q| q.name == "t.archive").unwrap();
         assert!(archive.args.contains(&("x-max-age", Arg::Str("604800s".into()))));
         assert!(archive.args.contains(&("x-stream-max-segment-size-bytes", Arg::Int(500_000_000))));

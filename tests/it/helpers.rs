@@ -371,9 +371,9 @@ impl TestApp {
     pub async fn restart(&mut self) {
         assert!(self.app.is_none(), "stop the running app first");
         let app = app::start(self.config.clone(), Role::All).await.unwrap();
-        let broker = app.broker.clone();
+        let (broker, catalog) = (app.broker.clone(), app.catalog.clone());
         eventually(Duration::from_secs(15), "hookwire ready", || {
-            let ready = broker.is_ready();
+            let ready = broker.is_ready() && catalog.is_caught_up();
             async move { ready }
         })
         .await;

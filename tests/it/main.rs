@@ -2,6 +2,7 @@
 //! 127.0.0.1:5672 and real HTTP destinations on loopback. See `helpers`.
 
 mod broker_outage;
+mod catalog;
 mod cli;
 mod dead_letters;
 mod delivery;

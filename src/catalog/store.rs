@@ -1,0 +1,259 @@
+//! The catalog's log on RabbitMQ: the stream `ns.catalog`, followed by every
+//! process.
+//!
+//! A stream, not a queue: every reader sees every record, in one order, and
+//! the broker keeps it (replicated wherever the broker is) across restarts
+//! of hookwire and of RabbitMQ. On every (re)connect the follower reads the
+//! whole stream from the first record, rebuilding [`State`] from nothing, so
+//! a process never carries state the log does not hold.
+//!
+//! Writes are optimistic: [`Catalog::write`] publishes a record (confirmed)
+//! naming the version it replaces, then waits until this process's own
+//! follower reads it back and [`State::apply`] decides. The answer is thus
+//! what every process decides, and the writer's own view already holds it.
+//!
+//! Must not: validate definitions (callers do), or log definitions (they
+//! may carry secrets).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Change, Outcome, Record, State};
+use crate::broker::{Broker, PublishError, message::rfc3339, publisher::publish_confirmed};
+
+/// Records read ahead of the follower; the broker needs a prefetch to
+/// deliver from a stream.
+const PREFETCH: u16 = 256;
+/// Pause between attempts after the follower failed on a live connection.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("RabbitMQ is not connected")]
+    Unavailable,
+    #[error("storing the change failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("the change was stored but not read back in time; its outcome is unknown")]
+    NotReadBack,
+}
+
+/// A handle on the catalog: its current state, and writes. Cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    stream: String,
+    state: watch::Sender<Arc<State>>,
+    /// True once this connection's follower has read its own sync marker:
+    /// everything written before is in `state`.
+    caught_up: watch::Sender<bool>,
+    /// Writers waiting for their record (by id) to be read back.
+    waiters: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+}
+
+impl Catalog {
+    /// Starts following `stream`; the follower stops when `token` is cancelled.
+    pub fn spawn(broker: Broker, stream: String, token: CancellationToken) -> (Self, JoinHandle<()>) {
+        let inner = Arc::new(Inner {
+            broker,
+            stream,
+            state: watch::channel(Arc::new(State::default())).0,
+            caught_up: watch::channel(false).0,
+            waiters: Mutex::new(HashMap::new()),
+        });
+        let task = tokio::spawn(inner.clone().follow(token));
+        (Self { inner }, task)
+    }
+
+    /// The catalog as this process knows it now.
+    pub fn state(&self) -> Arc<State> {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Sees every new state (what reconcilers follow).
+    pub fn watch(&self) -> watch::Receiver<Arc<State>> {
+        self.inner.state.subscribe()
+    }
+
+    /// Has read everything written before it connected (readiness).
+    pub fn is_caught_up(&self) -> bool {
+        *self.inner.caught_up.borrow()
+    }
+
+    /// Appends `change` and returns what it did, as decided in log order.
+    /// `by` is the writer's token name. Bounded by `timeout` overall.
+    pub async fn write(&self, by: &str, change: Change, timeout: Duration) -> Result<Outcome, CatalogError> {
+        let record =
+            Record { id: uuid::Uuid::now_v7().to_string(), by: by.to_owned(), at: rfc3339(SystemTime::now()), change };
+        // A write made before this process has read the whole log would be
+        // decided in a state its view does not show yet.
+        let mut caught_up = self.inner.caught_up.subscribe();
+        tokio::time::timeout(timeout, caught_up.wait_for(|c| *c))
+            .await
+            .map_err(|_| CatalogError::Unavailable)?
+            .map_err(|_| CatalogError::Unavailable)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.lock().expect("waiters lock").insert(record.id.clone(), tx);
+        let outcome = async {
+            self.inner.publish(&record, timeout).await?;
+            tokio::time::timeout(timeout, rx)
+                .await
+                .map_err(|_| CatalogError::NotReadBack)?
+                .map_err(|_| CatalogError::NotReadBack)
+        }
+        .await;
+        self.inner.waiters.lock().expect("waiters lock").remove(&record.id);
+        outcome
+    }
+}
+
+impl Inner {
+    async fn publish(&self, record: &Record, timeout: Duration) -> Result<(), CatalogError> {
+        let session = self.broker.session().ok_or(CatalogError::Unavailable)?;
+        let channel = session.publish_channels.get().await?;
+        let body = serde_json::to_vec(record).expect("records serialize");
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(record.id.clone().into());
+        publish_confirmed(&channel, "", &self.stream, properties, &body, timeout).await?;
+        Ok(())
+    }
+
+    async fn follow(self: Arc<Self>, token: CancellationToken) {
+        let mut sessions = self.broker.watch();
+        loop {
+            let session = tokio::select! {
+                _ = token.cancelled() => return,
+                changed = sessions.wait_for(Option::is_some) => match changed {
+                    Ok(session) => session.clone().expect("waited for Some"),
+                    Err(_) => return,
+                },
+            };
+            if let Err(error) = self.read(&session, &token).await {
+                tracing::warn!(%error, stream = %self.stream, "catalog follower failed; reading the log again");
+            }
+            // Until the log is read again this process may miss changes.
+            self.caught_up.send_replace(false);
+            if token.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+    }
+
+    /// Reads the stream from its first record, then follows it, until the
+    /// connection or the token ends.
+    async fn read(&self, session: &crate::broker::Session, token: &CancellationToken) -> Result<(), String> {
+        let timeout = self.broker.operation_timeout;
+        let bounded = |what: &'static str| move |_| format!("{what} timed out");
+        let channel = tokio::time::timeout(timeout, session.connection.create_channel())
+            .await
+            .map_err(bounded("opening a channel"))?
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(timeout, channel.basic_qos(PREFETCH, BasicQosOptions::default()))
+            .await
+            .map_err(bounded("basic.qos"))?
+            .map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+        let tag = format!("hookwire-catalog-{}", uuid::Uuid::now_v7().simple());
+        let consume = channel.basic_consume(
+            self.stream.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            args,
+        );
+        let mut records = tokio::time::timeout(timeout, consume)
+            .await
+            .map_err(bounded("basic.consume"))?
+            .map_err(|e| e.to_string())?;
+
+        // Rebuilt privately: readers keep the previous state until this one
+        // has caught up, so no reconciler ever acts on half a log.
+        let mut state = State::default();
+        let mut caught_up = false;
+        // The marker: once read back, everything written before it is in.
+        let marker = Record {
+            id: format!("sync-{}", uuid::Uuid::now_v7()),
+            by: "hookwire".into(),
+            at: rfc3339(SystemTime::now()),
+            change: Change::Sync,
+        };
+        self.publish(&marker, timeout).await.map_err(|e| e.to_string())?;
+
+        let result = loop {
+            let delivery = tokio::select! {
+                _ = token.cancelled() => break Ok(()),
+                next = records.next() => next,
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => break Err(error.to_string()),
+                None => break Err("the catalog stream's consumer ended".to_owned()),
+            };
+            let offset = stream_offset(&delivery.properties);
+            match (offset, serde_json::from_slice::<Record>(&delivery.data)) {
+                (Some(offset), Ok(record)) => {
+                    let outcome = state.apply(offset, &record);
+                    if record.id == marker.id {
+                        tracing::info!(subscriptions = state.len(), "catalog read up to date");
+                        caught_up = true;
+                        self.state.send_replace(Arc::new(state.clone()));
+                        self.caught_up.send_replace(true);
+                    } else if caught_up && !matches!(outcome, Outcome::Synced) {
+                        self.state.send_replace(Arc::new(state.clone()));
+                    }
+                    if let Some(waiter) = self.waiters.lock().expect("waiters lock").remove(&record.id) {
+                        let _ = waiter.send(outcome);
+                    }
+                }
+                // Skipped the same way by every process, so states agree.
+                (None, _) => tracing::warn!("catalog record without a stream offset; skipped"),
+                (_, Err(error)) => tracing::warn!(%error, "malformed catalog record; skipped"),
+            }
+            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
+            match tokio::time::timeout(timeout, ack).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => break Err(error.to_string()),
+                Err(_) => break Err("ack timed out".to_owned()),
+            }
+        };
+        let _ = tokio::time::timeout(timeout, channel.close(200, "catalog follower stopping".into())).await;
+        result
+    }
+}
+
+/// The record's position in the stream, which RabbitMQ adds to every
+/// message it delivers from a stream.
+fn stream_offset(properties: &BasicProperties) -> Option<u64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
