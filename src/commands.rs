@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode, time::SystemTime};
 use crate::{
     app::{self, Role},
     broker::Topology,
-    config::{Config, format_duration},
+    config::{Config, format_duration, redact_url},
     ingress::Sources,
     telemetry::{self, LogFormat},
 };
@@ -85,7 +85,8 @@ pub fn check(config_path: &Path) -> ExitCode {
         };
         line(format!("  token {}: {}; {limit}", token.name, scopes.join(", ")));
     }
-    line(format!("rabbitmq: {}", redact_url(config.rabbitmq.url.expose())));
+    let urls: Vec<String> = config.rabbitmq.url.iter().map(|u| redact_url(u.expose())).collect();
+    line(format!("rabbitmq: {}", urls.join(", ")));
     line(if config.archive.enabled {
         format!(
             "archive: on, events kept {} or up to {} bytes (hookwire replay)",
@@ -237,19 +238,6 @@ async fn sink_async(listen: std::net::SocketAddr) -> ExitCode {
 }
 
 /// `amqp://user:***@host/vhost`: the password never reaches the terminal.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://{userinfo}@{host}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

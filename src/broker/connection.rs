@@ -1,5 +1,10 @@
 //! Owns the one RabbitMQ connection of the process and keeps it alive.
 //!
+//! With several broker addresses (the nodes of a cluster) the process takes
+//! them in a shuffled order, so a deployment's processes spread over the
+//! nodes, and moves to the next address whenever a connect fails or an
+//! established connection is lost.
+//!
 //! lapin's own auto-recovery is young, so hookwire runs its own loop: connect
 //! (bounded), declare the topology, publish a [`Session`] to everyone watching,
 //! then wait for the connection to fail; on failure withdraw the session, back
@@ -59,9 +64,12 @@ impl Broker {
     pub fn spawn(config: &RabbitConfig, topology: Arc<Topology>, token: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
         let (blocked_tx, blocked) = watch::channel(None);
+        let mut urls: Vec<String> = config.url.iter().map(|u| u.expose().to_owned()).collect();
+        rand::seq::SliceRandom::shuffle(urls.as_mut_slice(), &mut rand::rng());
         let supervisor = Supervisor {
             blocked: blocked_tx,
-            url: config.url.expose().to_owned(),
+            urls,
+            next: std::sync::atomic::AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             operation_timeout: config.operation_timeout,
             topology: topology.clone(),
@@ -113,7 +121,10 @@ impl Broker {
 
 struct Supervisor {
     blocked: watch::Sender<Option<String>>,
-    url: String,
+    /// Broker addresses, shuffled once per process.
+    urls: Vec<String>,
+    /// Index into `urls` of the next address to try.
+    next: std::sync::atomic::AtomicUsize,
     connect_timeout: Duration,
     operation_timeout: Duration,
     topology: Arc<Topology>,
@@ -136,7 +147,7 @@ impl Supervisor {
                     backoff = MIN_BACKOFF;
                     let connection = session.connection.clone();
                     let channels = session.publish_channels.clone();
-                    tracing::info!(generation = session.generation, "connected to RabbitMQ, topology declared");
+                    tracing::info!(generation = session.generation, broker = %self.current_url(), "connected to RabbitMQ, topology declared");
                     metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
                     self.tx.send_replace(Some(session));
                     let lost = wait_for_failure(&connection, &token, &self.blocked).await;
@@ -153,10 +164,13 @@ impl Supervisor {
                         break;
                     }
                     metrics::counter!(metric::BROKER_RECONNECTS).increment(1);
-                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                    self.advance();
+                    tracing::warn!(next = %self.current_url(), "lost the RabbitMQ connection; reconnecting");
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ");
+                    let failed = self.current_url();
+                    self.advance();
+                    tracing::warn!(%error, broker = %failed, next = %self.current_url(), retry_in = ?backoff, "cannot reach RabbitMQ");
                 }
             }
             let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
@@ -169,9 +183,21 @@ impl Supervisor {
         self.tx.send_replace(None);
     }
 
+    /// The address the next attempt uses, redacted for logs.
+    fn current_url(&self) -> String {
+        let i = self.next.load(Ordering::Relaxed) % self.urls.len();
+        crate::config::redact_url(&self.urls[i])
+    }
+
+    /// Moves to the next address (round robin over the shuffled list).
+    fn advance(&self) {
+        self.next.fetch_add(1, Ordering::Relaxed);
+    }
+
     async fn connect(&self) -> Result<Session, String> {
+        let url = &self.urls[self.next.load(Ordering::Relaxed) % self.urls.len()];
         let properties = ConnectionProperties::default().with_connection_name("hookwire".into());
-        let connection = tokio::time::timeout(self.connect_timeout, Connection::connect(&self.url, properties))
+        let connection = tokio::time::timeout(self.connect_timeout, Connection::connect(url, properties))
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;

@@ -137,8 +137,11 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RabbitConfig {
-    /// A secret because it usually carries the broker password.
-    pub url: Secret,
+    /// The broker's address, or several (the nodes of a cluster): a process
+    /// connects to one, in shuffled order, and fails over to the next when
+    /// it loses it. Secrets because they usually carry the broker password.
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<Secret>,
     pub namespace: String,
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -155,7 +158,7 @@ pub struct RabbitConfig {
 impl Default for RabbitConfig {
     fn default() -> Self {
         Self {
-            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            url: vec![Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f")],
             namespace: "hookwire".to_owned(),
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
@@ -440,8 +443,15 @@ impl Config {
                 "must be non-empty and use only letters, digits, '_', '-' and '.'",
             ));
         }
-        if self.rabbitmq.url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(ConfigError::invalid("rabbitmq.url", "not a valid amqp:// or amqps:// URL"));
+        if self.rabbitmq.url.is_empty() {
+            return Err(ConfigError::invalid("rabbitmq.url", "give at least one amqp:// or amqps:// URL"));
+        }
+        for (i, url) in self.rabbitmq.url.iter().enumerate() {
+            if url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+                let key =
+                    if self.rabbitmq.url.len() == 1 { "rabbitmq.url".to_owned() } else { format!("rabbitmq.url[{i}]") };
+                return Err(ConfigError::invalid(key, "not a valid amqp:// or amqps:// URL"));
+            }
         }
         if self.ingress.max_body_bytes == 0 {
             return Err(ConfigError::invalid("ingress.max_body_bytes", "must be greater than 0"));
@@ -626,6 +636,20 @@ impl SubscriptionConfig {
     }
 }
 
+/// `amqp://user:***@host/vhost`: a URL fit for logs and `check`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://{userinfo}@{host}"),
+    }
+}
+
 fn is_name(name: &str, allow_dot: bool) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -688,6 +712,45 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
 
     fn error(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rabbitmq_url_takes_one_address_or_a_list() {
+        let one = parse("[rabbitmq]\nurl = \"amqp://a:b@h1/%2f\"").unwrap();
+        assert_eq!(one.rabbitmq.url.len(), 1);
+        let many = parse("[rabbitmq]\nurl = [\"amqp://a:b@h1/%2f\", \"amqp://a:b@h2/%2f\"]").unwrap();
+        assert_eq!(
+            many.rabbitmq.url.iter().map(|u| u.expose()).collect::<Vec<_>>(),
+            ["amqp://a:b@h1/%2f", "amqp://a:b@h2/%2f"]
+        );
+        let bad = error("[rabbitmq]\nurl = [\"amqp://a:b@h1/%2f\", \"http://nope\"]");
+        assert!(bad.starts_with("rabbitmq.url[1]:"), "{bad}");
+        assert!(error("[rabbitmq]\nurl = []").starts_with("rabbitmq.url:"));
+    }
+
+    #[test]
+    fn named_tokens_are_scoped_and_the_list_is_full_access() {
+        let list = parse("[admin]\ntokens = [\"0123456789abcdef01\", \"\"]").unwrap();
+        assert_eq!(list.admin.tokens.len(), 1, "empty entries are dropped");
+        assert_eq!(list.admin.tokens[0].name, "tokens[0]");
+        assert!(list.admin.tokens[0].allows(Scope::Manage) && !list.admin.tokens[0].is_limited());
+        let named = parse(
+            "[admin.tokens.team]\ntoken = \"0123456789abcdef01\"\nscopes = [\"operate\"]\nsubscriptions = [\"billing-*\"]",
+        )
+        .unwrap();
+        let team = &named.admin.tokens[0];
+        assert_eq!(team.name, "team");
+        assert!(team.allows(Scope::Operate) && !team.allows(Scope::Manage) && team.covers("billing-eu"));
+        let e = error("[admin.tokens.team]\ntoken = \"0123456789abcdef01\"\nscopes = []");
+        assert!(e.starts_with("admin.tokens.team.scopes:"), "{e}");
+        let e = error("[admin.tokens.team]\ntoken = \"short\"\nscopes = [\"read\"]");
+        assert!(e.starts_with("admin.tokens.team:") && !e.contains("short\""), "{e}");
+        let e = error("[admin.tokens.team]\ntoken = \"0123456789abcdef01\"\nscopes = [\"admin\"]");
+        assert!(e.contains("admin.tokens"), "{e}");
+        let e = error(
+            "[admin.tokens.a]\ntoken = \"0123456789abcdef01\"\nscopes = [\"read\"]\n[admin.tokens.b]\ntoken = \"0123456789abcdef01\"\nscopes = [\"read\"]",
+        );
+        assert!(e.contains("same token value"), "{e}");
     }
 
     #[test]

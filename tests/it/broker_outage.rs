@@ -179,3 +179,53 @@ async fn a_resource_alarm_gives_fast_503s_and_not_ready_until_it_clears() {
     })
     .await;
 }
+
+/// Issue 11: with several broker addresses a process fails over to the next
+/// one when it loses its node, and comes back the same way: whichever
+/// address it picked first (the order is shuffled), cutting it never stops
+/// the pipeline for long, and no event answered `202` is lost.
+#[tokio::test]
+async fn several_broker_addresses_fail_over_to_the_next() {
+    let (first, second) = (Proxy::start("127.0.0.1:5672").await, Proxy::start("127.0.0.1:5672").await);
+    let sink = Sink::start(Behavior::Ok).await;
+    let urls = vec![hookwire::config::Secret::new(first.url()), hookwire::config::Secret::new(second.url())];
+    let app = TestApp::start_adjusted(
+        AMQP_URL,
+        &format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/")),
+        |c| c.rabbitmq.url = urls,
+    )
+    .await;
+    let mut accepted = Vec::new();
+    let ready = app.admin_url("/readyz");
+    // Each address goes down in turn while the other is up.
+    for (round, (down, up)) in [(&first, &second), (&second, &first), (&first, &second)].into_iter().enumerate() {
+        up.up();
+        down.down();
+        eventually(T, "ready again on the other address", || {
+            let (http, ready) = (app.http.clone(), ready.clone());
+            async move { http.get(ready).send().await.unwrap().status() == 200 }
+        })
+        .await;
+        for i in 0..3 {
+            let id = format!("round-{round}-{i}");
+            // A 503 is allowed while the switch is in progress; a 202 is a promise.
+            let mut status = 0;
+            for _ in 0..50 {
+                status = app.post_acme(&id, r#"{"type":"a"}"#).await.status().as_u16();
+                if status == 202 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(status, 202, "{id}");
+            accepted.push(id);
+        }
+    }
+    eventually(T, "every accepted event is delivered", || {
+        let got: std::collections::HashSet<String> =
+            sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
+        let missing = accepted.iter().any(|id| !got.contains(id));
+        async move { !missing }
+    })
+    .await;
+}
