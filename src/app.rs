@@ -12,6 +12,7 @@
 //! 4. the admin listener stops last, so probes see the drain.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -27,8 +28,9 @@ use crate::{
     admin::{self, AdminState},
     broker::{Broker, Publisher, Topology},
     catalog::Catalog,
+    config::SubscriptionConfig,
     config::{Config, ConfigError},
-    delivery::{Worker, http::Destination},
+    delivery::{http::Destination, set::WorkerSet},
     ingress::{self, IngressState, Sources},
     operator::{Operator, control::Control},
     telemetry,
@@ -80,12 +82,11 @@ pub struct App {
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
     http_token: CancellationToken,
-    worker_token: CancellationToken,
     control_token: CancellationToken,
     broker_token: CancellationToken,
     admin_token: CancellationToken,
     ingress_task: Option<JoinHandle<()>>,
-    workers: tokio::task::JoinSet<()>,
+    workers: WorkerSet,
     control_task: JoinHandle<()>,
     catalog_task: JoinHandle<()>,
     broker_task: JoinHandle<()>,
@@ -95,14 +96,10 @@ pub struct App {
 pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     // Build everything that can fail on config before touching the network.
     let sources = Sources::build(&config.sources)?;
-    let destinations = config
-        .subscriptions
-        .iter()
-        .map(|(name, sub)| {
-            let jq = crate::delivery::transform::Jq::from_config(name, sub)?.map(Arc::new);
-            Ok((name.clone(), Arc::new(Destination::new(name, sub)?), jq))
-        })
-        .collect::<Result<Vec<_>, ConfigError>>()?;
+    for (name, sub) in &config.subscriptions {
+        Destination::new(name, sub)?;
+        crate::delivery::transform::Jq::validate(name, sub)?;
+    }
     let topology = Arc::new(Topology::from_config(&config));
     let metrics = telemetry::metrics_handle();
 
@@ -137,27 +134,12 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             }
         })
     };
-    let breakers: std::collections::HashMap<String, Arc<crate::delivery::breaker::Breaker>> = if role.worker() {
-        config
-            .subscriptions
-            .iter()
-            .filter(|(_, sub)| sub.circuit_breaker.failures > 0)
-            .map(|(name, sub)| {
-                let breaker = &sub.circuit_breaker;
-                (
-                    name.clone(),
-                    Arc::new(crate::delivery::breaker::Breaker::new(name, breaker.failures, breaker.cooldown)),
-                )
-            })
-            .collect()
-    } else {
-        Default::default()
-    };
+    let mut workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout);
     let api = Arc::new(admin::api::ApiState {
         tokens: config.admin.tokens.clone(),
         broker: broker.clone(),
         subscriptions: admin::api::SubscriptionInfo::from_config(&config),
-        breakers: breakers.clone(),
+        breakers: workers.breakers(),
         operator: Operator { broker: broker.clone(), control: control.clone() },
     });
     let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
@@ -189,28 +171,11 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         (None, None)
     };
 
-    let worker_token = CancellationToken::new();
-    let mut workers = tokio::task::JoinSet::new();
     if role.worker() {
-        for (name, destination, jq) in destinations {
-            let sub = &config.subscriptions[&name];
-            let worker = Worker {
-                queues: topology.subscription(&name).expect("planned from the same config").clone(),
-                limiter: sub.rate_limit.map(|rate| crate::rate::RateLimiter::new(rate, sub.rate_limit_burst)),
-                breaker: breakers.get(&name).cloned(),
-                paused: control.watch(&name),
-                name,
-                destination,
-                jq,
-                policy: crate::delivery::retry::Policy {
-                    schedule: sub.retry.clone(),
-                    dead_letter_on: sub.dead_letter_on.clone(),
-                },
-                concurrency: sub.concurrency,
-                broker: broker.clone(),
-                drain_timeout: config.shutdown.drain_timeout,
-            };
-            workers.spawn(worker.run(worker_token.clone()));
+        let desired: BTreeMap<String, SubscriptionConfig> =
+            config.subscriptions.iter().map(|(name, sub)| (name.clone(), sub.clone())).collect();
+        if let Some(error) = workers.reconcile(&desired).into_iter().next() {
+            return Err(error.into());
         }
     }
     tracing::info!(%admin_addr, ?role, "admin listening");
@@ -222,7 +187,6 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         draining,
         drain_timeout: config.shutdown.drain_timeout,
         http_token,
-        worker_token,
         control_token,
         broker_token,
         admin_token,
@@ -244,10 +208,7 @@ impl App {
         if let Some(task) = self.ingress_task.take() {
             join_within(task, self.drain_timeout, "ingress").await;
         }
-        self.worker_token.cancel();
-        // Each worker bounds its own drain; the extra second covers closing.
-        let deadline = self.drain_timeout + Duration::from_secs(1);
-        let left = crate::shutdown::drain(&mut self.workers, deadline).await;
+        let left = self.workers.shutdown().await;
         if left > 0 {
             tracing::warn!(left, "workers did not stop in time");
         }

@@ -16,7 +16,7 @@
 //! response streams `{"progress": …}` lines and ends with `{"result": …}`
 //! (or `{"error": …}`); otherwise it is the final report alone.
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json, RequestExt, Router,
@@ -35,7 +35,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{
     broker::{Broker, topology::SubscriptionQueues},
     config::{AccessToken, Config, Scope},
-    delivery::breaker::Breaker,
+    delivery::set::Breakers,
     error::ApiError,
     ingress::verify::secrets_equal,
     operator::{
@@ -60,7 +60,7 @@ pub struct ApiState {
     /// Topics and destination host per subscription, from the config.
     pub subscriptions: Vec<SubscriptionInfo>,
     /// Circuit breakers of this process's workers (none for `--role ingress`).
-    pub breakers: HashMap<String, Arc<Breaker>>,
+    pub breakers: Breakers,
     pub operator: Operator,
 }
 
@@ -275,12 +275,13 @@ async fn subscriptions(
     };
     let mut out = Vec::new();
     for info in state.subscriptions.iter().filter(|info| caller.covers(&info.name)) {
-        let queues: &SubscriptionQueues =
-            state.broker.topology.subscription(&info.name).expect("planned from the same config");
+        let topology = state.broker.topology();
+        let queues: &SubscriptionQueues = topology.subscription(&info.name).expect("planned from the same config");
         let mut retry = Vec::new();
         for queue in &queues.retries {
             retry.push(stats(queue.name.clone()).await?);
         }
+        let circuit = state.breakers.read().expect("breakers lock").get(&info.name).map(|b| b.state_name().to_owned());
         out.push(SubscriptionStatus {
             name: info.name.clone(),
             topics: info.topics.clone(),
@@ -288,7 +289,7 @@ async fn subscriptions(
             work: stats(queues.work.clone()).await?,
             retry,
             dead: stats(queues.dead.clone()).await?,
-            circuit: state.breakers.get(&info.name).map(|b| b.state_name().to_owned()),
+            circuit,
             paused: state.operator.control.is_paused(&info.name).await?,
         });
     }
@@ -336,8 +337,8 @@ async fn openapi() -> Response {
 }
 
 /// The subscription's name, checked against the config.
-fn known<'a>(state: &'a ApiState, name: &str) -> Result<&'a SubscriptionQueues, ApiError> {
-    state.broker.topology.subscription(name).ok_or_else(|| {
+fn known(state: &ApiState, name: &str) -> Result<SubscriptionQueues, ApiError> {
+    state.broker.topology().subscription(name).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown-subscription",
@@ -404,12 +405,12 @@ async fn show_dead_letter(
 }
 
 async fn list_unrouted(State(state): State<Arc<ApiState>>, uri: Uri) -> Result<Json<Page>, ApiError> {
-    let queue = state.operator.unrouted_queue().to_owned();
+    let queue = state.operator.unrouted_queue();
     list(&state, &queue, &uri).await
 }
 
 async fn show_unrouted(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let queue = state.operator.unrouted_queue().to_owned();
+    let queue = state.operator.unrouted_queue();
     show(&state, &queue, &id).await
 }
 
@@ -462,7 +463,7 @@ async fn purge_unrouted(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let queue = state.operator.unrouted_queue().to_owned();
+    let queue = state.operator.unrouted_queue();
     purge(&state, queue, "purge_unrouted", None, &headers, &body).await
 }
 
@@ -494,7 +495,7 @@ async fn replay_window(
     }
     let window: Window = json_body(&body)?;
     window.bounds().map_err(invalid)?;
-    if state.broker.topology.archive.is_none() {
+    if state.broker.topology().archive.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "archive-disabled",

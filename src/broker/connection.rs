@@ -54,7 +54,8 @@ pub struct Broker {
     session: watch::Receiver<Option<Session>>,
     /// The broker's reason while it blocks this connection's publishes.
     blocked: watch::Receiver<Option<String>>,
-    pub topology: Arc<Topology>,
+    /// What must exist on the broker: replaced as subscriptions come and go.
+    topology: Arc<watch::Sender<Arc<Topology>>>,
     pub operation_timeout: Duration,
 }
 
@@ -62,6 +63,7 @@ impl Broker {
     /// Starts the supervisor. It stops (closing the connection) when `token`
     /// is cancelled; cancel it only after every user of the connection is done.
     pub fn spawn(config: &RabbitConfig, topology: Arc<Topology>, token: CancellationToken) -> (Self, JoinHandle<()>) {
+        let topology = Arc::new(watch::channel(topology).0);
         let (tx, rx) = watch::channel(None);
         let (blocked_tx, blocked) = watch::channel(None);
         let mut urls: Vec<String> = config.url.iter().map(|u| u.expose().to_owned()).collect();
@@ -72,7 +74,7 @@ impl Broker {
             next: std::sync::atomic::AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             operation_timeout: config.operation_timeout,
-            topology: topology.clone(),
+            topology: topology.subscribe(),
             tx,
             generation: AtomicU64::new(0),
         };
@@ -89,6 +91,17 @@ impl Broker {
     /// A receiver that sees every session change.
     pub fn watch(&self) -> watch::Receiver<Option<Session>> {
         self.session.clone()
+    }
+
+    /// The topology as it is meant to be now: everything a reconnect declares.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
+    }
+
+    /// Replaces the topology that reconnects declare (declaring what is new
+    /// on the current connection is the caller's job).
+    pub fn set_topology(&self, topology: Arc<Topology>) {
+        self.topology.send_replace(topology);
     }
 
     /// Connected and topology declared.
@@ -127,7 +140,7 @@ struct Supervisor {
     next: std::sync::atomic::AtomicUsize,
     connect_timeout: Duration,
     operation_timeout: Duration,
-    topology: Arc<Topology>,
+    topology: watch::Receiver<Arc<Topology>>,
     tx: watch::Sender<Option<Session>>,
     generation: AtomicU64,
 }
@@ -205,7 +218,8 @@ impl Supervisor {
             .await
             .map_err(|_| "opening a channel timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        if let Err(e) = self.topology.declare(&channel, self.operation_timeout).await {
+        let topology = self.topology.borrow().clone();
+        if let Err(e) = topology.declare(&channel, self.operation_timeout).await {
             tracing::error!(error = %e, "declaring the RabbitMQ topology failed");
             let _ = tokio::time::timeout(self.operation_timeout, connection.close(200, "topology".into())).await;
             return Err(e.to_string());

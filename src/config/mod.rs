@@ -287,7 +287,7 @@ pub struct SourceConfig {
     pub rate_limit_burst: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     pub topics: Vec<String>,
@@ -334,7 +334,7 @@ pub struct SubscriptionConfig {
 }
 
 /// `circuit_breaker = { failures = 10, cooldown = "30s" }`; `failures = 0` disables it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
     /// Consecutive failed attempts (timeouts, connection errors, 408, 429,
@@ -356,14 +356,14 @@ fn default_transform_timeout() -> Duration {
 }
 
 /// `auth = { bearer = "..." }` or `auth = { basic = { user = "...", password = "..." } }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum DestinationAuth {
     Bearer(Secret),
     Basic(BasicCredentials),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredentials {
     pub user: String,

@@ -5,10 +5,13 @@
 //! - `worker` — the consumer loop and the settle rules.
 //! - `http` — one attempt against a destination.
 //! - `retry` — what follows an attempt (`is_retriable`, `next`).
+//! - `set` — the process's workers by subscription name, reconciled toward
+//!   the desired subscriptions.
 
 pub mod breaker;
 pub mod http;
 pub mod retry;
+pub mod set;
 pub mod transform;
 pub mod worker;
 

@@ -88,7 +88,7 @@ impl Operator {
         window: &Window,
         progress: &watch::Sender<Report>,
     ) -> Result<(), OpError> {
-        let topology = &self.broker.topology;
+        let topology = self.broker.topology();
         let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         let archive = topology
             .archive

@@ -15,7 +15,11 @@
 //! and workers wait: a process started while a subscription is paused must
 //! not deliver even one event.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -24,7 +28,10 @@ use lapin::{
     types::FieldTable,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{OpError, bounded};
@@ -48,40 +55,67 @@ struct Command {
 
 pub struct Control {
     broker: Broker,
-    /// `None`: not read yet on this connection.
-    states: HashMap<String, watch::Sender<Option<bool>>>,
+    /// Per subscription; `None`: not read yet on this connection. Entries
+    /// appear as workers ask ([`Control::watch`]), since subscriptions come
+    /// and go while the process runs; the lock is never held across an await.
+    states: Mutex<HashMap<String, watch::Sender<Option<bool>>>>,
+    /// Wakes the listener to read the flags of subscriptions it has not read.
+    learn: Notify,
 }
 
 impl Control {
     /// Starts the listener; it stops when `token` is cancelled.
     pub fn spawn(broker: Broker, token: CancellationToken) -> (Arc<Self>, JoinHandle<()>) {
         let states =
-            broker.topology.subscriptions.iter().map(|s| (s.subscription.clone(), watch::channel(None).0)).collect();
-        let control = Arc::new(Self { broker, states });
+            broker.topology().subscriptions.iter().map(|s| (s.subscription.clone(), watch::channel(None).0)).collect();
+        let control = Arc::new(Self { broker, states: Mutex::new(states), learn: Notify::new() });
         let task = tokio::spawn(control.clone().listen(token));
         (control, task)
     }
 
     /// Follows subscription `name`'s paused flag (as this process knows it).
+    /// A name seen for the first time starts unknown (`None`) until the
+    /// listener has read its flag.
     pub fn watch(&self, name: &str) -> Option<watch::Receiver<Option<bool>>> {
-        self.states.get(name).map(watch::Sender::subscribe)
+        let mut states = self.states.lock().expect("control states lock");
+        if let Some(state) = states.get(name) {
+            return Some(state.subscribe());
+        }
+        let (tx, rx) = watch::channel(None);
+        states.insert(name.to_owned(), tx);
+        drop(states);
+        self.learn.notify_one();
+        Some(rx)
+    }
+
+    /// Stops following a subscription that no longer exists.
+    pub fn forget(&self, name: &str) {
+        self.states.lock().expect("control states lock").remove(name);
+        metrics::gauge!(metric::PAUSED, "subscription" => name.to_owned()).set(0.0);
+    }
+
+    /// Names whose flag this connection has not read yet.
+    fn unread(&self) -> Vec<String> {
+        let states = self.states.lock().expect("control states lock");
+        states.iter().filter(|(_, state)| state.borrow().is_none()).map(|(name, _)| name.clone()).collect()
     }
 
     /// Whether subscription `name` is paused, read from the broker (the
     /// marker), not from this process's view.
     pub async fn is_paused(&self, name: &str) -> Result<bool, OpError> {
-        let queues = self.broker.topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        let topology = self.broker.topology();
+        let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         let session = self.broker.session().ok_or(OpError::Unavailable)?;
         let channel = bounded(self.broker.operation_timeout, session.connection.create_channel()).await?;
-        let paused =
-            flag_set(&channel, &self.broker.topology, &queues.paused_marker, self.broker.operation_timeout).await;
+        let paused = flag_set(&channel, &topology, &queues.paused_marker, self.broker.operation_timeout).await;
         let _ = tokio::time::timeout(self.broker.operation_timeout, channel.close(200, "checked".into())).await;
         paused
     }
 
     /// Pauses or resumes subscription `name` everywhere.
     pub async fn set(&self, name: &str, paused: bool) -> Result<(), OpError> {
-        let queues = self.broker.topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        let topology = self.broker.topology();
+        let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         let session = self.broker.session().ok_or(OpError::Unavailable)?;
         let timeout = self.broker.operation_timeout;
         let marker = queues.paused_marker.as_str();
@@ -101,7 +135,7 @@ impl Control {
         let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
         result?;
         let channel = session.publish_channels.get().await.map_err(OpError::Publish)?;
-        let exchange = &self.broker.topology.control_exchange;
+        let exchange = &self.broker.topology().control_exchange;
         match publish_confirmed(&channel, exchange, "", Default::default(), &body, timeout).await {
             // Returned: no process listens right now; each reads the marker
             // when it connects.
@@ -113,8 +147,11 @@ impl Control {
     }
 
     fn apply(&self, name: &str, paused: bool) {
-        let Some(state) = self.states.get(name) else { return };
-        let before = state.send_replace(Some(paused));
+        let before = {
+            let states = self.states.lock().expect("control states lock");
+            let Some(state) = states.get(name) else { return };
+            state.send_replace(Some(paused))
+        };
         metrics::gauge!(metric::PAUSED, "subscription" => name.to_owned()).set(if paused { 1.0 } else { 0.0 });
         match (before, paused) {
             (Some(false), true) => tracing::info!(subscription = %name, "subscription paused by an operator"),
@@ -141,7 +178,7 @@ impl Control {
             }
             // Changes may be missed until the next connection reads the
             // markers again: workers wait meanwhile.
-            for state in self.states.values() {
+            for state in self.states.lock().expect("control states lock").values() {
                 state.send_replace(None);
             }
             if token.is_cancelled() {
@@ -161,7 +198,8 @@ impl Control {
         let channel = bounded(timeout, connection.create_channel()).await?;
         let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let queue = bounded(timeout, channel.queue_declare("".into(), private, FieldTable::default())).await?;
-        let exchange = self.broker.topology.control_exchange.as_str();
+        let topology = self.broker.topology();
+        let exchange = topology.control_exchange.as_str();
         let bind = channel.queue_bind(
             queue.name().clone(),
             exchange.into(),
@@ -174,21 +212,32 @@ impl Control {
         let mut commands =
             bounded(timeout, channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()))
                 .await?;
-        let topology = &self.broker.topology;
         for subscription in &topology.subscriptions {
-            let paused = flag_set(&channel, topology, &subscription.paused_marker, timeout).await?;
+            let paused = flag_set(&channel, &topology, &subscription.paused_marker, timeout).await?;
             self.apply(&subscription.subscription, paused);
         }
         loop {
             let delivery = tokio::select! {
                 _ = token.cancelled() => break,
+                _ = self.learn.notified() => {
+                    // Subscriptions added since: read their flags.
+                    let topology = self.broker.topology();
+                    for name in self.unread() {
+                        if let Some(queues) = topology.subscription(&name) {
+                            let paused = flag_set(&channel, &topology, &queues.paused_marker, timeout).await?;
+                            self.apply(&name, paused);
+                        }
+                    }
+                    continue;
+                }
                 next = commands.next() => next,
             };
             match delivery {
                 Some(Ok(delivery)) => match serde_json::from_slice::<Command>(&delivery.data) {
                     Ok(command) => {
+                        let topology = self.broker.topology();
                         let Some(queues) = topology.subscription(&command.subscription) else { continue };
-                        let paused = flag_set(&channel, topology, &queues.paused_marker, timeout).await?;
+                        let paused = flag_set(&channel, &topology, &queues.paused_marker, timeout).await?;
                         self.apply(&command.subscription, paused);
                     }
                     Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),

@@ -96,17 +96,17 @@ pub struct Operator {
 }
 
 impl Operator {
-    fn topology(&self) -> &Topology {
-        &self.broker.topology
+    fn topology(&self) -> std::sync::Arc<Topology> {
+        self.broker.topology()
     }
 
     /// The dead-letter queue of subscription `name`, if it exists.
-    pub fn dead_letter_queue(&self, name: &str) -> Option<&str> {
-        self.topology().subscription(name).map(|s| s.dead.as_str())
+    pub fn dead_letter_queue(&self, name: &str) -> Option<String> {
+        self.topology().subscription(name).map(|s| s.dead.clone())
     }
 
-    pub fn unrouted_queue(&self) -> &str {
-        &self.topology().unrouted_queue
+    pub fn unrouted_queue(&self) -> String {
+        self.topology().unrouted_queue.clone()
     }
 
     /// Up to `limit` messages from the head of `queue`, or after the event
@@ -164,7 +164,8 @@ impl Operator {
         dry_run: bool,
         progress: &watch::Sender<Report>,
     ) -> Result<(), OpError> {
-        let queues = self.topology().subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        let topology = self.topology();
+        let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         progress.send_modify(|r| r.dry_run = dry_run);
         scan::scan(&self.broker, &queues.dead, BULK_PREFETCH, progress, |message| {
             if !filter.matches(message) {
