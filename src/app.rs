@@ -12,7 +12,6 @@
 //! 4. the admin listener stops last, so probes see the drain.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -27,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, AdminState},
     broker::{Broker, Publisher, Topology},
-    catalog::Catalog,
-    config::SubscriptionConfig,
+    catalog::{
+        Catalog,
+        reconcile::{Desired, Reconciler},
+    },
     config::{Config, ConfigError},
     delivery::{http::Destination, set::WorkerSet},
     ingress::{self, IngressState, Sources},
@@ -86,7 +87,10 @@ pub struct App {
     broker_token: CancellationToken,
     admin_token: CancellationToken,
     ingress_task: Option<JoinHandle<()>>,
-    workers: WorkerSet,
+    reconciler_token: CancellationToken,
+    reconciler_task: JoinHandle<()>,
+    /// The subscriptions this process runs (file and catalog).
+    pub desired: tokio::sync::watch::Receiver<Arc<Desired>>,
     control_task: JoinHandle<()>,
     catalog_task: JoinHandle<()>,
     broker_task: JoinHandle<()>,
@@ -134,12 +138,23 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             }
         })
     };
-    let mut workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout);
+    // The reconciler owns the workers and follows the catalog: the file's
+    // subscriptions start now, the catalog's once it has been read.
+    let workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout);
+    let breakers = workers.breakers();
+    let reconciler_token = CancellationToken::new();
+    let (desired, reconciler_task) = Reconciler::spawn(
+        Arc::new(config.clone()),
+        broker.clone(),
+        catalog.clone(),
+        role.worker().then_some(workers),
+        reconciler_token.clone(),
+    );
     let api = Arc::new(admin::api::ApiState {
         tokens: config.admin.tokens.clone(),
         broker: broker.clone(),
         subscriptions: admin::api::SubscriptionInfo::from_config(&config),
-        breakers: workers.breakers(),
+        breakers,
         operator: Operator { broker: broker.clone(), control: control.clone() },
     });
     let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
@@ -153,7 +168,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             sources,
             publisher: Publisher::new(broker.clone(), config.ingress.publish_timeout),
             accepted_exchange: topology.accepted_exchange.clone(),
-            topics: config.subscriptions.values().flat_map(|s| s.topics.clone()).collect(),
+            broker: broker.clone(),
             max_body_bytes: config.ingress.max_body_bytes,
             read_timeout: config.ingress.read_timeout,
             retry_after: config.ingress.retry_after,
@@ -171,13 +186,6 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         (None, None)
     };
 
-    if role.worker() {
-        let desired: BTreeMap<String, SubscriptionConfig> =
-            config.subscriptions.iter().map(|(name, sub)| (name.clone(), sub.clone())).collect();
-        if let Some(error) = workers.reconcile(&desired).into_iter().next() {
-            return Err(error.into());
-        }
-    }
     tracing::info!(%admin_addr, ?role, "admin listening");
     Ok(App {
         ingress_addr,
@@ -191,7 +199,9 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         broker_token,
         admin_token,
         ingress_task,
-        workers,
+        reconciler_token,
+        reconciler_task,
+        desired,
         control_task,
         catalog_task,
         broker_task,
@@ -208,10 +218,9 @@ impl App {
         if let Some(task) = self.ingress_task.take() {
             join_within(task, self.drain_timeout, "ingress").await;
         }
-        let left = self.workers.shutdown().await;
-        if left > 0 {
-            tracing::warn!(left, "workers did not stop in time");
-        }
+        // The reconciler stops the workers; each bounds its own drain.
+        self.reconciler_token.cancel();
+        join_within(self.reconciler_task, self.drain_timeout + Duration::from_secs(5), "workers").await;
         self.control_token.cancel();
         join_within(self.control_task, Duration::from_secs(5), "operator control listener").await;
         join_within(self.catalog_task, Duration::from_secs(5), "catalog follower").await;

@@ -143,10 +143,18 @@ impl ArchiveStream {
 
 impl Topology {
     pub fn from_config(config: &Config) -> Self {
+        Self::plan(config, config.subscriptions.iter())
+    }
+
+    /// The plan for `subscriptions` (the file's and the catalog's), with
+    /// everything else from `config`.
+    pub fn plan<'a>(
+        config: &Config,
+        subscriptions: impl IntoIterator<Item = (&'a String, &'a crate::config::SubscriptionConfig)>,
+    ) -> Self {
         let ns = &config.rabbitmq.namespace;
-        let subscriptions = config
-            .subscriptions
-            .iter()
+        let subscriptions = subscriptions
+            .into_iter()
             .map(|(name, sub)| {
                 let work = format!("{ns}.sub.{name}");
                 let delays: BTreeSet<Duration> = sub.retry.iter().copied().collect();
@@ -300,6 +308,77 @@ impl Topology {
                         FieldTable::default(),
                     )
                     .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the broker from the plan `old` to this one, on a live
+    /// connection: declares the queues and bindings that are new and removes
+    /// the bindings that are gone, so routing follows at once. The queues of
+    /// a removed subscription stay: they may hold events, and deleting them
+    /// is the deleting operator's decision ([`Topology::delete_subscription`]).
+    pub async fn reconcile(&self, old: &Topology, channel: &Channel, timeout: Duration) -> Result<(), TopologyError> {
+        let existing: BTreeSet<String> = old.queues().into_iter().map(|q| q.name).collect();
+        for queue in self.queues().into_iter().filter(|q| !existing.contains(&q.name)) {
+            bounded(&format!("queue {}", queue.name), timeout, async {
+                channel
+                    .queue_declare(
+                        queue.name.as_str().into(),
+                        QueueDeclareOptions { durable: true, ..Default::default() },
+                        field_table(&queue.args),
+                    )
+                    .await
+            })
+            .await?;
+        }
+        let (new, old) = (self.bindings(), old.bindings());
+        for (exchange, queue, key) in new.iter().filter(|b| !old.contains(b)) {
+            bounded(&format!("binding {exchange} -> {queue} ({key})"), timeout, async {
+                let options = QueueBindOptions::default();
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        options,
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await?;
+        }
+        for (exchange, queue, key) in old.iter().filter(|b| !new.contains(b)) {
+            bounded(&format!("unbinding {exchange} -> {queue} ({key})"), timeout, async {
+                channel
+                    .queue_unbind(
+                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes subscription `name`'s queues (work, retries, dead letters,
+    /// pause flag), messages included.
+    pub async fn delete_subscription(
+        &self,
+        name: &str,
+        channel: &Channel,
+        timeout: Duration,
+    ) -> Result<(), TopologyError> {
+        let Some(sub) = self.subscription(name) else { return Ok(()) };
+        let mut queues = vec![sub.work.clone(), sub.dead.clone(), sub.paused_marker.clone()];
+        queues.extend(sub.retries.iter().map(|r| r.name.clone()));
+        for queue in queues {
+            bounded(&format!("deleting queue {queue}"), timeout, async {
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.map(drop)
             })
             .await?;
         }

@@ -47,8 +47,9 @@ pub struct IngressState {
     pub publisher: Publisher,
     /// `ns.accepted`: routes to the subscriptions and the archive.
     pub accepted_exchange: String,
-    /// Every subscription's topic patterns, to count unrouted events.
-    pub topics: Vec<String>,
+    /// The live topology: which topics subscriptions want now (for the
+    /// unrouted count; RabbitMQ itself does the routing).
+    pub broker: crate::broker::Broker,
     pub max_body_bytes: usize,
     pub read_timeout: Duration,
     pub retry_after: Duration,
@@ -136,7 +137,8 @@ async fn receive(
     let routing_key = envelope.routing_key();
     publish(&state, &envelope, &routing_key).await?;
     count(name, "accepted");
-    if !state.topics.iter().any(|t| topic_matches(t, &routing_key)) {
+    let topology = state.broker.topology();
+    if !topology.subscriptions.iter().flat_map(|s| &s.topics).any(|t| topic_matches(t, &routing_key)) {
         metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
         tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");
     }

@@ -1,0 +1,159 @@
+//! Drives one process toward the desired subscriptions: the file's plus the
+//! catalog's.
+//!
+//! On every new catalog state it builds the [`Desired`] set, plans the
+//! topology for it, applies the difference on the live connection
+//! (declares new queues and bindings, removes stale bindings), hands the plan
+//! to the broker for future reconnects, and reconciles the process's workers.
+//! Each pass is idempotent: a pass that fails half-way (the broker went
+//! away) is repaired by the reconnect, which declares the whole plan, and by
+//! the next pass.
+//! Must not: delete queues (a removed subscription's queues may hold events;
+//! the API's delete decides), or write to the catalog.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::{Catalog, State};
+use crate::{
+    broker::{Broker, Topology},
+    config::{Config, SubscriptionConfig},
+    delivery::set::WorkerSet,
+};
+
+/// Who owns a subscription's definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// `[subscriptions.NAME]` in the config file; the API does not change it.
+    File,
+    /// Made through the API; lives in the catalog.
+    Api,
+}
+
+/// A subscription this process should run.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub definition: SubscriptionConfig,
+    pub managed_by: ManagedBy,
+    /// The catalog version; 0 for the file's.
+    pub version: u64,
+}
+
+/// The desired subscriptions, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub subscriptions: BTreeMap<String, Wanted>,
+}
+
+impl Desired {
+    /// The file's subscriptions, then the catalog's. A catalog entry that
+    /// does not parse (written by a newer hookwire?) or that reuses a file
+    /// subscription's name is left out and logged: the API refuses both, so
+    /// neither happens through this version.
+    pub fn build(config: &Config, catalog: &State) -> Self {
+        let mut subscriptions: BTreeMap<String, Wanted> = config
+            .subscriptions
+            .iter()
+            .map(|(name, sub)| {
+                (name.clone(), Wanted { definition: sub.clone(), managed_by: ManagedBy::File, version: 0 })
+            })
+            .collect();
+        for (name, entry) in catalog.entries() {
+            if subscriptions.contains_key(name) {
+                tracing::error!(subscription = %name, "the catalog has a subscription the file also defines; the file's is used");
+                continue;
+            }
+            match serde_json::from_value::<SubscriptionConfig>(entry.definition.clone()) {
+                Ok(definition) => {
+                    let wanted = Wanted { definition, managed_by: ManagedBy::Api, version: entry.version };
+                    subscriptions.insert(name.to_owned(), wanted);
+                }
+                Err(error) => tracing::error!(subscription = %name, %error, "unreadable catalog entry; left out"),
+            }
+        }
+        Self { subscriptions }
+    }
+
+    pub fn definitions(&self) -> BTreeMap<String, SubscriptionConfig> {
+        self.subscriptions.iter().map(|(name, w)| (name.clone(), w.definition.clone())).collect()
+    }
+
+    /// The topology for these subscriptions.
+    pub fn plan(&self, config: &Config) -> Topology {
+        Topology::plan(config, self.subscriptions.iter().map(|(name, w)| (name, &w.definition)))
+    }
+}
+
+pub struct Reconciler {
+    config: Arc<Config>,
+    broker: Broker,
+    catalog: Catalog,
+    /// `None` in a process without workers (`--role ingress`).
+    workers: Option<WorkerSet>,
+    desired: watch::Sender<Arc<Desired>>,
+}
+
+impl Reconciler {
+    /// Applies the file's subscriptions at once, then follows the catalog
+    /// until `token` is cancelled, when it stops the workers (draining).
+    pub fn spawn(
+        config: Arc<Config>,
+        broker: Broker,
+        catalog: Catalog,
+        workers: Option<WorkerSet>,
+        token: CancellationToken,
+    ) -> (watch::Receiver<Arc<Desired>>, JoinHandle<()>) {
+        let initial = Desired::build(&config, &State::default());
+        let (desired, rx) = watch::channel(Arc::new(initial));
+        let mut this = Self { config, broker, catalog, workers, desired };
+        if let Some(workers) = &mut this.workers {
+            workers.reconcile(&this.desired.borrow().definitions());
+        }
+        (rx, tokio::spawn(this.run(token)))
+    }
+
+    async fn run(mut self, token: CancellationToken) {
+        let mut states = self.catalog.watch();
+        loop {
+            let state = states.borrow_and_update().clone();
+            self.apply(&state).await;
+            tokio::select! {
+                _ = token.cancelled() => break,
+                changed = states.changed() => if changed.is_err() { break },
+            }
+        }
+        if let Some(workers) = self.workers.take() {
+            let left = workers.shutdown().await;
+            if left > 0 {
+                tracing::warn!(left, "workers did not stop in time");
+            }
+        }
+    }
+
+    async fn apply(&mut self, state: &State) {
+        let desired = Desired::build(&self.config, state);
+        let planned = Arc::new(desired.plan(&self.config));
+        let current = self.broker.topology();
+        if let Some(session) = self.broker.session() {
+            let timeout = self.broker.operation_timeout;
+            match tokio::time::timeout(timeout, session.connection.create_channel()).await {
+                Ok(Ok(channel)) => {
+                    if let Err(error) = planned.reconcile(&current, &channel, timeout).await {
+                        tracing::warn!(%error, "applying subscription changes to RabbitMQ failed; the next reconnect declares them");
+                    }
+                    let _ = tokio::time::timeout(timeout, channel.close(200, "reconciled".into())).await;
+                }
+                _ => tracing::warn!("no channel to apply subscription changes; the next reconnect declares them"),
+            }
+        }
+        self.broker.set_topology(planned);
+        let definitions = desired.definitions();
+        self.desired.send_replace(Arc::new(desired));
+        if let Some(workers) = &mut self.workers {
+            workers.reconcile(&definitions);
+        }
+    }
+}
