@@ -153,9 +153,11 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let api = Arc::new(admin::api::ApiState {
         tokens: config.admin.tokens.clone(),
         broker: broker.clone(),
-        subscriptions: admin::api::SubscriptionInfo::from_config(&config),
         breakers,
         operator: Operator { broker: broker.clone(), control: control.clone() },
+        catalog: catalog.clone(),
+        desired: desired.clone(),
+        config: Arc::new(config.clone()),
     });
     let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
     let admin_task = serve(admin_listener, admin_router, admin_token.clone());

@@ -23,11 +23,27 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// Adds `WWW-Authenticate: Bearer` (a 401 from the operator API).
     pub www_authenticate: bool,
+    /// Extension members of the problem (RFC 7807 §3.2), e.g. `errors`.
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, slug, title, detail: detail.into(), retry_after: None, www_authenticate: false }
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            retry_after: None,
+            www_authenticate: false,
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds an extension member to the problem body.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
     }
 
     pub fn retry_after(mut self, after: Duration) -> Self {
@@ -39,12 +55,16 @@ impl ApiError {
 impl ApiError {
     /// The RFC 7807 body.
     pub fn problem(&self) -> serde_json::Value {
-        json!({
+        let mut problem = json!({
             "type": format!("urn:hookwire:problem:{}", self.slug),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
-        })
+        });
+        for (key, value) in &self.extensions {
+            problem[key] = value.clone();
+        }
+        problem
     }
 }
 

@@ -21,19 +21,20 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use axum::{
     Json, RequestExt, Router,
     body::{Body, Bytes},
-    extract::{Extension, MatchedPath, Path, Query, RawPathParams, Request, State},
+    extract::{MatchedPath, Path, Query, RawPathParams, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use futures_util::stream;
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::{sync::watch, task::JoinHandle};
 
+use super::subscriptions;
 use crate::{
     broker::{Broker, topology::SubscriptionQueues},
+    catalog::{Catalog, reconcile::Desired},
     config::{AccessToken, Config, Scope},
     delivery::set::Breakers,
     error::ApiError,
@@ -57,40 +58,29 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct ApiState {
     pub tokens: Vec<AccessToken>,
     pub broker: Broker,
-    /// Topics and destination host per subscription, from the config.
-    pub subscriptions: Vec<SubscriptionInfo>,
     /// Circuit breakers of this process's workers (none for `--role ingress`).
     pub breakers: Breakers,
     pub operator: Operator,
-}
-
-pub struct SubscriptionInfo {
-    pub name: String,
-    pub topics: Vec<String>,
-    pub destination_host: String,
-}
-
-impl SubscriptionInfo {
-    pub fn from_config(config: &Config) -> Vec<Self> {
-        config
-            .subscriptions
-            .iter()
-            .map(|(name, sub)| Self {
-                name: name.clone(),
-                topics: sub.topics.clone(),
-                destination_host: reqwest::Url::parse(&sub.url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_owned))
-                    .unwrap_or_default(),
-            })
-            .collect()
-    }
+    /// The catalog, for the subscription routes' writes.
+    pub catalog: Catalog,
+    /// The subscriptions this process runs (file and catalog), as the
+    /// reconciler last applied them.
+    pub desired: watch::Receiver<Arc<Desired>>,
+    /// The file's configuration: planning a subscription's queues needs it.
+    pub config: Arc<Config>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/subscriptions", get(subscriptions))
+        .route("/api/v1/subscriptions", get(subscriptions::list).post(subscriptions::create))
+        .route(
+            "/api/v1/subscriptions/{name}",
+            get(subscriptions::show)
+                .put(subscriptions::replace)
+                .patch(subscriptions::patch)
+                .delete(subscriptions::remove),
+        )
         .route("/api/v1/subscriptions/{name}/dead-letters", get(list_dead_letters).delete(purge_dead_letters))
         .route("/api/v1/subscriptions/{name}/dead-letters/{event_id}", get(show_dead_letter))
         .route("/api/v1/subscriptions/{name}/dead-letters/replay", post(replay_dead_letters))
@@ -184,8 +174,9 @@ async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, nex
                 return Err(forbidden(format!("token {:?} may not touch subscription {name:?}", token.name)));
             }
             Some(_) => {}
-            // The list filters itself; the OpenAPI document is public knowledge.
-            None if path == "/api/v1/subscriptions" && scope == Scope::Read => {}
+            // The list filters itself and a create checks the name in its
+            // body; the OpenAPI document is public knowledge.
+            None if path == "/api/v1/subscriptions" => {}
             None if path == "/api/v1/openapi.json" => {}
             None => {
                 return Err(forbidden(format!(
@@ -230,6 +221,14 @@ pub struct QueueStats {
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct SubscriptionStatus {
     pub name: String,
+    /// `file` or `api`.
+    #[serde(default)]
+    pub managed_by: String,
+    /// The catalog version (the `ETag`); 0 for the file's subscriptions.
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub topics: Vec<String>,
     pub destination_host: String,
     pub work: QueueStats,
@@ -242,62 +241,7 @@ pub struct SubscriptionStatus {
     pub paused: bool,
 }
 
-async fn subscriptions(
-    State(state): State<Arc<ApiState>>,
-    Extension(Caller(caller)): Extension<Caller>,
-) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
-    let session = state.broker.session().ok_or_else(unavailable)?;
-    let timeout = state.broker.operation_timeout;
-    let channel = tokio::time::timeout(timeout, session.connection.create_channel())
-        .await
-        .map_err(|_| unavailable())?
-        .map_err(|_| unavailable())?;
-    let stats = |name: String| {
-        let channel = channel.clone();
-        async move {
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            let declared = tokio::time::timeout(
-                timeout,
-                channel.queue_declare(name.as_str().into(), passive, FieldTable::default()),
-            )
-            .await
-            .map_err(|_| unavailable())?
-            .map_err(|e| {
-                tracing::warn!(queue = %name, error = %e, "reading queue depth failed");
-                unavailable()
-            })?;
-            Ok::<_, ApiError>(QueueStats {
-                name,
-                messages: declared.message_count(),
-                consumers: declared.consumer_count(),
-            })
-        }
-    };
-    let mut out = Vec::new();
-    for info in state.subscriptions.iter().filter(|info| caller.covers(&info.name)) {
-        let topology = state.broker.topology();
-        let queues: &SubscriptionQueues = topology.subscription(&info.name).expect("planned from the same config");
-        let mut retry = Vec::new();
-        for queue in &queues.retries {
-            retry.push(stats(queue.name.clone()).await?);
-        }
-        let circuit = state.breakers.read().expect("breakers lock").get(&info.name).map(|b| b.state_name().to_owned());
-        out.push(SubscriptionStatus {
-            name: info.name.clone(),
-            topics: info.topics.clone(),
-            destination_host: info.destination_host.clone(),
-            work: stats(queues.work.clone()).await?,
-            retry,
-            dead: stats(queues.dead.clone()).await?,
-            circuit,
-            paused: state.operator.control.is_paused(&info.name).await?,
-        });
-    }
-    let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
-    Ok(Json(out))
-}
-
-fn unavailable() -> ApiError {
+pub(super) fn unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "broker-unavailable",
@@ -307,7 +251,7 @@ fn unavailable() -> ApiError {
     .retry_after(Duration::from_secs(5))
 }
 
-fn invalid(detail: impl Into<String>) -> ApiError {
+pub(super) fn invalid(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail)
 }
 
@@ -337,7 +281,7 @@ async fn openapi() -> Response {
 }
 
 /// The subscription's name, checked against the config.
-fn known(state: &ApiState, name: &str) -> Result<SubscriptionQueues, ApiError> {
+pub(super) fn known(state: &ApiState, name: &str) -> Result<SubscriptionQueues, ApiError> {
     state.broker.topology().subscription(name).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -349,7 +293,7 @@ fn known(state: &ApiState, name: &str) -> Result<SubscriptionQueues, ApiError> {
 }
 
 /// A JSON request body, with a problem+json answer when it does not parse.
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
     serde_json::from_slice(text).map_err(|e| invalid(format!("request body: {e}")))
 }

@@ -2,7 +2,15 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, de::Error};
+use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format(*duration))
+}
+
+pub fn serialize_list<S: Serializer>(durations: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(durations.iter().map(|d| format(*d)))
+}
 
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;

@@ -287,7 +287,7 @@ pub struct SourceConfig {
     pub rate_limit_burst: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     pub topics: Vec<String>,
@@ -296,7 +296,11 @@ pub struct SubscriptionConfig {
     pub timeout: Duration,
     #[serde(default = "default_concurrency")]
     pub concurrency: u16,
-    #[serde(default = "default_retry", deserialize_with = "duration::deserialize_list")]
+    #[serde(
+        default = "default_retry",
+        deserialize_with = "duration::deserialize_list",
+        serialize_with = "duration::serialize_list"
+    )]
     pub retry: Vec<Duration>,
     /// Statuses that dead-letter at once instead of being retried.
     #[serde(default = "default_dead_letter_on")]
@@ -331,10 +335,18 @@ pub struct SubscriptionConfig {
     /// PEM file of extra certificate authorities to trust for this
     /// destination (an internal CA), on top of the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The team that owns the subscription.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whom to call when it misbehaves (an address, a channel, a rota).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
 }
 
 /// `circuit_breaker = { failures = 10, cooldown = "30s" }`; `failures = 0` disables it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
     /// Consecutive failed attempts (timeouts, connection errors, 408, 429,
@@ -356,14 +368,14 @@ fn default_transform_timeout() -> Duration {
 }
 
 /// `auth = { bearer = "..." }` or `auth = { basic = { user = "...", password = "..." } }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum DestinationAuth {
     Bearer(Secret),
     Basic(BasicCredentials),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredentials {
     pub user: String,
@@ -577,62 +589,84 @@ impl Config {
 
 impl SubscriptionConfig {
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        match self.problems(name).into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem with this definition, not only the first: the API's
+    /// `422` lists them all. Keys are `subscriptions.NAME.FIELD`. (The jq
+    /// programs and the destination's CA file are checked by their owners.)
+    pub fn problems(&self, name: &str) -> Vec<ConfigError> {
         let key = |field: &str| format!("subscriptions.{name}.{field}");
+        let mut out = Vec::new();
         if !is_name(name, false) {
-            return Err(ConfigError::invalid(
+            out.push(ConfigError::invalid(
                 format!("subscriptions.{name}"),
-                "subscription names use only letters, digits, '_' and '-'",
+                "subscription names use only letters, digits, '_' and '-' (at most 64)",
             ));
         }
         if self.topics.is_empty() {
-            return Err(ConfigError::invalid(key("topics"), "at least one topic pattern is required"));
+            out.push(ConfigError::invalid(key("topics"), "at least one topic pattern is required"));
         }
         for (i, topic) in self.topics.iter().enumerate() {
-            validate_topic(topic).map_err(|m| ConfigError::invalid(key(&format!("topics[{i}]")), m))?;
+            if let Err(m) = validate_topic(topic) {
+                out.push(ConfigError::invalid(key(&format!("topics[{i}]")), m));
+            }
         }
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            _ => {
-                return Err(ConfigError::invalid(key("url"), "must be an absolute http:// or https:// URL"));
-            }
+            _ => out.push(ConfigError::invalid(key("url"), "must be an absolute http:// or https:// URL")),
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::invalid(key("timeout"), "must be greater than 0"));
+            out.push(ConfigError::invalid(key("timeout"), "must be greater than 0"));
         }
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
-            return Err(ConfigError::invalid(key("concurrency"), format!("must be between 1 and {MAX_CONCURRENCY}")));
+            out.push(ConfigError::invalid(key("concurrency"), format!("must be between 1 and {MAX_CONCURRENCY}")));
         }
         if self.retry.len() > MAX_RETRIES {
-            return Err(ConfigError::invalid(key("retry"), format!("at most {MAX_RETRIES} delays")));
+            out.push(ConfigError::invalid(key("retry"), format!("at most {MAX_RETRIES} delays")));
         }
         if self.rate_limit_burst == Some(0) || (self.rate_limit_burst.is_some() && self.rate_limit.is_none()) {
-            return Err(ConfigError::invalid(key("rate_limit_burst"), "must be at least 1, with rate_limit set"));
+            out.push(ConfigError::invalid(key("rate_limit_burst"), "must be at least 1, with rate_limit set"));
         }
         if self.circuit_breaker.failures > 0 && self.circuit_breaker.cooldown.is_zero() {
-            return Err(ConfigError::invalid(key("circuit_breaker.cooldown"), "must be greater than 0"));
+            out.push(ConfigError::invalid(key("circuit_breaker.cooldown"), "must be greater than 0"));
         }
         if self.transform_timeout.is_zero() {
-            return Err(ConfigError::invalid(key("transform_timeout"), "must be greater than 0"));
+            out.push(ConfigError::invalid(key("transform_timeout"), "must be greater than 0"));
         }
         if !matches!(self.method.as_str(), "POST" | "PUT" | "PATCH") {
-            return Err(ConfigError::invalid(key("method"), "use \"POST\", \"PUT\" or \"PATCH\""));
+            out.push(ConfigError::invalid(key("method"), "use \"POST\", \"PUT\" or \"PATCH\""));
         }
         if let Some(status) = self.dead_letter_on.iter().find(|s| !(400..=599).contains(*s)) {
-            return Err(ConfigError::invalid(key("dead_letter_on"), format!("{status} is not a 4xx or 5xx status")));
+            out.push(ConfigError::invalid(key("dead_letter_on"), format!("{status} is not a 4xx or 5xx status")));
         }
         for (name, value) in &self.headers {
             let valid_name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
             if !valid_name || reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
-                return Err(ConfigError::invalid(
+                out.push(ConfigError::invalid(
                     key(&format!("headers.{name}")),
                     "not a valid HTTP header name and value",
                 ));
             }
         }
         if let Some(i) = self.retry.iter().position(|d| d.as_millis() == 0) {
-            return Err(ConfigError::invalid(key(&format!("retry[{i}]")), "delays must be at least 1ms"));
+            out.push(ConfigError::invalid(key(&format!("retry[{i}]")), "delays must be at least 1ms"));
         }
-        Ok(())
+        for (field, value) in [("owner", &self.owner), ("description", &self.description), ("contact", &self.contact)] {
+            if value.as_ref().is_some_and(|v| v.len() > 1024) {
+                out.push(ConfigError::invalid(key(field), "at most 1024 characters"));
+            }
+        }
+        out
+    }
+
+    /// Whether the definition carries any secret (signing secrets, header
+    /// values, destination credentials).
+    pub fn has_secrets(&self) -> bool {
+        !self.signing_secret.is_empty() || !self.headers.is_empty() || self.auth.is_some()
     }
 }
 

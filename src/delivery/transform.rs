@@ -48,10 +48,11 @@ pub struct Program {
 impl Program {
     /// Compiles `code`; the error names the line and column.
     pub fn compile(code: &str) -> Result<Self, String> {
-        // Compiled filters refer to their source text; programs are few and
-        // live as long as the process, so keeping the text is fine.
-        let code: &'static str = Box::leak(code.to_owned().into_boxed_str());
-        let arena: &'static Arena = Box::leak(Box::default());
+        // The compiled filter owns what it needs: the text and the arena
+        // are dropped here, so compiling (an API validation, a reload)
+        // leaks nothing.
+        let arena = Arena::default();
+        let arena = &arena;
         let position = |part: &str| {
             let offset = jaq_core::load::span(code, part).start;
             let before = &code[..offset];
@@ -193,6 +194,18 @@ impl Jq {
     /// `hookwire check`.
     pub fn validate(name: &str, config: &crate::config::SubscriptionConfig) -> Result<(), ConfigError> {
         Self::compile_all(name, config.filter.as_deref(), config.transform.as_deref()).map(|_| ())
+    }
+
+    /// Every program's compile error (filter and transform), for the API's
+    /// `422`; each names the line and column.
+    pub fn problems(name: &str, config: &crate::config::SubscriptionConfig) -> Vec<ConfigError> {
+        [("filter", config.filter.as_deref()), ("transform", config.transform.as_deref())]
+            .into_iter()
+            .filter_map(|(field, code)| {
+                let error = Program::compile(code?).err()?;
+                Some(ConfigError::invalid(format!("subscriptions.{name}.{field}"), error))
+            })
+            .collect()
     }
 
     pub fn from_config(name: &str, config: &crate::config::SubscriptionConfig) -> Result<Option<Self>, ConfigError> {

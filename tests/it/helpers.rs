@@ -394,6 +394,11 @@ impl TestApp {
         self.app.take().expect("app is running").shutdown().await;
     }
 
+    /// The running app's catalog.
+    pub fn catalog(&self) -> hookwire::catalog::Catalog {
+        self.app().catalog.clone()
+    }
+
     fn app(&self) -> &App {
         self.app.as_ref().expect("app is running")
     }

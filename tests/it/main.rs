@@ -15,6 +15,7 @@ mod outbound;
 mod replay;
 mod routing;
 mod schemes;
+mod self_service;
 mod shutdown;
 mod tls;
 mod transform;

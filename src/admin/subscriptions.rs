@@ -1,0 +1,565 @@
+//! The subscription routes of the operator API: list, read, create,
+//! replace, patch and delete subscriptions.
+//!
+//! Writes go to the catalog ([`crate::catalog`]) with the version they
+//! replace (`If-Match`); the answer comes once this process's reconciler has
+//! applied the change and the subscription's queues and bindings exist, so
+//! an event accepted by any ingress after the answer is routed by it.
+//! Definitions are checked exactly as the file's are, with every problem
+//! listed. Subscriptions of the config file are read-only here.
+//! Must not: return or log a secret (definitions serialize masked).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Extension, Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::api::{ApiState, Caller, QueueStats, SubscriptionStatus, unavailable};
+use crate::{
+    catalog::{
+        Change, Outcome,
+        reconcile::{Desired, ManagedBy, Wanted},
+    },
+    config::{AccessToken, SubscriptionConfig},
+    delivery::{http::Destination, transform::Jq},
+    error::ApiError,
+};
+
+/// How long a write waits for this process to apply it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /api/v1/subscriptions`: every subscription the caller may see.
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
+    let desired = state.desired.borrow().clone();
+    let channel = open_channel(&state).await?;
+    let mut out = Vec::new();
+    for (name, wanted) in desired.subscriptions.iter().filter(|(name, _)| caller.covers(name)) {
+        out.push(status_of(&state, &channel, name, wanted).await?);
+    }
+    close(&state, channel).await;
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/subscriptions/{name}`: the definition (secrets masked), its
+/// version and owner, and the live status.
+pub async fn show(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let desired = state.desired.borrow().clone();
+    let wanted = desired.subscriptions.get(&name).ok_or_else(|| not_found(&name))?;
+    let channel = open_channel(&state).await?;
+    let status = status_of(&state, &channel, &name, wanted).await;
+    close(&state, channel).await;
+    Ok(with_etag(StatusCode::OK, wanted.version, view(&name, wanted, Some(status?))))
+}
+
+/// `POST /api/v1/subscriptions`: create; `201` once it routes.
+pub async fn create(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut object = object_body(&body)?;
+    let name = match object.remove("name") {
+        Some(Value::String(name)) => name,
+        _ => return Err(unprocessable(vec![problem("name", "required: the subscription's name")])),
+    };
+    covered(&caller, &name)?;
+    refuse_file_managed(&state, &name)?;
+    let definition = Value::Object(object);
+    check(&name, &definition)?;
+    let change = Change::Put { name: name.clone(), expected_version: 0, definition };
+    match write(&state, &caller, change).await? {
+        Outcome::Applied { version } => {
+            let wanted = applied(&state, &name, version).await?;
+            let mut response = with_etag(StatusCode::CREATED, version, view(&name, &wanted, None));
+            let location = HeaderValue::from_str(&format!("/api/v1/subscriptions/{name}")).expect("names are ASCII");
+            response.headers_mut().insert(header::LOCATION, location);
+            Ok(response)
+        }
+        Outcome::Conflict { current } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "subscription-exists",
+            "Subscription exists",
+            format!("a subscription named {name:?} exists (version {current}); change it with PUT or PATCH"),
+        )),
+        Outcome::Synced => unreachable!("a put is never a sync"),
+    }
+}
+
+/// `PUT /api/v1/subscriptions/{name}` with `If-Match`: replace.
+pub async fn replace(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut object = object_body(&body)?;
+    match object.remove("name") {
+        None => {}
+        Some(Value::String(given)) if given == name => {}
+        Some(_) => {
+            return Err(unprocessable(vec![problem(
+                "name",
+                "must match the name in the path (renaming is delete and create)",
+            )]));
+        }
+    }
+    update(&state, &caller, &name, &headers, Value::Object(object)).await
+}
+
+/// `PATCH /api/v1/subscriptions/{name}` with `If-Match`: a JSON merge patch
+/// (RFC 7396) over the stored definition.
+pub async fn patch(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let patch: Value = serde_json::from_slice(&body).map_err(|e| super::api::invalid(format!("request body: {e}")))?;
+    if patch.get("name").is_some_and(|given| given != &Value::String(name.clone())) {
+        return Err(unprocessable(vec![problem(
+            "name",
+            "must match the name in the path (renaming is delete and create)",
+        )]));
+    }
+    refuse_file_managed(&state, &name)?;
+    let current = state.catalog.state().get(&name).map(|e| e.definition.clone()).ok_or_else(|| not_found(&name))?;
+    let mut merged = current;
+    merge_patch(&mut merged, &patch);
+    if let Value::Object(object) = &mut merged {
+        object.remove("name");
+    }
+    update(&state, &caller, &name, &headers, merged).await
+}
+
+async fn update(
+    state: &ApiState,
+    caller: &AccessToken,
+    name: &str,
+    headers: &HeaderMap,
+    definition: Value,
+) -> Result<Response, ApiError> {
+    covered(caller, name)?;
+    refuse_file_managed(state, name)?;
+    let expected = if_match(headers)?;
+    if state.catalog.state().get(name).is_none() {
+        return Err(not_found(name));
+    }
+    check(name, &definition)?;
+    let change = Change::Put { name: name.to_owned(), expected_version: expected, definition };
+    match write(state, caller, change).await? {
+        Outcome::Applied { version } => {
+            let wanted = applied(state, name, version).await?;
+            Ok(with_etag(StatusCode::OK, version, view(name, &wanted, None)))
+        }
+        Outcome::Conflict { current: 0 } => Err(not_found(name)),
+        Outcome::Conflict { current } => Err(stale(name, expected, current)),
+        Outcome::Synced => unreachable!("a put is never a sync"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    discard: bool,
+}
+
+/// `DELETE /api/v1/subscriptions/{name}`: refused (`409`) while its queues
+/// hold events, unless `?discard=true`.
+pub async fn remove(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    covered(&caller, &name)?;
+    refuse_file_managed(&state, &name)?;
+    let Some(entry) = state.catalog.state().get(&name).cloned() else {
+        return Err(not_found(&name));
+    };
+    let expected = match headers.get(header::IF_MATCH) {
+        Some(_) => if_match(&headers)?,
+        None => entry.version,
+    };
+    let topology = state.broker.topology();
+    let channel = open_channel(&state).await?;
+    let held = match topology.subscription(&name) {
+        Some(queues) => {
+            let mut names = vec![queues.work.clone(), queues.dead.clone()];
+            names.extend(queues.retries.iter().map(|r| r.name.clone()));
+            let mut held = serde_json::Map::new();
+            for queue in names {
+                let stats = depth(&state, &channel, queue).await?;
+                if stats.messages > 0 {
+                    held.insert(stats.name, json!(stats.messages));
+                }
+            }
+            held
+        }
+        None => serde_json::Map::new(),
+    };
+    let total: u64 = held.values().filter_map(Value::as_u64).sum();
+    if total > 0 && !query.discard {
+        close(&state, channel).await;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "subscription-not-empty",
+            "Subscription holds events",
+            format!(
+                "{name:?} still holds {total} event(s) in its work, retry or dead-letter queues; \
+                 replay or purge them, or delete with ?discard=true"
+            ),
+        )
+        .with("messages", Value::Object(held)));
+    }
+    let change = Change::Delete { name: name.clone(), expected_version: expected };
+    let outcome = write(&state, &caller, change).await;
+    let result = match outcome {
+        Ok(Outcome::Applied { .. }) => {
+            // Routing stops with the reconcile, and every process's worker
+            // cancels its consumer; then the queues go. Deleting a queue
+            // under a consumer that is cancelling itself makes lapin see an
+            // unexpected cancel-ok and drop the whole connection, so wait
+            // for the consumers to leave first.
+            let gone = wait_applied(&state, &name, |w| w.is_none()).await;
+            if let Some(queues) = topology.subscription(&name) {
+                let deadline = Instant::now() + state.config.shutdown.drain_timeout + Duration::from_secs(5);
+                while depth(&state, &channel, queues.work.clone()).await?.consumers > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            let deleted = topology.delete_subscription(&name, &channel, state.broker.operation_timeout).await;
+            match (gone, deleted) {
+                (Ok(()), Ok(())) => {
+                    tracing::info!(subscription = %name, by = %caller.name, discarded = total, "subscription deleted");
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                (Err(error), _) => Err(error),
+                (_, Err(error)) => {
+                    tracing::warn!(subscription = %name, %error, "deleting the subscription's queues failed");
+                    Err(unavailable())
+                }
+            }
+        }
+        Ok(Outcome::Conflict { current: 0 }) => Err(not_found(&name)),
+        Ok(Outcome::Conflict { current }) => Err(stale(&name, expected, current)),
+        Ok(Outcome::Synced) => unreachable!("a delete is never a sync"),
+        Err(error) => Err(error),
+    };
+    close(&state, channel).await;
+    result
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn object_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(super::api::invalid("the request body must be a JSON object")),
+        Err(e) => Err(super::api::invalid(format!("request body: {e}"))),
+    }
+}
+
+fn problem(field: &str, message: impl Into<String>) -> Value {
+    json!({"field": field, "message": message.into()})
+}
+
+fn unprocessable(errors: Vec<Value>) -> ApiError {
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-subscription", "Invalid subscription", detail)
+        .with("errors", Value::Array(errors))
+}
+
+/// Checks a definition exactly as the file's are checked, listing every
+/// problem. Secrets are refused: storing them needs encryption at rest,
+/// which this version does not have yet.
+fn check(name: &str, definition: &Value) -> Result<SubscriptionConfig, ApiError> {
+    let sub: SubscriptionConfig = serde_path_to_error::deserialize(definition).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        unprocessable(vec![problem(&field, e.into_inner().to_string())])
+    })?;
+    let prefix = format!("subscriptions.{name}.");
+    let mut errors: Vec<Value> = sub
+        .problems(name)
+        .into_iter()
+        .chain(Jq::problems(name, &sub))
+        .map(|e| match e {
+            crate::config::ConfigError::Invalid { key, message } => {
+                let field = key.strip_prefix(&prefix).unwrap_or(if key.ends_with(name) { "name" } else { &key });
+                problem(field, message)
+            }
+            other => problem("", other.to_string()),
+        })
+        .collect();
+    if errors.is_empty()
+        && let Err(e) = Destination::new(name, &sub)
+    {
+        errors.push(problem("", e.to_string()));
+    }
+    if sub.has_secrets() {
+        errors.push(problem(
+            "signing_secret, headers, auth",
+            "secrets cannot be stored through the API yet (they need encryption at rest); \
+             define this subscription in the config file",
+        ));
+    }
+    if errors.is_empty() { Ok(sub) } else { Err(unprocessable(errors)) }
+}
+
+fn covered(caller: &AccessToken, name: &str) -> Result<(), ApiError> {
+    if caller.covers(name) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Forbidden",
+        format!("token {:?} may not touch subscription {name:?}", caller.name),
+    ))
+}
+
+fn refuse_file_managed(state: &ApiState, name: &str) -> Result<(), ApiError> {
+    if state.config.subscriptions.contains_key(name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "managed-by-file",
+            "Managed by the config file",
+            format!("subscription {name:?} is defined in the config file; change it there"),
+        ));
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown-subscription",
+        "Unknown subscription",
+        format!("no subscription named {name:?}"),
+    )
+}
+
+fn stale(name: &str, expected: u64, current: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "stale-version",
+        "Stale version",
+        format!("{name:?} is at version {current}, not {expected}: read it again and reapply your change"),
+    )
+    .with("current_version", json!(current))
+}
+
+/// The version in `If-Match: "N"` (required for changes).
+fn if_match(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "if-match-required",
+            "If-Match required",
+            "send If-Match: \"<version>\" with the version (ETag) you read, so no change is overwritten unseen",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| super::api::invalid("If-Match must be a version as the ETag gives it, e.g. \"42\""))
+}
+
+fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    let etag = HeaderValue::from_str(&format!("\"{version}\"")).expect("digits");
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+}
+
+fn view(name: &str, wanted: &Wanted, status: Option<SubscriptionStatus>) -> Value {
+    let mut body = json!({
+        "name": name,
+        "version": wanted.version,
+        "managed_by": wanted.managed_by,
+        "definition": serde_json::to_value(&wanted.definition).expect("definitions serialize"),
+    });
+    if let Some(status) = status {
+        body["status"] = serde_json::to_value(status).expect("status serializes");
+    }
+    body
+}
+
+async fn write(state: &ApiState, caller: &AccessToken, change: Change) -> Result<Outcome, ApiError> {
+    state.catalog.write(&caller.name, change, state.broker.operation_timeout).await.map_err(|error| {
+        tracing::warn!(%error, "writing to the catalog failed");
+        unavailable()
+    })
+}
+
+/// Waits until this process runs `version` of `name`, then makes sure its
+/// queues and bindings exist (the reconciler declared them; declaring again
+/// is idempotent and covers a reconcile that found no connection).
+async fn applied(state: &ApiState, name: &str, version: u64) -> Result<Wanted, ApiError> {
+    wait_applied(state, name, |w| w.is_some_and(|w| w.version >= version)).await?;
+    let topology = state.broker.topology();
+    let mut without = (*topology).clone();
+    without.subscriptions.retain(|s| s.subscription != name);
+    let channel = open_channel(state).await?;
+    let declared = topology.reconcile(&without, &channel, state.broker.operation_timeout).await;
+    close(state, channel).await;
+    declared.map_err(|error| {
+        tracing::warn!(subscription = %name, %error, "declaring the subscription's queues failed");
+        unavailable()
+    })?;
+    let desired = state.desired.borrow().clone();
+    desired.subscriptions.get(name).cloned().ok_or_else(|| not_found(name))
+}
+
+async fn wait_applied(state: &ApiState, name: &str, done: impl Fn(Option<&Wanted>) -> bool) -> Result<(), ApiError> {
+    let mut desired = state.desired.clone();
+    let wait = desired.wait_for(|d: &Arc<Desired>| done(d.subscriptions.get(name)));
+    match tokio::time::timeout(APPLY_TIMEOUT, wait).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => {
+            tracing::warn!(subscription = %name, "the change is stored but this process has not applied it in time");
+            Err(unavailable())
+        }
+    }
+}
+
+async fn open_channel(state: &ApiState) -> Result<Channel, ApiError> {
+    let session = state.broker.session().ok_or_else(unavailable)?;
+    tokio::time::timeout(state.broker.operation_timeout, session.connection.create_channel())
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())
+}
+
+async fn close(state: &ApiState, channel: Channel) {
+    let _ = tokio::time::timeout(state.broker.operation_timeout, channel.close(200, "done".into())).await;
+}
+
+async fn depth(state: &ApiState, channel: &Channel, name: String) -> Result<QueueStats, ApiError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = tokio::time::timeout(
+        state.broker.operation_timeout,
+        channel.queue_declare(name.as_str().into(), passive, FieldTable::default()),
+    )
+    .await
+    .map_err(|_| unavailable())?
+    .map_err(|e| {
+        tracing::warn!(queue = %name, error = %e, "reading queue depth failed");
+        unavailable()
+    })?;
+    Ok(QueueStats { name, messages: declared.message_count(), consumers: declared.consumer_count() })
+}
+
+async fn status_of(
+    state: &ApiState,
+    channel: &Channel,
+    name: &str,
+    wanted: &Wanted,
+) -> Result<SubscriptionStatus, ApiError> {
+    let topology = state.broker.topology();
+    let queues = topology.subscription(name).ok_or_else(|| not_found(name))?.clone();
+    let mut retry = Vec::new();
+    for queue in &queues.retries {
+        retry.push(depth(state, channel, queue.name.clone()).await?);
+    }
+    let circuit = state.breakers.read().expect("breakers lock").get(name).map(|b| b.state_name().to_owned());
+    Ok(SubscriptionStatus {
+        name: name.to_owned(),
+        managed_by: match wanted.managed_by {
+            ManagedBy::File => "file".to_owned(),
+            ManagedBy::Api => "api".to_owned(),
+        },
+        version: wanted.version,
+        owner: wanted.definition.owner.clone(),
+        topics: wanted.definition.topics.clone(),
+        destination_host: reqwest::Url::parse(&wanted.definition.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default(),
+        work: depth(state, channel, queues.work.clone()).await?,
+        retry,
+        dead: depth(state, channel, queues.dead.clone()).await?,
+        circuit,
+        paused: state.operator.control.is_paused(name).await?,
+    })
+}
+
+/// RFC 7396: objects merge member by member, `null` removes, anything else
+/// replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let target = target.as_object_mut().expect("made an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The RFC's own example (section 3).
+        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut target, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(target, json!({"a": "z", "c": {"d": "e"}}));
+        let mut target = json!({"topics": ["a.#"], "retry": ["1s"]});
+        merge_patch(&mut target, &json!({"topics": ["b.#"], "retry": null, "owner": "billing"}));
+        assert_eq!(target, json!({"topics": ["b.#"], "owner": "billing"}));
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_field() {
+        let definition = json!({
+            "topics": ["acme..x"],
+            "url": "ftp://nope",
+            "concurrency": 0,
+            "transform": "{id, kind: .type",
+        });
+        let error = check("billing", &definition).unwrap_err();
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let errors = error.extensions["errors"].as_array().unwrap().clone();
+        let fields: Vec<&str> = errors.iter().map(|e| e["field"].as_str().unwrap()).collect();
+        assert_eq!(fields, ["topics[0]", "url", "concurrency", "transform"], "{errors:?}");
+        assert!(errors[3]["message"].as_str().unwrap().contains("line 1, column"), "{errors:?}");
+        let unknown = check("billing", &json!({"topics": ["a.#"], "url": "http://h/", "colour": 1})).unwrap_err();
+        assert!(unknown.detail.contains("colour"), "{}", unknown.detail);
+        let secret = check("billing", &json!({"topics": ["a.#"], "url": "http://h/", "signing_secret": "whsec_x"}));
+        assert!(secret.unwrap_err().detail.contains("secrets"));
+    }
+}

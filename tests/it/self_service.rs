@@ -1,0 +1,206 @@
+//! Subscriptions made, changed and deleted through the operator API, live
+//! in every process (issue 9): three processes (all, ingress, worker) on one
+//! namespace.
+
+use std::time::{Duration, Instant};
+
+use hookwire::app::{self, App, Role};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Behavior, Sink, TestApp, eventually};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Posts a signed `acme` event to another process's ingress.
+async fn post_to(app: &TestApp, ingress: &App, id: &str, kind: &str) -> StatusCode {
+    let body = format!(r#"{{"type":"{kind}"}}"#);
+    let url = format!("http://{}/webhooks/acme", ingress.ingress_addr.unwrap());
+    let mut request = app.http.post(url).header("content-type", "application/json").body(body.clone());
+    for (name, value) in app.sign("acme", body.as_bytes(), id) {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap().status()
+}
+
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    if_match: Option<u64>,
+    body: Option<Value>,
+) -> (u16, Value, Option<u64>) {
+    let mut request = app.api(method, path);
+    if let Some(version) = if_match {
+        request = request.header("if-match", format!("\"{version}\""));
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let etag =
+        response.headers().get("etag").and_then(|v| v.to_str().ok()).and_then(|v| v.trim_matches('"').parse().ok());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body, etag)
+}
+
+fn converged(app: &App, name: &str, version: u64) -> bool {
+    app.desired.borrow().subscriptions.get(name).is_some_and(|w| w.version == version)
+}
+
+#[tokio::test]
+async fn a_subscription_made_by_api_routes_in_every_process_at_once() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let other_sink = Sink::start(Behavior::Ok).await;
+    let app = TestApp::operator("").await;
+    let ingress = app::start(app.config.clone(), Role::Ingress).await.unwrap();
+    let worker = app::start(app.config.clone(), Role::Worker).await.unwrap();
+    for process in [&ingress, &worker] {
+        let (broker, catalog) = (process.broker.clone(), process.catalog.clone());
+        eventually(T, "the other processes are ready", || {
+            let ready = broker.is_ready() && catalog.is_caught_up();
+            async move { ready }
+        })
+        .await;
+    }
+
+    let definition = json!({
+        "name": "billing",
+        "topics": ["acme.invoice.*"],
+        "url": sink.url("/hooks"),
+        "retry": ["1s"],
+        "owner": "billing-team",
+        "description": "invoices to the ledger",
+    });
+    let (status, created, etag) =
+        send(&app, Method::POST, "/api/v1/subscriptions", None, Some(definition.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let created_at = Instant::now();
+    let version = created["version"].as_u64().unwrap();
+    assert_eq!(etag, Some(version));
+    assert_eq!(created["managed_by"], "api");
+    assert_eq!(created["definition"]["owner"], "billing-team");
+    // Right after the 201, through another process's ingress: delivered.
+    assert_eq!(post_to(&app, &ingress, "evt_first", "invoice.paid").await, 202);
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(got[0].header("webhook-id"), "evt_first");
+    eventually(Duration::from_secs(2), "every process applies the create within 2 s", || {
+        let done = converged(&ingress, "billing", version) && converged(&worker, "billing", version);
+        async move { done }
+    })
+    .await;
+    let convergence = created_at.elapsed();
+    assert!(convergence <= Duration::from_secs(2), "{convergence:?}");
+
+    // Reading it back.
+    let (status, shown, etag) = send(&app, Method::GET, "/api/v1/subscriptions/billing", None, None).await;
+    assert_eq!((status, etag), (200, Some(version)), "{shown}");
+    assert_eq!(shown["status"]["work"]["name"], format!("{}.sub.billing", app.config.rabbitmq.namespace));
+    let (_, listed, _) = send(&app, Method::GET, "/api/v1/subscriptions", None, None).await;
+    assert!(listed.as_array().unwrap().iter().any(|s| s["name"] == "billing" && s["managed_by"] == "api"));
+
+    // Changes need If-Match; a stale one is refused; two racing writers on
+    // one version: exactly one wins.
+    let mut changed = definition.clone();
+    changed["url"] = json!(other_sink.url("/hooks"));
+    let path = "/api/v1/subscriptions/billing";
+    assert_eq!(send(&app, Method::PUT, path, None, Some(changed.clone())).await.0, 428);
+    assert_eq!(send(&app, Method::PUT, path, Some(version + 1000), Some(changed.clone())).await.0, 412);
+    let (a, b) = tokio::join!(
+        send(&app, Method::PUT, path, Some(version), Some(changed.clone())),
+        send(&app, Method::PATCH, path, Some(version), Some(json!({"description": "racing"}))),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412], "{a:?} {b:?}");
+    let (_, now, current) = send(&app, Method::GET, path, None, None).await;
+    let current = current.unwrap();
+    // A merge patch moves the destination; the next event goes there.
+    let patch = json!({"url": other_sink.url("/hooks"), "description": null});
+    let (status, patched, _) = send(&app, Method::PATCH, path, Some(current), Some(patch)).await;
+    assert_eq!(status, 200, "{patched} (was {now})");
+    assert!(patched["definition"].get("description").is_none(), "null removes a member: {patched}");
+    assert_eq!(post_to(&app, &ingress, "evt_moved", "invoice.paid").await, 202);
+    let moved = other_sink.wait_for(1, T).await;
+    assert_eq!(moved.last().unwrap().header("webhook-id"), "evt_moved");
+
+    // A delete is refused while events are queued, and says how many.
+    let version = patched["version"].as_u64().unwrap();
+    other_sink.set(Behavior::Status(503));
+    assert_eq!(post_to(&app, &ingress, "evt_stuck", "invoice.paid").await, 202);
+    let dead_or_retry = format!("{}.sub.billing.retry.1s", app.config.rabbitmq.namespace);
+    app.wait_depth(&dead_or_retry, 1, T).await;
+    let (status, refused, _) = send(&app, Method::DELETE, path, None, None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("1 event"), "{refused}");
+    let (status, _, _) = send(&app, Method::DELETE, &format!("{path}?discard=true"), Some(version), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(send(&app, Method::GET, path, None, None).await.0, 404);
+    eventually(Duration::from_secs(2), "every process applies the delete", || {
+        let gone = [&ingress, &worker].iter().all(|p| !p.desired.borrow().subscriptions.contains_key("billing"));
+        async move { gone }
+    })
+    .await;
+
+    ingress.shutdown().await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_definitions_file_names_and_scopes_are_refused() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let extra = format!(
+        "[subscriptions.orders]\ntopics = [\"acme.order.*\"]\nurl = \"{}\"\n\
+         [admin.tokens.ops]\ntoken = \"{}\"\nscopes = [\"read\", \"operate\", \"manage\"]\n\
+         [admin.tokens.reader]\ntoken = \"reader-token-0123456789ab\"\nscopes = [\"read\"]\n\
+         [admin.tokens.billing-team]\ntoken = \"billing-token-0123456789a\"\nscopes = [\"manage\"]\nsubscriptions = [\"billing-*\"]\n",
+        sink.url("/"),
+        TestApp::TOKEN
+    );
+    let app = TestApp::start(&extra).await;
+    let create = |token: &'static str, body: Value| {
+        app.http.post(app.admin_url("/api/v1/subscriptions")).bearer_auth(token).json(&body).send()
+    };
+    let good = |name: &str| json!({"name": name, "topics": ["acme.#"], "url": sink.url("/")});
+
+    // Every problem at once, each with its field; a jq error with its position.
+    let bad = json!({"name": "billing-eu", "topics": ["acme..x"], "url": "ftp://x", "transform": "{a: .b"});
+    let response = create(TestApp::TOKEN, bad).await.unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    let fields: Vec<&str> =
+        problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["topics[0]", "url", "transform"], "{problem}");
+    assert!(problem["errors"][2]["message"].as_str().unwrap().contains("line 1, column"), "{problem}");
+    let bad_json = app
+        .http
+        .post(app.admin_url("/api/v1/subscriptions"))
+        .bearer_auth(TestApp::TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_json.status(), 400);
+
+    // The file's subscriptions are read-only here.
+    assert_eq!(create(TestApp::TOKEN, good("orders")).await.unwrap().status(), 409);
+    let put = app.api(Method::PUT, "/api/v1/subscriptions/orders").header("if-match", "\"0\"").json(&good("orders"));
+    let response = put.send().await.unwrap();
+    assert_eq!(response.status(), 409);
+    let problem: Value = response.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("config file"), "{problem}");
+    let (status, shown) = (app.api_get("/api/v1/subscriptions/orders").await, ());
+    assert_eq!(status["managed_by"], "file", "{shown:?}");
+
+    // Scopes: read cannot create; billing-* cannot create orders-x.
+    assert_eq!(create("reader-token-0123456789ab", good("billing-x")).await.unwrap().status(), 403);
+    assert_eq!(create("billing-token-0123456789a", good("orders-x")).await.unwrap().status(), 403);
+    assert_eq!(create("billing-token-0123456789a", good("billing-eu")).await.unwrap().status(), 201);
+    assert_eq!(create("billing-token-0123456789a", good("billing-eu")).await.unwrap().status(), 409, "exists");
+    // Nothing refused left a trace.
+    let names: Vec<String> = app.catalog().state().entries().map(|(n, _)| n.to_owned()).collect();
+    assert_eq!(names, ["billing-eu"]);
+}
