@@ -31,12 +31,14 @@
 //! - [`broker`] — RabbitMQ: topology, the supervised connection, confirmed
 //!   publishing, the message encoding.
 //! - [`delivery`] — workers: consume, POST, decide retry/dead-letter, settle.
-//! - [`catalog`] — the subscriptions made through the API: a versioned log
-//!   (the stream `ns.catalog`) every process replays and follows.
+//! - [`catalog`] — the desired subscriptions: the API-made ones as a
+//!   versioned log (the stream `ns.catalog`) every process replays and
+//!   follows, and the reconciler that drives topology and workers toward
+//!   file + catalog.
 //! - [`operator`] — what operators do to the queues: scan (browse, move,
 //!   remove), selectors, pause/resume across processes, archive replay.
 //! - [`admin`] — `/healthz`, `/readyz`, `/metrics`, and the operator API's
-//!   HTTP side.
+//!   HTTP side (queues, and the subscriptions themselves).
 //!
 //! Cross-cutting: [`config`] (the TOML file), [`envelope`] (the event as it
 //! travels), [`app`] (startup and ordered shutdown, callable from tests with

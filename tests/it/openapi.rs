@@ -14,6 +14,11 @@ use crate::helpers::TestApp;
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/subscriptions"),
+    ("post", "/api/v1/subscriptions"),
+    ("get", "/api/v1/subscriptions/{name}"),
+    ("put", "/api/v1/subscriptions/{name}"),
+    ("patch", "/api/v1/subscriptions/{name}"),
+    ("delete", "/api/v1/subscriptions/{name}"),
     ("get", "/api/v1/subscriptions/{name}/dead-letters"),
     ("delete", "/api/v1/subscriptions/{name}/dead-letters"),
     ("get", "/api/v1/subscriptions/{name}/dead-letters/{event_id}"),
