@@ -204,3 +204,50 @@ async fn bad_definitions_file_names_and_scopes_are_refused() {
     let names: Vec<String> = app.catalog().state().entries().map(|(n, _)| n.to_owned()).collect();
     assert_eq!(names, ["billing-eu"]);
 }
+
+/// A topic change while events are queued: the queued ones are all
+/// delivered once, events accepted after the answer follow the new topics,
+/// and API-made subscriptions come back after every process restarts.
+#[tokio::test]
+async fn topic_changes_keep_queued_events_and_subscriptions_survive_restarts() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let mut app = TestApp::operator("").await;
+    let body = json!({"name": "moving", "topics": ["acme.a.*"], "url": sink.url("/hooks")});
+    let (status, created, _) = send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    // Hold deliveries so events are queued when the topics change.
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions/moving/pause", None, None).await.0, 200);
+    for i in 0..20 {
+        assert_eq!(app.post_acme(&format!("queued-{i}"), r#"{"type":"a.x"}"#).await.status(), 202);
+    }
+    let work = format!("{}.sub.moving", app.config.rabbitmq.namespace);
+    app.wait_depth(&work, 20, T).await;
+    let version = created["version"].as_u64().unwrap();
+    let patch = json!({"topics": ["acme.b.*"]});
+    let (status, patched, _) =
+        send(&app, Method::PATCH, "/api/v1/subscriptions/moving", Some(version), Some(patch)).await;
+    assert_eq!(status, 200, "{patched}");
+    for i in 0..5 {
+        assert_eq!(app.post_acme(&format!("old-topic-{i}"), r#"{"type":"a.x"}"#).await.status(), 202);
+        assert_eq!(app.post_acme(&format!("new-topic-{i}"), r#"{"type":"b.x"}"#).await.status(), 202);
+    }
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions/moving/resume", None, None).await.0, 200);
+    sink.wait_for(25, T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids: Vec<String> = sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    ids.sort();
+    let mut expected: Vec<String> =
+        (0..20).map(|i| format!("queued-{i}")).chain((0..5).map(|i| format!("new-topic-{i}"))).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every queued event once, then only the new topic");
+
+    // Restart: the subscription is read back from the catalog and delivers.
+    app.stop().await;
+    app.restart().await;
+    let (status, shown, _) = send(&app, Method::GET, "/api/v1/subscriptions/moving", None, None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["definition"]["topics"], json!(["acme.b.*"]));
+    assert_eq!(app.post_acme("after-restart", r#"{"type":"b.y"}"#).await.status(), 202);
+    let got = sink.wait_for(26, T).await;
+    assert_eq!(got.last().unwrap().header("webhook-id"), "after-restart");
+}
