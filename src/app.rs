@@ -91,6 +91,9 @@ pub struct App {
     reconciler_task: JoinHandle<()>,
     /// The subscriptions this process runs (file and catalog).
     pub desired: tokio::sync::watch::Receiver<Arc<Desired>>,
+    /// The file's configuration as last (re)loaded.
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    sources_tx: tokio::sync::watch::Sender<Arc<Sources>>,
     control_task: JoinHandle<()>,
     catalog_task: JoinHandle<()>,
     broker_task: JoinHandle<()>,
@@ -100,6 +103,8 @@ pub struct App {
 pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     // Build everything that can fail on config before touching the network.
     let sources = Sources::build(&config.sources)?;
+    let (sources_tx, sources) = tokio::sync::watch::channel(Arc::new(sources));
+    let (config_tx, live_config) = tokio::sync::watch::channel(Arc::new(config.clone()));
     for (name, sub) in &config.subscriptions {
         Destination::new(name, sub)?;
         crate::delivery::transform::Jq::validate(name, sub)?;
@@ -144,7 +149,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let breakers = workers.breakers();
     let reconciler_token = CancellationToken::new();
     let (desired, reconciler_task) = Reconciler::spawn(
-        Arc::new(config.clone()),
+        live_config.clone(),
         broker.clone(),
         catalog.clone(),
         role.worker().then_some(workers),
@@ -157,7 +162,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         operator: Operator { broker: broker.clone(), control: control.clone() },
         catalog: catalog.clone(),
         desired: desired.clone(),
-        config: Arc::new(config.clone()),
+        config: live_config.clone(),
     });
     let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
     let admin_task = serve(admin_listener, admin_router, admin_token.clone());
@@ -204,6 +209,8 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         reconciler_token,
         reconciler_task,
         desired,
+        config_tx,
+        sources_tx,
         control_task,
         catalog_task,
         broker_task,
@@ -212,6 +219,61 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
 }
 
 impl App {
+    /// Applies a re-read config file without a restart: sources (new,
+    /// changed, removed, rotated secrets) swap at once; subscriptions go to
+    /// the reconciler, which restarts only the workers whose definition
+    /// changed. A file that does not build is refused whole and the running
+    /// configuration stays. Listeners, `[rabbitmq]`, `[archive]`,
+    /// `[shutdown]` and `[admin]` need a restart: their changes are reported
+    /// and left for the next start.
+    pub fn reload(&self, config: Config) -> Result<Vec<String>, ConfigError> {
+        let result = self.try_reload(config);
+        let outcome = if result.is_ok() { "applied" } else { "refused" };
+        metrics::counter!(telemetry::metric::CONFIG_RELOADS, "outcome" => outcome).increment(1);
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> Result<Vec<String>, ConfigError> {
+        let sources = Sources::build(&config.sources)?;
+        for (name, sub) in &config.subscriptions {
+            Destination::new(name, sub)?;
+            crate::delivery::transform::Jq::validate(name, sub)?;
+        }
+        if let Some((name, _)) =
+            self.catalog.state().entries().find(|(name, _)| config.subscriptions.contains_key(*name))
+        {
+            return Err(ConfigError::invalid(
+                format!("subscriptions.{name}"),
+                "a subscription of this name was made through the API; delete it there or rename this one",
+            ));
+        }
+        let old = self.config_tx.borrow().clone();
+        let mut restart_needed = Vec::new();
+        let text = |c: &Config| {
+            format!(
+                "{:?}{:?}{:?}{:?}{:?}{:?}",
+                c.ingress, c.admin.listen, c.admin.tokens, c.rabbitmq, c.archive, c.shutdown
+            )
+        };
+        if text(&old) != text(&config) {
+            restart_needed.push(
+                "[ingress], [admin], [rabbitmq], [archive] or [shutdown] changed: those apply at the next restart"
+                    .to_owned(),
+            );
+        }
+        // Keep the restart-only sections as running, so the reconciler plans
+        // with the namespace and limits the broker really has.
+        let mut live = config;
+        live.ingress = old.ingress.clone();
+        live.admin = old.admin.clone();
+        live.rabbitmq = old.rabbitmq.clone();
+        live.archive = old.archive.clone();
+        live.shutdown = old.shutdown.clone();
+        self.sources_tx.send_replace(Arc::new(sources));
+        self.config_tx.send_replace(Arc::new(live));
+        Ok(restart_needed)
+    }
+
     /// Drains and stops everything (see the module docs for the order).
     pub async fn shutdown(mut self) {
         self.draining.store(true, Ordering::Relaxed);

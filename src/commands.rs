@@ -51,9 +51,62 @@ async fn serve_async(config_path: &Path, role: Role) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::shutdown::signal().await;
+    follow_the_file(&app, config_path).await;
     app.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// How often the config file's modification time is checked.
+const FILE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Until SIGTERM/SIGINT: re-reads the config file on SIGHUP and whenever it
+/// changes on disk, and applies it ([`app::App::reload`]).
+async fn follow_the_file(app: &app::App, config_path: &Path) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut last = modified(config_path);
+    let mut poll = tokio::time::interval(FILE_POLL);
+    #[cfg(unix)]
+    let mut hup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("installing the SIGHUP handler");
+    let stop = crate::shutdown::signal();
+    tokio::pin!(stop);
+    loop {
+        #[cfg(unix)]
+        let hangup = hup.recv();
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangup => reload(app, config_path, "SIGHUP"),
+            _ = poll.tick() => {
+                let now = modified(config_path);
+                if now != last {
+                    last = now;
+                    reload(app, config_path, "file changed");
+                }
+            }
+        }
+    }
+}
+
+fn reload(app: &app::App, config_path: &Path, trigger: &str) {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            metrics::counter!(telemetry::metric::CONFIG_RELOADS, "outcome" => "refused").increment(1);
+            tracing::error!(%error, trigger, "config reload refused; the running configuration stays");
+            return;
+        }
+    };
+    match app.reload(config) {
+        Ok(notes) => {
+            tracing::info!(trigger, "config reloaded");
+            for note in notes {
+                tracing::warn!("{note}");
+            }
+        }
+        Err(error) => tracing::error!(%error, trigger, "config reload refused; the running configuration stays"),
+    }
 }
 
 /// `hookwire check`: validate and print what would be declared.

@@ -66,8 +66,8 @@ pub struct ApiState {
     /// The subscriptions this process runs (file and catalog), as the
     /// reconciler last applied them.
     pub desired: watch::Receiver<Arc<Desired>>,
-    /// The file's configuration: planning a subscription's queues needs it.
-    pub config: Arc<Config>,
+    /// The file's configuration as last (re)loaded: which subscriptions it owns.
+    pub config: watch::Receiver<Arc<Config>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

@@ -240,7 +240,7 @@ pub async fn remove(
             // for the consumers to leave first.
             let gone = wait_applied(&state, &name, |w| w.is_none()).await;
             if let Some(queues) = topology.subscription(&name) {
-                let deadline = Instant::now() + state.config.shutdown.drain_timeout + Duration::from_secs(5);
+                let deadline = Instant::now() + state.config.borrow().shutdown.drain_timeout + Duration::from_secs(5);
                 while depth(&state, &channel, queues.work.clone()).await?.consumers > 0 && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -341,7 +341,7 @@ fn covered(caller: &AccessToken, name: &str) -> Result<(), ApiError> {
 }
 
 fn refuse_file_managed(state: &ApiState, name: &str) -> Result<(), ApiError> {
-    if state.config.subscriptions.contains_key(name) {
+    if state.config.borrow().subscriptions.contains_key(name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "managed-by-file",

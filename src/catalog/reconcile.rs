@@ -1,7 +1,7 @@
 //! Drives one process toward the desired subscriptions: the file's plus the
 //! catalog's.
 //!
-//! On every new catalog state it builds the [`Desired`] set, plans the
+//! On every new catalog state, and every reload of the file, it builds the [`Desired`] set, plans the
 //! topology for it, applies the difference on the live connection
 //! (declares new queues and bindings, removes stale bindings), hands the plan
 //! to the broker for future reconnects, and reconciles the process's workers.
@@ -88,7 +88,8 @@ impl Desired {
 }
 
 pub struct Reconciler {
-    config: Arc<Config>,
+    /// The file's configuration as last (re)loaded.
+    config: watch::Receiver<Arc<Config>>,
     broker: Broker,
     catalog: Catalog,
     /// `None` in a process without workers (`--role ingress`).
@@ -100,13 +101,13 @@ impl Reconciler {
     /// Applies the file's subscriptions at once, then follows the catalog
     /// until `token` is cancelled, when it stops the workers (draining).
     pub fn spawn(
-        config: Arc<Config>,
+        config: watch::Receiver<Arc<Config>>,
         broker: Broker,
         catalog: Catalog,
         workers: Option<WorkerSet>,
         token: CancellationToken,
     ) -> (watch::Receiver<Arc<Desired>>, JoinHandle<()>) {
-        let initial = Desired::build(&config, &State::default());
+        let initial = Desired::build(&config.borrow(), &State::default());
         let (desired, rx) = watch::channel(Arc::new(initial));
         let mut this = Self { config, broker, catalog, workers, desired };
         if let Some(workers) = &mut this.workers {
@@ -119,10 +120,12 @@ impl Reconciler {
         let mut states = self.catalog.watch();
         loop {
             let state = states.borrow_and_update().clone();
-            self.apply(&state).await;
+            let config = self.config.borrow_and_update().clone();
+            self.apply(&config, &state).await;
             tokio::select! {
                 _ = token.cancelled() => break,
                 changed = states.changed() => if changed.is_err() { break },
+                changed = self.config.changed() => if changed.is_err() { break },
             }
         }
         if let Some(workers) = self.workers.take() {
@@ -133,9 +136,9 @@ impl Reconciler {
         }
     }
 
-    async fn apply(&mut self, state: &State) {
-        let desired = Desired::build(&self.config, state);
-        let planned = Arc::new(desired.plan(&self.config));
+    async fn apply(&mut self, config: &Config, state: &State) {
+        let desired = Desired::build(config, state);
+        let planned = Arc::new(desired.plan(config));
         let current = self.broker.topology();
         if let Some(session) = self.broker.session() {
             let timeout = self.broker.operation_timeout;

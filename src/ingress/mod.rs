@@ -43,7 +43,8 @@ use crate::{
 
 /// Everything the ingress handler needs, shared by all requests.
 pub struct IngressState {
-    pub sources: Sources,
+    /// Replaced whole when the file is reloaded.
+    pub sources: tokio::sync::watch::Receiver<Arc<Sources>>,
     pub publisher: Publisher,
     /// `ns.accepted`: routes to the subscriptions and the archive.
     pub accepted_exchange: String,
@@ -83,7 +84,8 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Some(source) = state.sources.get(&source_name) else {
+    let sources = state.sources.borrow().clone();
+    let Some(source) = sources.get(&source_name) else {
         // One fixed label for all unknown names: they are sender-controlled.
         return Err(reject(
             "_unknown",

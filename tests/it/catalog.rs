@@ -33,6 +33,13 @@ async fn processes_converge_on_the_log_and_of_two_racing_writes_one_wins() {
     else {
         panic!("a create on an empty catalog applies");
     };
+    let broker = app.app.as_ref().unwrap().broker.clone();
+    eventually(T, "the reconciler plans its queues", || {
+        let planned = broker.topology().subscription("billing").is_some();
+        async move { planned }
+    })
+    .await;
+    app.remember_live_topology(); // the reconciler declared its queues; clean them up
     // Read your write: the writer's own view holds it when the answer comes.
     assert_eq!(a.state().get("billing").map(|e| e.version), Some(version));
     let started = Instant::now();

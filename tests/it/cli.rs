@@ -95,3 +95,68 @@ async fn sign_prints_headers_the_ingress_accepts() {
     assert!(line.starts_with("curl -sS -X POST 'http://127.0.0.1:0/webhooks/acme'"), "{line}");
     assert!(line.contains("-H 'webhook-signature: v1,"));
 }
+
+/// `hookwire serve` re-reads its file on SIGHUP and when the file changes:
+/// a new source is accepted without a restart, a broken file is refused
+/// whole and the running configuration stays (issue 9).
+#[tokio::test]
+async fn serve_reloads_its_file_on_sighup_and_on_change_and_refuses_a_broken_one() {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (ingress, admin) = (free(), free());
+    let namespace = format!("hwtest-{}", uuid::Uuid::now_v7().simple());
+    let base = format!(
+        "[ingress]\nlisten = \"{ingress}\"\n[admin]\nlisten = \"{admin}\"\n[rabbitmq]\nnamespace = \"{namespace}\"\n\
+         [sources.acme]\nscheme = \"none\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (path, reference) = (dir.path().join("hookwire.toml"), dir.path().join("mtime"));
+    std::fs::write(&path, &base).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let post = |source: &str| http.post(format!("http://{ingress}/webhooks/{source}")).body(r#"{"type":"x"}"#).send();
+    let ready = format!("http://{admin}/readyz");
+    crate::helpers::eventually(std::time::Duration::from_secs(20), "serve is ready", || {
+        let (http, ready) = (http.clone(), ready.clone());
+        async move { http.get(ready).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert_eq!(post("newco").await.unwrap().status(), 404);
+
+    // SIGHUP alone: the file's modification time is put back, so only the
+    // signal can make it reload.
+    Command::new("cp").args(["-p", path.to_str().unwrap(), reference.to_str().unwrap()]).status().unwrap();
+    std::fs::write(&path, format!("{base}[sources.newco]\nscheme = \"none\"\n")).unwrap();
+    Command::new("touch").args(["-m", "-r", reference.to_str().unwrap(), path.to_str().unwrap()]).status().unwrap();
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    crate::helpers::eventually(std::time::Duration::from_secs(10), "the new source is accepted", || {
+        let response = post("newco");
+        async move { response.await.unwrap().status() == 202 }
+    })
+    .await;
+
+    // A broken file, noticed on disk: refused whole, nothing changes.
+    std::fs::write(&path, format!("{base}[sources.newco]\nscheme = \"no-such-scheme\"\n")).unwrap();
+    let metrics = format!("http://{admin}/metrics");
+    crate::helpers::eventually(std::time::Duration::from_secs(10), "the broken file is refused", || {
+        let (http, metrics) = (http.clone(), metrics.clone());
+        async move {
+            let text = http.get(metrics).send().await.unwrap().text().await.unwrap();
+            text.contains("hookwire_config_reloads_total{outcome=\"refused\"}")
+        }
+    })
+    .await;
+    assert_eq!(post("newco").await.unwrap().status(), 202, "the running configuration stays");
+    let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("hookwire_config_reloads_total{outcome=\"applied\"} 1"), "{text}");
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    child.wait().unwrap();
+    let config = hookwire::config::Config::from_toml(&base, &|_| None).unwrap();
+    let conn =
+        lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
+    hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
+}

@@ -394,6 +394,20 @@ impl TestApp {
         self.app.take().expect("app is running").shutdown().await;
     }
 
+    /// Makes the namespace cleanup also delete the queues of every
+    /// subscription the running app has now (made through the API, or added
+    /// by a reload), including ones removed later. Also done on drop.
+    pub fn remember_live_topology(&self) {
+        let Some(app) = &self.app else { return };
+        let live = app.broker.topology();
+        let mut known = self._guard.topology.lock().unwrap();
+        for sub in &live.subscriptions {
+            if known.subscription(&sub.subscription).is_none() {
+                known.subscriptions.push(sub.clone());
+            }
+        }
+    }
+
     /// The running app's catalog.
     pub fn catalog(&self) -> hookwire::catalog::Catalog {
         self.app().catalog.clone()
@@ -578,6 +592,12 @@ pub fn dead_letter(
 struct NamespaceGuard {
     /// Shared with [`TestApp::add_subscriptions`], which grows it.
     topology: Arc<Mutex<Topology>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.remember_live_topology();
+    }
 }
 
 impl Drop for NamespaceGuard {

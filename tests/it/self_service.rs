@@ -251,3 +251,62 @@ async fn topic_changes_keep_queued_events_and_subscriptions_survive_restarts() {
     let got = sink.wait_for(26, T).await;
     assert_eq!(got.last().unwrap().header("webhook-id"), "after-restart");
 }
+
+/// Reloading the file (as on SIGHUP): subscriptions added and removed live,
+/// a name the API already uses refused, the running configuration kept.
+#[tokio::test]
+async fn a_reloaded_file_adds_and_removes_subscriptions_and_refuses_api_names() {
+    let (kept, added) = (Sink::start(Behavior::Ok).await, Sink::start(Behavior::Ok).await);
+    let sub = |name: &str, topic: &str, sink: &Sink| {
+        format!("[subscriptions.{name}]\ntopics = [\"{topic}\"]\nurl = \"{}\"\n", sink.url("/"))
+    };
+    let app = TestApp::operator(&sub("kept", "acme.k.*", &kept)).await;
+    let body = json!({"name": "api-one", "topics": ["acme.z.*"], "url": added.url("/")});
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await.0, 201);
+    let running = app.app.as_ref().unwrap();
+
+    let mut next = app.config.clone();
+    let extra = hookwire::config::Config::from_toml(
+        &crate::helpers::config_text("unused", crate::helpers::AMQP_URL, &sub("added", "acme.a.*", &added)),
+        &|_| None,
+    )
+    .unwrap();
+    next.subscriptions.extend(extra.subscriptions);
+    running.reload(next.clone()).unwrap();
+    eventually(T, "the added subscription runs", || {
+        let has = running.desired.borrow().subscriptions.contains_key("added");
+        async move { has }
+    })
+    .await;
+    app.remember_live_topology(); // its queues outlive its removal below
+    assert_eq!(app.post_acme("to-added", r#"{"type":"a.x"}"#).await.status(), 202);
+    assert_eq!(app.post_acme("to-kept", r#"{"type":"k.x"}"#).await.status(), 202);
+    assert_eq!(added.wait_for(1, T).await[0].header("webhook-id"), "to-added");
+    assert_eq!(kept.wait_for(1, T).await[0].header("webhook-id"), "to-kept");
+
+    // The API owns "api-one": a file that also defines it is refused whole.
+    let mut clash = next.clone();
+    let api_one = hookwire::config::Config::from_toml(
+        &crate::helpers::config_text("unused", crate::helpers::AMQP_URL, &sub("api-one", "acme.q.*", &kept)),
+        &|_| None,
+    )
+    .unwrap();
+    clash.subscriptions.extend(api_one.subscriptions);
+    clash.subscriptions.remove("kept");
+    let refused = running.reload(clash).unwrap_err().to_string();
+    assert!(refused.contains("api-one"), "{refused}");
+    assert!(running.desired.borrow().subscriptions.contains_key("kept"), "nothing changed");
+    assert!(app.metrics().await.contains("hookwire_config_reloads_total{outcome=\"refused\"}"));
+
+    // Removing "added" from the file: its worker stops and routing ends.
+    next.subscriptions.remove("added");
+    running.reload(next).unwrap();
+    eventually(T, "the removed subscription stops", || {
+        let gone = !running.desired.borrow().subscriptions.contains_key("added");
+        async move { gone }
+    })
+    .await;
+    assert_eq!(app.post_acme("after-removal", r#"{"type":"a.x"}"#).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(added.received().len(), 1, "no delivery to a removed subscription");
+}
