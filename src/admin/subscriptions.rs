@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use super::api::{ApiState, Caller, QueueStats, SubscriptionStatus, unavailable};
 use crate::{
+    broker::Topology,
     catalog::{
         Change, Outcome,
         reconcile::{Desired, ManagedBy, Wanted},
@@ -178,6 +179,8 @@ async fn update(
 pub struct DeleteQuery {
     #[serde(default)]
     discard: bool,
+    #[serde(default)]
+    drain: bool,
 }
 
 /// `DELETE /api/v1/subscriptions/{name}`: refused (`409`) while its queues
@@ -191,6 +194,9 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     covered(&caller, &name)?;
     refuse_file_managed(&state, &name)?;
+    if query.discard && query.drain {
+        return Err(super::api::invalid("choose one of discard=true and drain=true"));
+    }
     let Some(entry) = state.catalog.state().get(&name).cloned() else {
         return Err(not_found(&name));
     };
@@ -216,6 +222,10 @@ pub async fn remove(
         None => serde_json::Map::new(),
     };
     let total: u64 = held.values().filter_map(Value::as_u64).sum();
+    if query.drain {
+        close(&state, channel).await;
+        return start_drain(state, caller, name, expected, held).await;
+    }
     if total > 0 && !query.discard {
         close(&state, channel).await;
         return Err(ApiError::new(
@@ -239,12 +249,7 @@ pub async fn remove(
             // unexpected cancel-ok and drop the whole connection, so wait
             // for the consumers to leave first.
             let gone = wait_applied(&state, &name, |w| w.is_none()).await;
-            if let Some(queues) = topology.subscription(&name) {
-                let deadline = Instant::now() + state.config.borrow().shutdown.drain_timeout + Duration::from_secs(5);
-                while depth(&state, &channel, queues.work.clone()).await?.consumers > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            wait_for_no_consumers(&state, &channel, &topology, &name).await?;
             let deleted = topology.delete_subscription(&name, &channel, state.broker.operation_timeout).await;
             match (gone, deleted) {
                 (Ok(()), Ok(())) => {
@@ -265,6 +270,137 @@ pub async fn remove(
     };
     close(&state, channel).await;
     result
+}
+
+/// `DELETE …?drain=true`: stop routing now (`202`), let the workers deliver
+/// what is queued, then delete, in a task of this process. Dead letters
+/// cannot be delivered by draining: they must be replayed or purged first.
+async fn start_drain(
+    state: Arc<ApiState>,
+    caller: Arc<AccessToken>,
+    name: String,
+    expected: u64,
+    held: serde_json::Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let topology = state.broker.topology();
+    let dead = topology.subscription(&name).and_then(|q| held.get(&q.dead)).and_then(Value::as_u64).unwrap_or(0);
+    if dead > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "subscription-has-dead-letters",
+            "Dead letters cannot be drained",
+            format!(
+                "{name:?} holds {dead} dead letter(s), which draining would not deliver; replay or purge them first"
+            ),
+        )
+        .with("messages", Value::Object(held)));
+    }
+    let change = Change::Drain { name: name.clone(), expected_version: expected };
+    let version = match write(&state, &caller, change).await? {
+        Outcome::Applied { version } => version,
+        Outcome::Conflict { current: 0 } => return Err(not_found(&name)),
+        Outcome::Conflict { current } => return Err(stale(&name, expected, current)),
+        Outcome::Synced => unreachable!("a drain is never a sync"),
+    };
+    wait_applied(&state, &name, |w| w.is_some_and(|w| w.version >= version)).await?;
+    let queued: u64 = held.values().filter_map(Value::as_u64).sum();
+    tracing::info!(subscription = %name, by = %caller.name, queued, "draining: routing stopped, delivering what is queued");
+    tokio::spawn(finish_drain(state, caller, name.clone()));
+    let body = json!({"name": name, "version": version, "draining": true, "queued": queued});
+    Ok(with_etag(StatusCode::ACCEPTED, version, body))
+}
+
+/// How often a drain checks whether the queues are empty.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
+/// How often a drain logs its progress.
+const DRAIN_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Waits until the work and retry queues are empty, then deletes the
+/// subscription. If events reappear after the workers let go (a delivery
+/// that was in flight and failed), the queues are kept and the log says so:
+/// a drain never deletes an event.
+async fn finish_drain(state: Arc<ApiState>, caller: Arc<AccessToken>, name: String) {
+    let mut last_log = Instant::now();
+    loop {
+        tokio::time::sleep(DRAIN_POLL).await;
+        match state.catalog.state().get(&name) {
+            Some(entry) if entry.draining => {}
+            _ => return, // deleted (discard) or re-created meanwhile
+        }
+        match queued(&state, &name).await {
+            Ok(0) => break,
+            Ok(left) if last_log.elapsed() >= DRAIN_LOG_EVERY => {
+                tracing::info!(subscription = %name, left, "draining");
+                last_log = Instant::now();
+            }
+            Ok(_) => {}
+            Err(_) => {} // the broker is away; try again
+        }
+    }
+    let Some(version) = state.catalog.state().get(&name).map(|e| e.version) else { return };
+    let change = Change::Delete { name: name.clone(), expected_version: version };
+    if !matches!(write(&state, &caller, change).await, Ok(Outcome::Applied { .. })) {
+        tracing::warn!(subscription = %name, "drain: the delete did not apply (changed meanwhile?); queues kept");
+        return;
+    }
+    let topology = state.broker.topology();
+    let result = async {
+        wait_applied(&state, &name, |w| w.is_none()).await?;
+        let channel = open_channel(&state).await?;
+        let left = wait_for_no_consumers(&state, &channel, &topology, &name).await;
+        let left = match left {
+            Ok(()) => queued_on(&state, &channel, &topology, &name).await?,
+            Err(error) => return Err(error),
+        };
+        if left > 0 {
+            tracing::error!(subscription = %name, left, "drain: events came back after the workers stopped; its queues are kept, nothing deleted");
+        } else {
+            topology.delete_subscription(&name, &channel, state.broker.operation_timeout).await.map_err(|error| {
+                tracing::warn!(subscription = %name, %error, "drain: deleting the queues failed");
+                unavailable()
+            })?;
+            tracing::info!(subscription = %name, by = %caller.name, "drained and deleted");
+        }
+        close(&state, channel).await;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(subscription = %name, detail = %error.detail, "drain: finishing failed; its queues are kept");
+    }
+}
+
+/// Ready events in a subscription's work and retry queues.
+async fn queued(state: &ApiState, name: &str) -> Result<u64, ApiError> {
+    let topology = state.broker.topology();
+    let channel = open_channel(state).await?;
+    let count = queued_on(state, &channel, &topology, name).await;
+    close(state, channel).await;
+    count
+}
+
+async fn queued_on(state: &ApiState, channel: &Channel, topology: &Topology, name: &str) -> Result<u64, ApiError> {
+    let Some(queues) = topology.subscription(name) else { return Ok(0) };
+    let mut total = u64::from(depth(state, channel, queues.work.clone()).await?.messages);
+    for retry in &queues.retries {
+        total += u64::from(depth(state, channel, retry.name.clone()).await?.messages);
+    }
+    Ok(total)
+}
+
+/// Waits (bounded) until no process consumes the subscription's work queue.
+async fn wait_for_no_consumers(
+    state: &ApiState,
+    channel: &Channel,
+    topology: &Topology,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(queues) = topology.subscription(name) else { return Ok(()) };
+    let deadline = Instant::now() + state.config.borrow().shutdown.drain_timeout + Duration::from_secs(5);
+    while depth(state, channel, queues.work.clone()).await?.consumers > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ helpers
@@ -401,6 +537,7 @@ fn view(name: &str, wanted: &Wanted, status: Option<SubscriptionStatus>) -> Valu
         "name": name,
         "version": wanted.version,
         "managed_by": wanted.managed_by,
+        "draining": wanted.draining,
         "definition": serde_json::to_value(&wanted.definition).expect("definitions serialize"),
     });
     if let Some(status) = status {

@@ -40,6 +40,9 @@ pub struct Record {
 pub enum Change {
     /// Create (`expected_version` 0) or replace a subscription's definition.
     Put { name: String, expected_version: u64, definition: serde_json::Value },
+    /// Stop routing new events to a subscription while its worker delivers
+    /// what is queued; a `Delete` follows once its queues are empty.
+    Drain { name: String, expected_version: u64 },
     /// Remove a subscription.
     Delete { name: String, expected_version: u64 },
     /// Changes nothing. A process writes one and reads until it sees it, to
@@ -52,6 +55,8 @@ pub enum Change {
 pub struct Entry {
     pub definition: serde_json::Value,
     pub version: u64,
+    /// Being drained before a delete: not routed, still delivered.
+    pub draining: bool,
     pub updated_at: String,
     pub updated_by: String,
 }
@@ -91,11 +96,23 @@ impl State {
                 let entry = Entry {
                     definition: definition.clone(),
                     version,
+                    draining: false,
                     updated_at: record.at.clone(),
                     updated_by: record.by.clone(),
                 };
                 self.entries.insert(name.clone(), entry);
                 Outcome::Applied { version }
+            }
+            Change::Drain { name, expected_version } => {
+                let now = current(&self.entries, name);
+                let Some(entry) = self.entries.get_mut(name).filter(|_| now == *expected_version) else {
+                    return Outcome::Conflict { current: now };
+                };
+                entry.version = offset + 1;
+                entry.draining = true;
+                entry.updated_at = record.at.clone();
+                entry.updated_by = record.by.clone();
+                Outcome::Applied { version: entry.version }
             }
             Change::Delete { name, expected_version } => {
                 let now = current(&self.entries, name);
@@ -154,6 +171,17 @@ mod tests {
         assert_eq!(state.apply(4, &record("5", put("billing", 4, "http://d/"))), Outcome::Applied { version: 5 });
         assert_eq!(state.apply(5, &record("6", put("billing", 4, "http://e/"))), Outcome::Conflict { current: 5 });
         assert_eq!(state.get("billing").unwrap().definition["url"], "http://d/");
+    }
+
+    #[test]
+    fn a_drain_marks_the_entry_and_bumps_its_version() {
+        let mut state = State::default();
+        state.apply(0, &record("1", put("orders", 0, "http://a/")));
+        let drain = |v| record("d", Change::Drain { name: "orders".into(), expected_version: v });
+        assert_eq!(state.apply(1, &drain(9)), Outcome::Conflict { current: 1 });
+        assert_eq!(state.apply(2, &drain(1)), Outcome::Applied { version: 3 });
+        assert!(state.get("orders").unwrap().draining);
+        assert_eq!(state.apply(3, &drain(0)), Outcome::Conflict { current: 3 });
     }
 
     #[test]

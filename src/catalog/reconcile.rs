@@ -40,6 +40,9 @@ pub struct Wanted {
     pub managed_by: ManagedBy,
     /// The catalog version; 0 for the file's.
     pub version: u64,
+    /// Being drained: its worker delivers what is queued, nothing new is
+    /// routed to it.
+    pub draining: bool,
 }
 
 /// The desired subscriptions, by name.
@@ -58,7 +61,9 @@ impl Desired {
             .subscriptions
             .iter()
             .map(|(name, sub)| {
-                (name.clone(), Wanted { definition: sub.clone(), managed_by: ManagedBy::File, version: 0 })
+                let wanted =
+                    Wanted { definition: sub.clone(), managed_by: ManagedBy::File, version: 0, draining: false };
+                (name.clone(), wanted)
             })
             .collect();
         for (name, entry) in catalog.entries() {
@@ -68,7 +73,12 @@ impl Desired {
             }
             match serde_json::from_value::<SubscriptionConfig>(entry.definition.clone()) {
                 Ok(definition) => {
-                    let wanted = Wanted { definition, managed_by: ManagedBy::Api, version: entry.version };
+                    let wanted = Wanted {
+                        definition,
+                        managed_by: ManagedBy::Api,
+                        version: entry.version,
+                        draining: entry.draining,
+                    };
                     subscriptions.insert(name.to_owned(), wanted);
                 }
                 Err(error) => tracing::error!(subscription = %name, %error, "unreadable catalog entry; left out"),
@@ -81,9 +91,21 @@ impl Desired {
         self.subscriptions.iter().map(|(name, w)| (name.clone(), w.definition.clone())).collect()
     }
 
-    /// The topology for these subscriptions.
+    /// The topology for these subscriptions; a draining one keeps its
+    /// queues but loses its bindings.
     pub fn plan(&self, config: &Config) -> Topology {
-        Topology::plan(config, self.subscriptions.iter().map(|(name, w)| (name, &w.definition)))
+        let planned: Vec<(&String, SubscriptionConfig)> = self
+            .subscriptions
+            .iter()
+            .map(|(name, w)| {
+                let mut definition = w.definition.clone();
+                if w.draining {
+                    definition.topics.clear();
+                }
+                (name, definition)
+            })
+            .collect();
+        Topology::plan(config, planned.iter().map(|(name, definition)| (*name, definition)))
     }
 }
 

@@ -467,6 +467,16 @@ impl TestApp {
         queue.message_count()
     }
 
+    /// Whether `queue` exists.
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let exists = channel.queue_declare(queue.into(), options, FieldTable::default()).await.is_ok();
+        let _ = conn.close(200, "".into()).await;
+        exists
+    }
+
     /// Deletes `queue` behind hookwire's back.
     pub async fn delete_queue(&self, queue: &str) {
         let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();

@@ -310,3 +310,42 @@ async fn a_reloaded_file_adds_and_removes_subscriptions_and_refuses_api_names() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(added.received().len(), 1, "no delivery to a removed subscription");
 }
+
+/// `DELETE ?drain=true`: routing stops at once, what is queued is still
+/// delivered, then the queues go. Dead letters block a drain.
+#[tokio::test]
+async fn a_drain_delete_delivers_what_is_queued_then_removes_the_queues() {
+    let sink = Sink::start(Behavior::Status(503)).await;
+    let app = TestApp::operator("").await;
+    let body = json!({"name": "leaving", "topics": ["acme.l.*"], "url": sink.url("/"), "retry": ["1s", "1s", "1s", "1s", "1s"]});
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await.0, 201);
+    app.remember_live_topology();
+    for i in 0..5 {
+        assert_eq!(app.post_acme(&format!("queued-{i}"), r#"{"type":"l.x"}"#).await.status(), 202);
+    }
+    sink.wait_for(5, T).await; // each failed once and waits in a retry queue
+    let path = "/api/v1/subscriptions/leaving";
+    assert_eq!(send(&app, Method::DELETE, &format!("{path}?drain=true&discard=true"), None, None).await.0, 400);
+    let (status, accepted, _) = send(&app, Method::DELETE, &format!("{path}?drain=true"), None, None).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["draining"], true);
+    let (_, shown, _) = send(&app, Method::GET, path, None, None).await;
+    assert_eq!(shown["draining"], true, "{shown}");
+    // Not routed any more.
+    assert_eq!(app.post_acme("too-late", r#"{"type":"l.x"}"#).await.status(), 202);
+    let failed_before = sink.received().len();
+    sink.set(Behavior::Ok);
+    let work = format!("{}.sub.leaving", app.config.rabbitmq.namespace);
+    eventually(T, "drained, deleted, queues removed", || {
+        let app = &app;
+        let work = work.clone();
+        async move { !app.queue_exists(&work).await }
+    })
+    .await;
+    let mut delivered: Vec<String> =
+        sink.received()[failed_before..].iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered, (0..5).map(|i| format!("queued-{i}")).collect::<Vec<_>>());
+    assert_eq!(send(&app, Method::GET, path, None, None).await.0, 404);
+}
