@@ -31,6 +31,7 @@ use crate::{
     catalog::{
         Change, Outcome,
         reconcile::{Desired, ManagedBy, Wanted},
+        sealed::{self, SecretKey},
     },
     config::{AccessToken, SubscriptionConfig},
     delivery::{http::Destination, transform::Jq},
@@ -79,8 +80,7 @@ pub async fn create(
     };
     covered(&caller, &name)?;
     refuse_file_managed(&state, &name)?;
-    let definition = Value::Object(object);
-    check(&name, &definition)?;
+    let definition = prepare(&state, &name, Value::Object(object))?;
     let change = Change::Put { name: name.clone(), expected_version: 0, definition };
     match write(&state, &caller, change).await? {
         Outcome::Applied { version } => {
@@ -161,7 +161,7 @@ async fn update(
     if state.catalog.state().get(name).is_none() {
         return Err(not_found(name));
     }
-    check(name, &definition)?;
+    let definition = prepare(state, name, definition)?;
     let change = Change::Put { name: name.to_owned(), expected_version: expected, definition };
     match write(state, caller, change).await? {
         Outcome::Applied { version } => {
@@ -454,14 +454,42 @@ fn check(name: &str, definition: &Value) -> Result<SubscriptionConfig, ApiError>
     {
         errors.push(problem("", e.to_string()));
     }
-    if sub.has_secrets() {
-        errors.push(problem(
-            "signing_secret, headers, auth",
-            "secrets cannot be stored through the API yet (they need encryption at rest); \
-             define this subscription in the config file",
-        ));
-    }
     if errors.is_empty() { Ok(sub) } else { Err(unprocessable(errors)) }
+}
+
+/// What is stored for a definition: checked in clear (sealed values of a
+/// patched definition opened first), then with every secret sealed under
+/// `admin.secret_key`. Without a key, a definition with secrets is refused.
+fn prepare(state: &ApiState, name: &str, definition: Value) -> Result<Value, ApiError> {
+    let key = state.config.borrow().admin.secret_key.as_ref().map(SecretKey::parse).transpose().map_err(|_| {
+        tracing::error!("admin.secret_key does not parse");
+        unavailable()
+    })?;
+    let mut plain = definition;
+    if sealed::has_sealed(&mut plain) {
+        let opened =
+            key.as_ref().ok_or_else(|| "admin.secret_key is not set".to_owned()).and_then(|k| k.open(name, &mut plain));
+        if let Err(error) = opened {
+            tracing::error!(subscription = %name, %error, "cannot open the stored secrets");
+            return Err(unprocessable(vec![problem(
+                "",
+                "the stored secrets do not open with this process's admin.secret_key",
+            )]));
+        }
+    }
+    let sub = check(name, &plain)?;
+    if !sub.has_secrets() {
+        return Ok(plain);
+    }
+    let Some(key) = key else {
+        return Err(unprocessable(vec![problem(
+            "signing_secret, headers, auth",
+            "this definition carries secrets, which are stored sealed with admin.secret_key; \
+             the server has none (set admin.secret_key = \"${HOOKWIRE_SECRET_KEY}\", from openssl rand -hex 32)",
+        )]));
+    };
+    key.seal(name, &mut plain);
+    Ok(plain)
 }
 
 fn covered(caller: &AccessToken, name: &str) -> Result<(), ApiError> {
@@ -696,7 +724,5 @@ mod tests {
         assert!(errors[3]["message"].as_str().unwrap().contains("line 1, column"), "{errors:?}");
         let unknown = check("billing", &json!({"topics": ["a.#"], "url": "http://h/", "colour": 1})).unwrap_err();
         assert!(unknown.detail.contains("colour"), "{}", unknown.detail);
-        let secret = check("billing", &json!({"topics": ["a.#"], "url": "http://h/", "signing_secret": "whsec_x"}));
-        assert!(secret.unwrap_err().detail.contains("secrets"));
     }
 }

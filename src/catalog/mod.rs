@@ -13,6 +13,7 @@
 //! anything it logs.
 
 pub mod reconcile;
+pub mod sealed;
 pub mod store;
 
 use std::collections::BTreeMap;

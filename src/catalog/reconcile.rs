@@ -71,7 +71,19 @@ impl Desired {
                 tracing::error!(subscription = %name, "the catalog has a subscription the file also defines; the file's is used");
                 continue;
             }
-            match serde_json::from_value::<SubscriptionConfig>(entry.definition.clone()) {
+            let mut definition = entry.definition.clone();
+            if super::sealed::has_sealed(&mut definition) {
+                let key = config.admin.secret_key.as_ref().map(super::sealed::SecretKey::parse);
+                let opened = match key {
+                    Some(Ok(key)) => key.open(name, &mut definition),
+                    _ => Err("admin.secret_key is not set".to_owned()),
+                };
+                if let Err(error) = opened {
+                    tracing::error!(subscription = %name, %error, "cannot open the subscription's sealed secrets; left out");
+                    continue;
+                }
+            }
+            match serde_json::from_value::<SubscriptionConfig>(definition) {
                 Ok(definition) => {
                     let wanted = Wanted {
                         definition,

@@ -126,11 +126,15 @@ pub struct AdminConfig {
     /// list gives full access; named tables can be scoped (see [`access`]).
     #[serde(deserialize_with = "access::deserialize")]
     pub tokens: Vec<AccessToken>,
+    /// Seals the secrets of subscriptions made through the API (32 bytes as
+    /// 64 hex characters). Without it the API refuses definitions with
+    /// secrets. Empty means unset.
+    pub secret_key: Option<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), tokens: Vec::new() }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), tokens: Vec::new(), secret_key: None }
     }
 }
 
@@ -439,11 +443,15 @@ impl Config {
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let subs = interpolate::interpolate_table(&mut table, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = subs.scrub(&e.into_inner().to_string());
             ConfigError::Invalid { key, message }
         })?;
+        // `"${HOOKWIRE_SECRET_KEY:-}"` unset: no key, like an empty token.
+        if config.admin.secret_key.as_ref().is_some_and(|k| k.expose().trim().is_empty()) {
+            config.admin.secret_key = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -477,6 +485,11 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
+        }
+        if let Some(key) = &self.admin.secret_key
+            && let Err(message) = crate::catalog::sealed::SecretKey::parse(key)
+        {
+            return Err(ConfigError::invalid("admin.secret_key", message));
         }
         for token in &self.admin.tokens {
             let key = if token.name.starts_with("tokens[") {

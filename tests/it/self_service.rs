@@ -349,3 +349,55 @@ async fn a_drain_delete_delivers_what_is_queued_then_removes_the_queues() {
     assert_eq!(delivered, (0..5).map(|i| format!("queued-{i}")).collect::<Vec<_>>());
     assert_eq!(send(&app, Method::GET, path, None, None).await.0, 404);
 }
+
+/// Secrets given through the API are stored sealed under
+/// `admin.secret_key`, used for deliveries, and never returned.
+#[tokio::test]
+async fn secrets_given_through_the_api_are_sealed_used_and_never_returned() {
+    const SIGNING: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const API_KEY: &str = "api-key-value-0123456789";
+    let sink = Sink::start(Behavior::Ok).await;
+    let token = hookwire::config::AccessToken::full("ops", hookwire::config::Secret::new(TestApp::TOKEN));
+    let app = TestApp::start_adjusted(crate::helpers::AMQP_URL, "", |c| {
+        c.admin.tokens = vec![token];
+        c.admin.secret_key = Some(hookwire::config::Secret::new("5e".repeat(32)));
+    })
+    .await;
+    let body = json!({
+        "name": "signed", "topics": ["acme.s.*"], "url": sink.url("/"),
+        "signing_secret": SIGNING, "headers": {"x-api-key": API_KEY},
+    });
+    let (status, created, version) = send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let (_, shown, _) = send(&app, Method::GET, "/api/v1/subscriptions/signed", None, None).await;
+    let (_, listed, _) = send(&app, Method::GET, "/api/v1/subscriptions", None, None).await;
+    let patch = json!({"description": "patched without resending the secrets"});
+    let (status, patched, _) = send(&app, Method::PATCH, "/api/v1/subscriptions/signed", version, Some(patch)).await;
+    assert_eq!(status, 200, "{patched}");
+    let stored = app.catalog().state().get("signed").unwrap().definition.to_string();
+    for (what, text) in [
+        ("201", created.to_string()),
+        ("GET", shown.to_string()),
+        ("list", listed.to_string()),
+        ("PATCH", patched.to_string()),
+        ("catalog", stored),
+    ] {
+        for secret in [SIGNING, &SIGNING[6..], API_KEY] {
+            assert!(!text.contains(secret), "a secret in the {what}: {text}");
+        }
+    }
+    assert_eq!(shown["definition"]["signing_secret"], json!(["whsec_…b7oD"]), "masked: {shown}");
+    // The sealed secrets are opened for deliveries, after the patch too.
+    assert_eq!(app.post_acme("evt_signed", r#"{"type":"s.x"}"#).await.status(), 202);
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(got[0].header("x-api-key"), API_KEY);
+    assert!(got[0].header("webhook-signature").starts_with("v1,"));
+
+    // Without a key, secrets are refused with a clear error.
+    let keyless = TestApp::operator("").await;
+    let body = json!({"name": "signed", "topics": ["acme.s.*"], "url": sink.url("/"), "signing_secret": SIGNING});
+    let (status, refused, _) = send(&keyless, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("admin.secret_key"), "{refused}");
+    assert!(!refused.to_string().contains(&SIGNING[6..]));
+}
