@@ -66,8 +66,10 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
         headers: Vec<String>,
     },
-    /// List subscriptions: queue depths, consumers, circuit, paused (operator API).
+    /// Subscriptions: list (default), get, create, edit, delete, apply -f FILE (operator API).
     Subscriptions {
+        #[command(subcommand)]
+        action: Option<client::SubscriptionsAction>,
         #[command(flatten)]
         api: Api,
     },
@@ -204,7 +206,9 @@ fn main() -> ExitCode {
             commands::sign(&config, &source, &body, curl, id, &headers)
         }
         Command::Sink { listen } => commands::sink(listen),
-        Command::Subscriptions { api } => client::subscriptions(&api),
+        Command::Subscriptions { action, api } => {
+            client::subscriptions_action(&api, action.unwrap_or(client::SubscriptionsAction::List))
+        }
         Command::Dlq { action, api } => match action {
             DlqAction::List { subscription, limit, after } => {
                 client::list(&api, &Target::DeadLetters(subscription), limit, after.as_deref())

@@ -160,3 +160,76 @@ async fn serve_reloads_its_file_on_sighup_and_on_change_and_refuses_a_broken_one
         lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
     hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
 }
+
+/// `hookwire subscriptions apply -f`: the plan first, then the changes;
+/// unchanged definitions are left alone and `--prune` deletes the rest.
+#[tokio::test]
+async fn subscriptions_apply_prints_the_plan_and_converges() {
+    let app = TestApp::operator("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.toml");
+    let cli = |args: Vec<String>| {
+        let admin = app.admin_url("");
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+                .args(&args)
+                .env("HOOKWIRE_ADMIN_URL", admin.trim_end_matches('/'))
+                .env("HOOKWIRE_ADMIN_TOKEN", TestApp::TOKEN)
+                .output()
+                .await
+                .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text)
+        }
+    };
+    let apply = |extra: &[&str]| {
+        let mut args: Vec<String> = ["subscriptions", "apply", "-f", file.to_str().unwrap()].map(String::from).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        cli(args)
+    };
+    let team = |url: &str| {
+        format!(
+            "[subscriptions.team-a]\ntopics = [\"acme.a.*\"]\nurl = \"{url}\"\nowner = \"team\"\n\
+             [subscriptions.team-b]\ntopics = [\"acme.b.*\"]\nurl = \"http://127.0.0.1:9/b\"\n"
+        )
+    };
+    std::fs::write(&file, team("http://127.0.0.1:9/a")).unwrap();
+
+    let (ok, plan) = apply(&["--dry-run"]).await;
+    assert!(ok, "{plan}");
+    assert!(plan.contains("create") && plan.contains("team-a") && plan.contains("dry run"), "{plan}");
+    assert!(app.catalog().state().is_empty(), "a dry run changes nothing");
+    let (ok, out) = apply(&[]).await;
+    assert!(ok, "{out}");
+    assert_eq!(app.catalog().state().len(), 2);
+
+    std::fs::write(&file, team("http://127.0.0.1:9/a2")).unwrap();
+    let (ok, out) = apply(&[]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("update") && out.contains("unchanged"), "{out}");
+    assert_eq!(app.catalog().state().get("team-a").unwrap().definition["url"], "http://127.0.0.1:9/a2");
+
+    std::fs::write(
+        &file,
+        "[subscriptions.team-a]\ntopics = [\"acme.a.*\"]\nurl = \"http://127.0.0.1:9/a2\"\nowner = \"team\"\n",
+    )
+    .unwrap();
+    let (ok, out) = apply(&[]).await;
+    assert!(ok && out.contains("keep"), "{out}");
+    assert_eq!(app.catalog().state().len(), 2, "without --prune nothing is deleted");
+    let (ok, out) = apply(&["--prune"]).await;
+    assert!(ok && out.contains("delete"), "{out}");
+    let names: Vec<String> = app.catalog().state().entries().map(|(n, _)| n.to_owned()).collect();
+    assert_eq!(names, ["team-a"]);
+
+    // get, edit, delete.
+    let (ok, out) = cli(["subscriptions", "get", "team-a"].map(String::from).to_vec()).await;
+    assert!(ok && out.contains("team") && out.contains("acme.a.*"), "{out}");
+    let edit = ["subscriptions", "edit", "team-a", "--set", "description=\"edited\""].map(String::from).to_vec();
+    let (ok, out) = cli(edit).await;
+    assert!(ok, "{out}");
+    assert_eq!(app.catalog().state().get("team-a").unwrap().definition["description"], "edited");
+    let (ok, out) = cli(["subscriptions", "delete", "team-a"].map(String::from).to_vec()).await;
+    assert!(ok, "{out}");
+    assert!(app.catalog().state().is_empty());
+}

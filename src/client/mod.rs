@@ -3,6 +3,10 @@
 //! listener. Tables by default, the API's JSON with `--json`; replays and
 //! purges stream their progress and draw it on stderr.
 
+mod subscriptions;
+
+pub use subscriptions::{SubscriptionsAction, subscriptions_action};
+
 use std::{
     io::{IsTerminal, Write},
     process::ExitCode,
@@ -142,9 +146,23 @@ impl Client {
     /// Sends a request and returns the body of a 2xx answer; anything else
     /// becomes an error carrying the problem's `detail`.
     fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<String, String> {
+        self.send_if_match(method, path, body, None)
+    }
+
+    /// [`Client::send`] with `If-Match: "<version>"` when given.
+    fn send_if_match(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        version: Option<u64>,
+    ) -> Result<String, String> {
         let url = format!("{}{path}", self.base);
         self.runtime.block_on(async {
             let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+            if let Some(version) = version {
+                request = request.header("if-match", format!("\"{version}\""));
+            }
             if let Some(body) = body {
                 request = request.header("content-type", "application/json").body(body.to_string());
             }
