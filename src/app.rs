@@ -28,6 +28,7 @@ use crate::{
     broker::{Broker, Publisher, Topology},
     catalog::{
         Catalog,
+        audit::{Audit, AuditRecord},
         reconcile::{Desired, Reconciler},
     },
     config::{Config, ConfigError},
@@ -80,6 +81,9 @@ pub struct App {
     pub broker: Broker,
     /// The subscriptions catalog as this process follows it.
     pub catalog: Catalog,
+    /// The audit log (writes, and the newest records of every process).
+    pub audit: Audit,
+    audit_task: JoinHandle<()>,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
     http_token: CancellationToken,
@@ -120,6 +124,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     // Every process follows the catalog; readiness waits until it has read it.
     let (catalog, catalog_task) =
         Catalog::spawn(broker.clone(), topology.catalog_stream.clone(), control_token.clone());
+    let (audit, audit_task) = Audit::spawn(broker.clone(), topology.audit_stream.clone(), control_token.clone());
 
     let draining = Arc::new(AtomicBool::new(false));
     let admin_token = CancellationToken::new();
@@ -161,6 +166,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         breakers,
         operator: Operator { broker: broker.clone(), control: control.clone() },
         catalog: catalog.clone(),
+        audit: audit.clone(),
         desired: desired.clone(),
         config: live_config.clone(),
     });
@@ -199,6 +205,8 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         admin_addr,
         broker,
         catalog,
+        audit,
+        audit_task,
         draining,
         drain_timeout: config.shutdown.drain_timeout,
         http_token,
@@ -227,9 +235,26 @@ impl App {
     /// `[shutdown]` and `[admin]` need a restart: their changes are reported
     /// and left for the next start.
     pub fn reload(&self, config: Config) -> Result<Vec<String>, ConfigError> {
+        let before = self.config_tx.borrow().clone();
         let result = self.try_reload(config);
         let outcome = if result.is_ok() { "applied" } else { "refused" };
         metrics::counter!(telemetry::metric::CONFIG_RELOADS, "outcome" => outcome).increment(1);
+        let detail = match &result {
+            Ok(_) => {
+                let after = self.config_tx.borrow().clone();
+                let names = |c: &Config| -> serde_json::Value {
+                    serde_json::json!({
+                        "sources": c.sources.keys().collect::<Vec<_>>(),
+                        "subscriptions": c.subscriptions.keys().collect::<Vec<_>>(),
+                    })
+                };
+                crate::catalog::audit::diff(&names(&before), &names(&after))
+            }
+            // A config error names the key, never a secret's value.
+            Err(error) => serde_json::json!({ "error": error.to_string() }),
+        };
+        let audit = self.audit.clone();
+        tokio::spawn(async move { audit.record(AuditRecord::new("file", "reload", "config", outcome, detail)).await });
         result
     }
 
@@ -288,6 +313,7 @@ impl App {
         self.control_token.cancel();
         join_within(self.control_task, Duration::from_secs(5), "operator control listener").await;
         join_within(self.catalog_task, Duration::from_secs(5), "catalog follower").await;
+        join_within(self.audit_task, Duration::from_secs(5), "audit follower").await;
         self.broker_token.cancel();
         join_within(self.broker_task, Duration::from_secs(15), "broker connection").await;
         self.admin_token.cancel();

@@ -33,8 +33,8 @@
 //! - [`delivery`] — workers: consume, POST, decide retry/dead-letter, settle.
 //! - [`catalog`] — the desired subscriptions: the API-made ones as a
 //!   versioned log (the stream `ns.catalog`) every process replays and
-//!   follows, and the reconciler that drives topology and workers toward
-//!   file + catalog.
+//!   follows, the reconciler that drives topology and workers toward
+//!   file + catalog, secrets sealed at rest, and the audit log (`ns.audit`).
 //! - [`operator`] — what operators do to the queues: scan (browse, move,
 //!   remove), selectors, pause/resume across processes, archive replay.
 //! - [`admin`] — `/healthz`, `/readyz`, `/metrics`, and the operator API's

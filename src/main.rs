@@ -73,6 +73,20 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// The audit log, newest first: who changed what, when, how it ended (operator API).
+    Audit {
+        /// Only records about this subscription (or `unrouted`, `config`).
+        #[arg(long)]
+        target: Option<String>,
+        /// How many (default 50, at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Older than this record id (the previous page's last).
+        #[arg(long)]
+        after: Option<u64>,
+        #[command(flatten)]
+        api: Api,
+    },
     /// A subscription's dead letters: list, show, replay, purge (operator API).
     Dlq {
         #[command(subcommand)]
@@ -209,6 +223,7 @@ fn main() -> ExitCode {
         Command::Subscriptions { action, api } => {
             client::subscriptions_action(&api, action.unwrap_or(client::SubscriptionsAction::List))
         }
+        Command::Audit { target, limit, after, api } => client::audit(&api, target.as_deref(), limit, after),
         Command::Dlq { action, api } => match action {
             DlqAction::List { subscription, limit, after } => {
                 client::list(&api, &Target::DeadLetters(subscription), limit, after.as_deref())

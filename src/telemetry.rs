@@ -43,6 +43,8 @@ pub mod metric {
     pub const CIRCUIT_TRANSITIONS: &str = "hookwire_circuit_transitions_total";
     /// Gauge per subscription: 1 while an operator has it paused.
     pub const PAUSED: &str = "hookwire_subscription_paused";
+    /// Counter: audit records that could not be stored.
+    pub const AUDIT_FAILURES: &str = "hookwire_audit_failures_total";
     /// Counter: config file reloads by `outcome` (`applied`, `refused`).
     pub const CONFIG_RELOADS: &str = "hookwire_config_reloads_total";
     /// Counter: operator operations by `operation` and `outcome`; the
@@ -114,6 +116,7 @@ fn describe() {
     metrics::describe_counter!(DEAD_LETTERED, "Events moved to a dead-letter queue");
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
     metrics::describe_counter!(CONFIG_RELOADS, "Config file reloads by outcome");
+    metrics::describe_counter!(AUDIT_FAILURES, "Audit records that could not be stored");
     metrics::describe_gauge!(BROKER_BLOCKED, "1 while RabbitMQ blocks publishing (memory or disk alarm)");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");

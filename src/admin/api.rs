@@ -21,7 +21,7 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use axum::{
     Json, RequestExt, Router,
     body::{Body, Bytes},
-    extract::{MatchedPath, Path, Query, RawPathParams, Request, State},
+    extract::{Extension, MatchedPath, Path, Query, RawPathParams, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -29,12 +29,17 @@ use axum::{
 };
 use futures_util::stream;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::subscriptions;
 use crate::{
     broker::{Broker, topology::SubscriptionQueues},
-    catalog::{Catalog, reconcile::Desired},
+    catalog::{
+        Catalog,
+        audit::{Audit, AuditRecord},
+        reconcile::Desired,
+    },
     config::{AccessToken, Config, Scope},
     delivery::set::Breakers,
     error::ApiError,
@@ -63,6 +68,7 @@ pub struct ApiState {
     pub operator: Operator,
     /// The catalog, for the subscription routes' writes.
     pub catalog: Catalog,
+    pub audit: Audit,
     /// The subscriptions this process runs (file and catalog), as the
     /// reconciler last applied them.
     pub desired: watch::Receiver<Arc<Desired>>,
@@ -87,6 +93,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/subscriptions/{name}/pause", post(pause))
         .route("/api/v1/subscriptions/{name}/resume", post(resume))
         .route("/api/v1/subscriptions/{name}/replay", post(replay_window))
+        .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/unrouted", get(list_unrouted).delete(purge_unrouted))
         .route("/api/v1/unrouted/{event_id}", get(show_unrouted))
         .route("/api/v1/unrouted/replay", post(replay_unrouted))
@@ -162,6 +169,11 @@ async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, nex
     let scope = required_scope(request.method(), &path);
     if !token.allows(scope) {
         tracing::info!(token = %token.name, scope = scope.as_str(), %path, "operator API: scope denied");
+        if scope == Scope::Manage {
+            let target = request.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+            let detail = serde_json::json!({"method": request.method().as_str(), "path": request.uri().path(), "missing_scope": "manage"});
+            state.audit.record(AuditRecord::new(&token.name, "denied", &target, "403", detail)).await;
+        }
         return Err(forbidden(format!("token {:?} lacks the {:?} scope this route needs", token.name, scope.as_str())));
     }
     if token.is_limited() {
@@ -176,7 +188,7 @@ async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, nex
             Some(_) => {}
             // The list filters itself and a create checks the name in its
             // body; the OpenAPI document is public knowledge.
-            None if path == "/api/v1/subscriptions" => {}
+            None if path == "/api/v1/subscriptions" || path == "/api/v1/audit" => {}
             None if path == "/api/v1/openapi.json" => {}
             None => {
                 return Err(forbidden(format!(
@@ -366,6 +378,7 @@ fn selection(body: &Bytes) -> Result<(Filter, bool), ApiError> {
 
 async fn replay_dead_letters(
     State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -373,7 +386,8 @@ async fn replay_dead_letters(
     known(&state, &name)?;
     let (filter, dry_run) = selection(&body)?;
     let operator = state.operator.clone();
-    Ok(run(&headers, "replay_dead_letters", Some(name.clone()), move |progress| async move {
+    let audit = (state.audit.clone(), caller.name.clone());
+    Ok(run(&headers, audit, "replay_dead_letters", Some(name.clone()), move |progress| async move {
         operator.replay_dead_letters(&name, &filter, dry_run, &progress).await
     })
     .await)
@@ -381,12 +395,14 @@ async fn replay_dead_letters(
 
 async fn replay_unrouted(
     State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (filter, dry_run) = selection(&body)?;
     let operator = state.operator.clone();
-    Ok(run(&headers, "replay_unrouted", None, move |progress| async move {
+    let audit = (state.audit.clone(), caller.name.clone());
+    Ok(run(&headers, audit, "replay_unrouted", None, move |progress| async move {
         operator.replay_unrouted(&filter, dry_run, &progress).await
     })
     .await)
@@ -394,25 +410,28 @@ async fn replay_unrouted(
 
 async fn purge_dead_letters(
     State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let queue = known(&state, &name)?.dead.clone();
-    purge(&state, queue, "purge_dead_letters", Some(name), &headers, &body).await
+    purge(&state, &caller, queue, "purge_dead_letters", Some(name), &headers, &body).await
 }
 
 async fn purge_unrouted(
     State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let queue = state.operator.unrouted_queue();
-    purge(&state, queue, "purge_unrouted", None, &headers, &body).await
+    purge(&state, &caller, queue, "purge_unrouted", None, &headers, &body).await
 }
 
 async fn purge(
     state: &ApiState,
+    caller: &AccessToken,
     queue: String,
     operation: &'static str,
     subscription: Option<String>,
@@ -421,7 +440,8 @@ async fn purge(
 ) -> Result<Response, ApiError> {
     let (filter, dry_run) = selection(body)?;
     let operator = state.operator.clone();
-    Ok(run(headers, operation, subscription, move |progress| async move {
+    let audit = (state.audit.clone(), caller.name.clone());
+    Ok(run(headers, audit, operation, subscription, move |progress| async move {
         operator.purge(&queue, &filter, dry_run, &progress).await
     })
     .await)
@@ -429,6 +449,7 @@ async fn purge(
 
 async fn replay_window(
     State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -448,10 +469,38 @@ async fn replay_window(
         ));
     }
     let operator = state.operator.clone();
-    Ok(run(&headers, "replay_window", Some(name.clone()), move |progress| async move {
+    let audit = (state.audit.clone(), caller.name.clone());
+    Ok(run(&headers, audit, "replay_window", Some(name.clone()), move |progress| async move {
         operator.replay_window(&name, &window, &progress).await
     })
     .await)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+    after: Option<u64>,
+    target: Option<String>,
+}
+
+/// `GET /api/v1/audit`: newest first, from this process's copy of the audit
+/// stream (every process's actions). A token limited to some subscriptions
+/// sees the records of those only.
+async fn audit_log(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = Query::<AuditQuery>::try_from_uri(&uri).map_err(|e| invalid(e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let visible = |r: &AuditRecord| !caller.is_limited() || caller.covers(&r.target);
+    let records = state.audit.page(limit, query.after, query.target.as_deref(), visible);
+    let next_after = (records.len() == limit).then(|| records.last().map(|r| r.id)).flatten();
+    Ok(Json(serde_json::json!({ "records": records, "next_after": next_after })))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -460,25 +509,45 @@ pub struct PauseState {
     pub paused: bool,
 }
 
-async fn pause(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<PauseState>, ApiError> {
-    set_paused(&state, name, true).await
+async fn pause(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, &caller, name, true).await
 }
 
-async fn resume(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<PauseState>, ApiError> {
-    set_paused(&state, name, false).await
+async fn resume(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, &caller, name, false).await
 }
 
-async fn set_paused(state: &ApiState, name: String, paused: bool) -> Result<Json<PauseState>, ApiError> {
+async fn set_paused(
+    state: &ApiState,
+    caller: &AccessToken,
+    name: String,
+    paused: bool,
+) -> Result<Json<PauseState>, ApiError> {
     known(state, &name)?;
     state.operator.control.set(&name, paused).await?;
     let operation = if paused { "pause" } else { "resume" };
     metrics::counter!(metric::OPERATIONS, "operation" => operation, "outcome" => "ok").increment(1);
+    state.audit.record(AuditRecord::new(&caller.name, operation, &name, "ok", Value::Null)).await;
     Ok(Json(PauseState { subscription: name, paused }))
 }
 
 /// Runs a replay or purge in its own task and answers with its report, or
 /// streams its progress (see the module docs).
-async fn run<F, Fut>(headers: &HeaderMap, operation: &'static str, subscription: Option<String>, work: F) -> Response
+async fn run<F, Fut>(
+    headers: &HeaderMap,
+    (audit, by): (Audit, String),
+    operation: &'static str,
+    subscription: Option<String>,
+    work: F,
+) -> Response
 where
     F: FnOnce(watch::Sender<Report>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), OpError>> + Send,
@@ -509,6 +578,9 @@ where
         };
         let report = progress.borrow().clone();
         let outcome = if result.is_ok() { "ok" } else { "error" };
+        let target = subscription.clone().unwrap_or_else(|| "unrouted".to_owned());
+        let detail = serde_json::to_value(&report).unwrap_or_default();
+        audit.record(AuditRecord::new(&by, operation, &target, outcome, detail)).await;
         metrics::counter!(metric::OPERATIONS, "operation" => operation, "outcome" => outcome).increment(1);
         metrics::counter!(metric::OPERATOR_MESSAGES, "operation" => operation)
             .increment(report.replayed + report.purged);

@@ -30,6 +30,7 @@ use crate::{
     broker::Topology,
     catalog::{
         Change, Outcome,
+        audit::{self, AuditRecord},
         reconcile::{Desired, ManagedBy, Wanted},
         sealed::{self, SecretKey},
     },
@@ -85,6 +86,9 @@ pub async fn create(
     match write(&state, &caller, change).await? {
         Outcome::Applied { version } => {
             let wanted = applied(&state, &name, version).await?;
+            let definition = masked(&wanted);
+            let detail = json!({"version": version, "definition": definition});
+            state.audit.record(AuditRecord::new(&caller.name, "create", &name, "ok", detail)).await;
             let mut response = with_etag(StatusCode::CREATED, version, view(&name, &wanted, None));
             let location = HeaderValue::from_str(&format!("/api/v1/subscriptions/{name}")).expect("names are ASCII");
             response.headers_mut().insert(header::LOCATION, location);
@@ -162,10 +166,13 @@ async fn update(
         return Err(not_found(name));
     }
     let definition = prepare(state, name, definition)?;
+    let before = state.desired.borrow().subscriptions.get(name).map(masked).unwrap_or_default();
     let change = Change::Put { name: name.to_owned(), expected_version: expected, definition };
     match write(state, caller, change).await? {
         Outcome::Applied { version } => {
             let wanted = applied(state, name, version).await?;
+            let detail = json!({"version": version, "changed": audit::diff(&before, &masked(&wanted))});
+            state.audit.record(AuditRecord::new(&caller.name, "update", name, "ok", detail)).await;
             Ok(with_etag(StatusCode::OK, version, view(name, &wanted, None)))
         }
         Outcome::Conflict { current: 0 } => Err(not_found(name)),
@@ -254,6 +261,8 @@ pub async fn remove(
             match (gone, deleted) {
                 (Ok(()), Ok(())) => {
                     tracing::info!(subscription = %name, by = %caller.name, discarded = total, "subscription deleted");
+                    let detail = json!({"discarded": total, "messages": held});
+                    state.audit.record(AuditRecord::new(&caller.name, "delete", &name, "ok", detail)).await;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
                 (Err(error), _) => Err(error),
@@ -305,6 +314,8 @@ async fn start_drain(
     wait_applied(&state, &name, |w| w.is_some_and(|w| w.version >= version)).await?;
     let queued: u64 = held.values().filter_map(Value::as_u64).sum();
     tracing::info!(subscription = %name, by = %caller.name, queued, "draining: routing stopped, delivering what is queued");
+    let detail = json!({"version": version, "queued": queued});
+    state.audit.record(AuditRecord::new(&caller.name, "drain", &name, "ok", detail)).await;
     tokio::spawn(finish_drain(state, caller, name.clone()));
     let body = json!({"name": name, "version": version, "draining": true, "queued": queued});
     Ok(with_etag(StatusCode::ACCEPTED, version, body))
@@ -360,6 +371,8 @@ async fn finish_drain(state: Arc<ApiState>, caller: Arc<AccessToken>, name: Stri
                 unavailable()
             })?;
             tracing::info!(subscription = %name, by = %caller.name, "drained and deleted");
+            let detail = json!({"discarded": 0, "drained": true});
+            state.audit.record(AuditRecord::new(&caller.name, "delete", &name, "ok", detail)).await;
         }
         close(&state, channel).await;
         Ok::<_, ApiError>(())
@@ -560,13 +573,19 @@ fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
     response
 }
 
+/// A definition as answers and audit records show it: defaults filled in,
+/// secrets masked.
+fn masked(wanted: &Wanted) -> Value {
+    serde_json::to_value(&wanted.definition).expect("definitions serialize")
+}
+
 fn view(name: &str, wanted: &Wanted, status: Option<SubscriptionStatus>) -> Value {
     let mut body = json!({
         "name": name,
         "version": wanted.version,
         "managed_by": wanted.managed_by,
         "draining": wanted.draining,
-        "definition": serde_json::to_value(&wanted.definition).expect("definitions serialize"),
+        "definition": masked(wanted),
     });
     if let Some(status) = status {
         body["status"] = serde_json::to_value(status).expect("status serializes");

@@ -14,6 +14,7 @@
 //! - `ns.archive` — stream (retention by age and size) of every accepted event.
 //! - `ns.catalog` — stream of the subscriptions catalog's changes (see
 //!   `catalog`), kept forever: it is the API-made subscriptions' only copy.
+//! - `ns.audit` — stream of audit records (who changed what), up to 1 GB.
 //! - `ns.control` — fanout exchange for operator commands (pause/resume) to
 //!   every hookwire process; each process binds its own exclusive queue.
 //! - `ns.unrouted` — fanout exchange and classic queue holding unmatched events.
@@ -43,6 +44,9 @@ use lapin::{
 };
 
 use crate::config::{ArchiveConfig, Config, format_duration};
+
+/// The audit stream's size bound: years of human actions.
+const AUDIT_MAX_BYTES: i64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -113,6 +117,8 @@ pub struct Topology {
     pub control_exchange: String,
     /// The catalog's log (a stream).
     pub catalog_stream: String,
+    /// The audit log (a stream, bounded by size).
+    pub audit_stream: String,
     delivery_limit: u32,
 }
 
@@ -182,6 +188,7 @@ impl Topology {
             archive: enabled.then(|| ArchiveStream { name: format!("{ns}.archive"), max_age, max_bytes: max_bytes.0 }),
             control_exchange: format!("{ns}.control"),
             catalog_stream: format!("{ns}.catalog"),
+            audit_stream: format!("{ns}.audit"),
             delivery_limit: config.rabbitmq.delivery_limit,
         }
     }
@@ -211,6 +218,14 @@ impl Topology {
         let mut out = vec![
             QueueSpec { name: self.unrouted_queue.clone(), args: classic() },
             QueueSpec { name: self.catalog_stream.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
+            QueueSpec {
+                name: self.audit_stream.clone(),
+                args: vec![
+                    ("x-queue-type", Arg::Str("stream".into())),
+                    ("x-max-length-bytes", Arg::Int(AUDIT_MAX_BYTES)),
+                    ("x-stream-max-segment-size-bytes", Arg::Int(AUDIT_MAX_BYTES / 20)),
+                ],
+            },
         ];
         if let Some(archive) = &self.archive {
             out.push(QueueSpec { name: archive.name.clone(), args: archive.args() });
@@ -484,8 +499,8 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        // unrouted, catalog, archive, work, three retries, dead, paused flag
-        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 3 + 1 + 1);
+        // unrouted, catalog, audit, archive, work, three retries, dead, paused flag
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
         let catalog = t.queues().into_iter().find(|q| q.name == "t.catalog").unwrap();
         assert_eq!(catalog.args, [("x-queue-type", Arg::Str("stream".into()))], "kept forever: no retention");
         let archive = t.queues().into_iter().find(|q| q.name == "t.archive").unwrap();

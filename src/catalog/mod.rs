@@ -12,6 +12,7 @@
 //! Must not: talk to RabbitMQ (see [`store`]), or hold secrets in clear in
 //! anything it logs.
 
+pub mod audit;
 pub mod reconcile;
 pub mod sealed;
 pub mod store;

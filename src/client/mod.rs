@@ -318,6 +318,51 @@ pub fn subscriptions(api: &Api) -> ExitCode {
     })
 }
 
+/// `hookwire audit`.
+pub fn audit(api: &Api, target: Option<&str>, limit: Option<usize>, after: Option<u64>) -> ExitCode {
+    run(|| {
+        let mut query = Vec::new();
+        if let Some(target) = target {
+            query.push(format!("target={}", urlencode(target)));
+        }
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        if let Some(after) = after {
+            query.push(format!("after={after}"));
+        }
+        let path = format!("/api/v1/audit{}{}", if query.is_empty() { "" } else { "?" }, query.join("&"));
+        let body = Client::new(api)?.send(reqwest::Method::GET, &path, None)?;
+        if api.json {
+            return Ok(body + "\n");
+        }
+        let page: Value = parse(&body)?;
+        let mut rows = vec![["ID", "AT", "BY", "ACTION", "TARGET", "OUTCOME", "DETAIL"].map(String::from).to_vec()];
+        for r in page["records"].as_array().into_iter().flatten() {
+            let text = |key: &str| r[key].as_str().map(str::to_owned).unwrap_or_else(|| r[key].to_string());
+            let mut detail = if r["detail"].is_null() { String::new() } else { r["detail"].to_string() };
+            if detail.len() > 80 {
+                let cut = (0..=77).rev().find(|&i| detail.is_char_boundary(i)).unwrap_or(0);
+                detail = format!("{}...", &detail[..cut]);
+            }
+            rows.push(vec![
+                text("id"),
+                text("at"),
+                text("by"),
+                text("action"),
+                text("target"),
+                text("outcome"),
+                detail,
+            ]);
+        }
+        let mut out = table(&rows);
+        if let Some(next) = page["next_after"].as_u64() {
+            out += &format!("more: --after {next}\n");
+        }
+        Ok(out)
+    })
+}
+
 /// `hookwire dlq list` / `hookwire unrouted list`.
 pub fn list(api: &Api, target: &Target, limit: Option<usize>, after: Option<&str>) -> ExitCode {
     run(|| {

@@ -232,4 +232,18 @@ async fn subscriptions_apply_prints_the_plan_and_converges() {
     let (ok, out) = cli(["subscriptions", "delete", "team-a"].map(String::from).to_vec()).await;
     assert!(ok, "{out}");
     assert!(app.catalog().state().is_empty());
+
+    // The audit log tells the story, newest first.
+    let mut out = String::new();
+    for _ in 0..100 {
+        let (ok, text) = cli(["audit", "--target", "team-a"].map(String::from).to_vec()).await;
+        assert!(ok, "{text}");
+        out = text;
+        if out.contains("delete") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let actions: Vec<&str> = out.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3)).collect();
+    assert_eq!(actions, ["delete", "update", "update", "create"], "{out}");
 }

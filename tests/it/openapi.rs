@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/subscriptions/{name}/pause"),
     ("post", "/api/v1/subscriptions/{name}/resume"),
     ("post", "/api/v1/subscriptions/{name}/replay"),
+    ("get", "/api/v1/audit"),
     ("get", "/api/v1/unrouted"),
     ("delete", "/api/v1/unrouted"),
     ("get", "/api/v1/unrouted/{event_id}"),

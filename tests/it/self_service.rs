@@ -401,3 +401,64 @@ async fn secrets_given_through_the_api_are_sealed_used_and_never_returned() {
     assert!(refused["detail"].as_str().unwrap().contains("admin.secret_key"), "{refused}");
     assert!(!refused.to_string().contains(&SIGNING[6..]));
 }
+
+/// Every change leaves an audit record, readable from any process, naming
+/// the token (never its value).
+#[tokio::test]
+async fn every_change_leaves_an_audit_record_readable_from_any_process() {
+    use hookwire::config::{AccessToken, Scope, Secret};
+    let sink = Sink::start(Behavior::Ok).await;
+    const READER: &str = "reader-token-0123456789ab";
+    let app = TestApp::start_adjusted(crate::helpers::AMQP_URL, "", |c| {
+        c.admin.tokens = vec![
+            AccessToken::full("ops-team", Secret::new(TestApp::TOKEN)),
+            AccessToken {
+                name: "reader".into(),
+                token: Secret::new(READER),
+                scopes: vec![Scope::Read],
+                subscriptions: None,
+            },
+        ];
+    })
+    .await;
+    let other = app::start(app.config.clone(), Role::Ingress).await.unwrap();
+    let body = json!({"name": "audited", "topics": ["acme.au.*"], "url": sink.url("/")});
+    let (_, created, version) = send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(created["version"].as_u64(), version);
+    let path = "/api/v1/subscriptions/audited";
+    let patch = json!({"url": sink.url("/moved")});
+    assert_eq!(send(&app, Method::PATCH, path, version, Some(patch)).await.0, 200);
+    assert_eq!(send(&app, Method::POST, &format!("{path}/pause"), None, None).await.0, 200);
+    assert_eq!(send(&app, Method::POST, &format!("{path}/resume"), None, None).await.0, 200);
+    let purge = json!({"all": true});
+    assert_eq!(send(&app, Method::DELETE, &format!("{path}/dead-letters"), None, Some(purge)).await.0, 200);
+    let denied = app.http.delete(app.admin_url(path)).bearer_auth(READER).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(send(&app, Method::DELETE, path, None, None).await.0, 204);
+
+    let url = format!("http://{}/api/v1/audit?target=audited", other.admin_addr);
+    let expected = ["create", "update", "pause", "resume", "purge_dead_letters", "denied", "delete"];
+    let deadline = Instant::now() + T;
+    let records = loop {
+        let answer: Value = app.http.get(&url).bearer_auth(TestApp::TOKEN).send().await.unwrap().json().await.unwrap();
+        if answer["records"].as_array().is_some_and(|r| r.len() >= expected.len()) {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the other process did not read every record: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let list = records["records"].as_array().unwrap();
+    let mut actions: Vec<&str> = list.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    actions.reverse(); // newest first in the answer
+    assert_eq!(actions, expected, "{records}");
+    let by: Vec<&str> = list.iter().map(|r| r["by"].as_str().unwrap()).collect();
+    assert!(by.iter().all(|b| *b == "ops-team" || *b == "reader"), "{by:?}");
+    let update = list.iter().find(|r| r["action"] == "update").unwrap();
+    assert!(update["detail"]["changed"]["url"]["to"].as_str().unwrap().ends_with("/moved"), "{update}");
+    let text = records.to_string();
+    assert!(!text.contains(TestApp::TOKEN) && !text.contains(READER), "token values never appear: {text}");
+    // The reader may read the log too.
+    let read = app.http.get(&url).bearer_auth(READER).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    other.shutdown().await;
+}

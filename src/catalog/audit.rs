@@ -1,0 +1,236 @@
+//! The audit log: who changed what, when, and how it ended.
+//!
+//! Records go to the stream `ns.audit`, confirmed, by the process that did
+//! the action; every process follows the stream and keeps the newest
+//! [`KEPT`] records in memory for `GET /api/v1/audit`, so any process
+//! answers with every process's actions. A record names the token by its
+//! name, never its value, and carries no secret: diffs are built from
+//! definitions whose secrets serialize masked.
+//! Must not: fail the action it records. An audit publish that fails is
+//! logged and counted (`hookwire_audit_failures_total`).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{Broker, message::rfc3339, publisher::publish_confirmed},
+    telemetry::metric,
+};
+
+/// Records each process keeps for reading; older ones stay in the stream.
+pub const KEPT: usize = 10_000;
+
+/// One audited action.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    /// Position in the stream (set when read); the `after` cursor.
+    #[serde(default)]
+    pub id: u64,
+    pub at: String,
+    /// The token's name (`[admin.tokens.NAME]`), `file` for reloads.
+    pub by: String,
+    /// `create`, `update`, `delete`, `drain`, `pause`, `resume`,
+    /// `replay_dead_letters`, …, `reload`, `denied`.
+    pub action: String,
+    /// The subscription (or `unrouted`, or the config file).
+    pub target: String,
+    /// `ok`, `refused`, `error`, or the status answered.
+    pub outcome: String,
+    /// What changed or what it did (masked diff, counts, reason).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
+}
+
+impl AuditRecord {
+    pub fn new(by: &str, action: &str, target: &str, outcome: &str, detail: Value) -> Self {
+        Self {
+            id: 0,
+            at: rfc3339(SystemTime::now()),
+            by: by.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            outcome: outcome.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// A handle on the audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    broker: Broker,
+    stream: String,
+    recent: Arc<Mutex<VecDeque<AuditRecord>>>,
+}
+
+impl Audit {
+    /// Starts following `stream`; stops when `token` is cancelled.
+    pub fn spawn(broker: Broker, stream: String, token: CancellationToken) -> (Self, JoinHandle<()>) {
+        let this = Self { broker, stream, recent: Arc::default() };
+        let task = tokio::spawn(this.clone().follow(token));
+        (this, task)
+    }
+
+    /// Records `record` durably (publisher confirm). Never fails the caller.
+    pub async fn record(&self, record: AuditRecord) {
+        let result = async {
+            let session = self.broker.session().ok_or("RabbitMQ is not connected")?;
+            let channel = session.publish_channels.get().await.map_err(|_| "no channel")?;
+            let body = serde_json::to_vec(&record).expect("records serialize");
+            let properties = BasicProperties::default().with_delivery_mode(2);
+            publish_confirmed(&channel, "", &self.stream, properties, &body, self.broker.operation_timeout)
+                .await
+                .map_err(|_| "not confirmed")
+        }
+        .await;
+        if let Err(error) = result {
+            metrics::counter!(metric::AUDIT_FAILURES).increment(1);
+            tracing::error!(error, action = %record.action, target = %record.target, by = %record.by, "audit record not stored");
+        }
+    }
+
+    /// Newest first: at most `limit` records older than `after` (an id),
+    /// for `target` if given, that `visible` allows.
+    pub fn page(
+        &self,
+        limit: usize,
+        after: Option<u64>,
+        target: Option<&str>,
+        visible: impl Fn(&AuditRecord) -> bool,
+    ) -> Vec<AuditRecord> {
+        let recent = self.recent.lock().expect("audit lock");
+        recent
+            .iter()
+            .rev()
+            .filter(|r| after.is_none_or(|after| r.id < after))
+            .filter(|r| target.is_none_or(|t| r.target == t))
+            .filter(|r| visible(r))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    async fn follow(self, token: CancellationToken) {
+        let mut sessions = self.broker.watch();
+        loop {
+            let session = tokio::select! {
+                _ = token.cancelled() => return,
+                changed = sessions.wait_for(Option::is_some) => match changed {
+                    Ok(session) => session.clone().expect("waited for Some"),
+                    Err(_) => return,
+                },
+            };
+            if let Err(error) = self.read(&session, &token).await {
+                tracing::warn!(%error, "audit follower failed; reading the log again");
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn read(&self, session: &crate::broker::Session, token: &CancellationToken) -> Result<(), String> {
+        let timeout = self.broker.operation_timeout;
+        let bounded = |what: &'static str| move |_| format!("{what} timed out");
+        let channel = tokio::time::timeout(timeout, session.connection.create_channel())
+            .await
+            .map_err(bounded("opening a channel"))?
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(timeout, channel.basic_qos(500, BasicQosOptions::default()))
+            .await
+            .map_err(bounded("basic.qos"))?
+            .map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+        let consume =
+            channel.basic_consume(self.stream.as_str().into(), "".into(), BasicConsumeOptions::default(), args);
+        let mut records = tokio::time::timeout(timeout, consume)
+            .await
+            .map_err(bounded("basic.consume"))?
+            .map_err(|e| e.to_string())?;
+        // Rebuilt from the stream: the newest KEPT.
+        let mut fresh = true;
+        loop {
+            let delivery = tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                next = records.next() => next,
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(error.to_string()),
+                None => return Err("the audit stream's consumer ended".to_owned()),
+            };
+            let offset = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("x-stream-offset") {
+                Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            });
+            if let (Some(offset), Ok(mut record)) = (offset, serde_json::from_slice::<AuditRecord>(&delivery.data)) {
+                record.id = offset;
+                let mut recent = self.recent.lock().expect("audit lock");
+                if fresh {
+                    recent.clear();
+                    fresh = false;
+                }
+                if recent.back().is_none_or(|last| last.id < offset) {
+                    recent.push_back(record);
+                    if recent.len() > KEPT {
+                        recent.pop_front();
+                    }
+                }
+            }
+            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
+            tokio::time::timeout(timeout, ack).await.map_err(bounded("ack"))?.map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+/// Fields whose value differs between two definitions (as JSON, secrets
+/// already masked): `{field: {"from": …, "to": …}}`.
+pub fn diff(before: &Value, after: &Value) -> Value {
+    let empty = serde_json::Map::new();
+    let (before, after) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+    let mut out = serde_json::Map::new();
+    for key in before.keys().chain(after.keys()) {
+        let (from, to) = (before.get(key).unwrap_or(&Value::Null), after.get(key).unwrap_or(&Value::Null));
+        if from != to && !out.contains_key(key) {
+            out.insert(key.clone(), serde_json::json!({"from": from, "to": to}));
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn diff_names_each_changed_field_once() {
+        let before = json!({"url": "http://a/", "retry": ["1s"], "owner": "x"});
+        let after = json!({"url": "http://b/", "retry": ["1s"], "description": "d"});
+        assert_eq!(
+            diff(&before, &after),
+            json!({
+                "url": {"from": "http://a/", "to": "http://b/"},
+                "owner": {"from": "x", "to": null},
+                "description": {"from": null, "to": "d"},
+            })
+        );
+    }
+}
