@@ -93,6 +93,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/subscriptions/{name}/pause", post(pause))
         .route("/api/v1/subscriptions/{name}/resume", post(resume))
         .route("/api/v1/subscriptions/{name}/replay", post(replay_window))
+        .route("/api/v1/subscriptions/{name}/signing-secret/rotate", post(subscriptions::rotate_signing_secret))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/unrouted", get(list_unrouted).delete(purge_unrouted))
         .route("/api/v1/unrouted/{event_id}", get(show_unrouted))
@@ -212,7 +213,10 @@ pub struct Caller(pub Arc<AccessToken>);
 pub fn required_scope(method: &Method, route: &str) -> Scope {
     if matches!(*method, Method::GET | Method::HEAD) {
         Scope::Read
-    } else if route == "/api/v1/subscriptions" || route == "/api/v1/subscriptions/{name}" {
+    } else if route == "/api/v1/subscriptions"
+        || route == "/api/v1/subscriptions/{name}"
+        || route == "/api/v1/subscriptions/{name}/signing-secret/rotate"
+    {
         Scope::Manage
     } else {
         Scope::Operate

@@ -281,6 +281,93 @@ pub async fn remove(
     result
 }
 
+/// How long both signing secrets sign after a rotation, unless told.
+const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the previous secrets keep signing ("24h").
+    overlap: Option<String>,
+}
+
+/// `POST /api/v1/subscriptions/{name}/signing-secret/rotate`: a new
+/// Standard Webhooks secret, returned once. During `overlap` deliveries
+/// carry a signature with the new secret and one with each previous one;
+/// after it, only the new one signs.
+pub async fn rotate_signing_secret(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    covered(&caller, &name)?;
+    refuse_file_managed(&state, &name)?;
+    let request: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| super::api::invalid(format!("request body: {e}")))?
+    };
+    let overlap = match &request.overlap {
+        Some(text) => crate::config::parse_duration(text).map_err(super::api::invalid)?,
+        None => DEFAULT_OVERLAP,
+    };
+    let entry = state.catalog.state().get(&name).cloned().ok_or_else(|| not_found(&name))?;
+    let key =
+        state.config.borrow().admin.secret_key.as_ref().map(SecretKey::parse).transpose().map_err(|_| unavailable())?;
+    let Some(key) = key else {
+        return Err(unprocessable(vec![problem(
+            "signing_secret",
+            "signing secrets are stored sealed with admin.secret_key; the server has none",
+        )]));
+    };
+    let mut definition = entry.definition.clone();
+    key.open(&name, &mut definition).map_err(|_| {
+        unprocessable(vec![problem("", "the stored secrets do not open with this process's admin.secret_key")])
+    })?;
+    let mut previous: Vec<Value> = match definition.get("signing_secret") {
+        Some(Value::Array(list)) => list.clone(),
+        Some(Value::String(one)) => vec![Value::String(one.clone())],
+        _ => Vec::new(),
+    };
+    // Secrets whose overlap from an earlier rotation is over are gone for good.
+    let earlier_overlap_over = definition
+        .get("previous_signing_secrets_until")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .is_some_and(|until| std::time::SystemTime::now() >= until);
+    if earlier_overlap_over {
+        previous.truncate(1);
+    }
+    let mut random = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
+    let new = format!("whsec_{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random));
+    let until = crate::broker::message::rfc3339(std::time::SystemTime::now() + overlap);
+    let mut secrets = vec![Value::String(new.clone())];
+    secrets.extend(previous.iter().cloned());
+    definition["signing_secret"] = Value::Array(secrets);
+    definition["previous_signing_secrets_until"] = Value::String(until.clone());
+    let definition = prepare(&state, &name, definition)?;
+    let change = Change::Put { name: name.clone(), expected_version: entry.version, definition };
+    match write(&state, &caller, change).await? {
+        Outcome::Applied { version } => {
+            applied(&state, &name, version).await?;
+            let detail = json!({"version": version, "previous_secrets": previous.len(), "previous_valid_until": until});
+            state.audit.record(AuditRecord::new(&caller.name, "rotate_signing_secret", &name, "ok", detail)).await;
+            let body = json!({
+                "name": name,
+                "version": version,
+                "signing_secret": new,
+                "previous_valid_until": until,
+            });
+            Ok(with_etag(StatusCode::OK, version, body))
+        }
+        Outcome::Conflict { current: 0 } => Err(not_found(&name)),
+        Outcome::Conflict { current } => Err(stale(&name, entry.version, current)),
+        Outcome::Synced => unreachable!("a put is never a sync"),
+    }
+}
+
 /// `DELETE …?drain=true`: stop routing now (`202`), let the workers deliver
 /// what is queued, then delete, in a task of this process. Dead letters
 /// cannot be delivered by draining: they must be replayed or purged first.

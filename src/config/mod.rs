@@ -320,6 +320,10 @@ pub struct SubscriptionConfig {
     /// string or a list (rotation: one signature per secret).
     #[serde(default, deserialize_with = "one_or_many")]
     pub signing_secret: Vec<Secret>,
+    /// Set by a signing-secret rotation: until this time (RFC 3339) every
+    /// `signing_secret` signs; after it, only the first (the newest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_signing_secrets_until: Option<String>,
     /// Credentials the destination requires.
     pub auth: Option<DestinationAuth>,
     /// jq expression: the event is delivered only if it yields `true`.
@@ -667,6 +671,11 @@ impl SubscriptionConfig {
         }
         if let Some(i) = self.retry.iter().position(|d| d.as_millis() == 0) {
             out.push(ConfigError::invalid(key(&format!("retry[{i}]")), "delays must be at least 1ms"));
+        }
+        if let Some(until) = &self.previous_signing_secrets_until
+            && humantime::parse_rfc3339_weak(until).is_err()
+        {
+            out.push(ConfigError::invalid(key("previous_signing_secrets_until"), "not an RFC 3339 time"));
         }
         for (field, value) in [("owner", &self.owner), ("description", &self.description), ("contact", &self.contact)] {
             if value.as_ref().is_some_and(|v| v.len() > 1024) {

@@ -36,6 +36,8 @@ pub struct Destination {
     headers: HeaderMap,
     /// Standard Webhooks keys (decoded `whsec_` secrets), in rotation order.
     signing_keys: Vec<Vec<u8>>,
+    /// After this, only the first key signs (the overlap of a rotation).
+    previous_keys_until: Option<SystemTime>,
 }
 
 /// What is sent: the envelope's body, or a transform's output.
@@ -116,6 +118,10 @@ impl Destination {
                 .map_err(|_| ConfigError::invalid(key("method"), "invalid"))?,
             headers,
             signing_keys,
+            previous_keys_until: config
+                .previous_signing_secrets_until
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
         })
     }
 
@@ -129,8 +135,9 @@ impl Destination {
             return None;
         }
         let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
-        let entries: Vec<String> = self
-            .signing_keys
+        let overlap_over = self.previous_keys_until.is_some_and(|until| SystemTime::now() >= until);
+        let keys = if overlap_over { &self.signing_keys[..1] } else { &self.signing_keys[..] };
+        let entries: Vec<String> = keys
             .iter()
             .map(|key| {
                 format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(Algorithm::Sha256.mac(key, &parts)))

@@ -462,3 +462,49 @@ async fn every_change_leaves_an_audit_record_readable_from_any_process() {
     assert_eq!(read.status(), 200);
     other.shutdown().await;
 }
+
+/// Rotating a signing secret: the new one is returned once; during the
+/// overlap deliveries carry both signatures, after it only the new one.
+#[tokio::test]
+async fn a_rotated_signing_secret_overlaps_then_replaces_the_old_one() {
+    use hookwire::{config::Secret, ingress::schemes::StandardWebhooks, ingress::verify::Scheme};
+    const OLD: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let sink = Sink::start(Behavior::Ok).await;
+    let token = hookwire::config::AccessToken::full("ops", Secret::new(TestApp::TOKEN));
+    let app = TestApp::start_adjusted(crate::helpers::AMQP_URL, "", |c| {
+        c.admin.tokens = vec![token];
+        c.admin.secret_key = Some(Secret::new("7a".repeat(32)));
+    })
+    .await;
+    let body = json!({"name": "rotating", "topics": ["acme.r.*"], "url": sink.url("/"), "signing_secret": OLD});
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await.0, 201);
+    let path = "/api/v1/subscriptions/rotating/signing-secret/rotate";
+    let (status, rotated, _) = send(&app, Method::POST, path, None, Some(json!({"overlap": "3s"}))).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["signing_secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != OLD);
+    let (_, shown, _) = send(&app, Method::GET, "/api/v1/subscriptions/rotating", None, None).await;
+    assert!(!shown.to_string().contains(&new[6..]), "returned once, never again: {shown}");
+
+    // What each secret's signature of a delivery would be.
+    let expected = |secret: &str, received: &crate::helpers::Received| {
+        let scheme = StandardWebhooks::new(&[Secret::new(secret)], None).unwrap();
+        let at: u64 = received.header("webhook-timestamp").parse().unwrap();
+        let time = std::time::UNIX_EPOCH + Duration::from_secs(at);
+        let headers = scheme.sign(&received.body, time, received.header("webhook-id")).unwrap();
+        headers.into_iter().find(|(name, _)| name == "webhook-signature").unwrap().1
+    };
+    assert_eq!(app.post_acme("during", r#"{"type":"r.x"}"#).await.status(), 202);
+    let got = sink.wait_for(1, T).await;
+    let signatures: Vec<&str> = got[0].header("webhook-signature").split(' ').collect();
+    assert_eq!(
+        signatures,
+        [expected(&new, &got[0]).as_str(), expected(OLD, &got[0]).as_str()],
+        "both sign during the overlap"
+    );
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(app.post_acme("after", r#"{"type":"r.x"}"#).await.status(), 202);
+    let got = sink.wait_for(2, T).await;
+    assert_eq!(got[1].header("webhook-signature"), expected(&new, &got[1]), "only the new one after it");
+}
