@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod message;
 pub mod publisher;
+pub mod stream;
 pub mod topology;
 
 pub use connection::{Broker, Session};

@@ -12,22 +12,18 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use futures_util::StreamExt;
-use lapin::{
-    BasicProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
-};
+use lapin::{BasicProperties, options::BasicAckOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, message::rfc3339, publisher::publish_confirmed},
+    broker::{Broker, message::rfc3339, publisher::publish_confirmed, stream},
     telemetry::metric,
 };
 
@@ -125,44 +121,16 @@ impl Audit {
     }
 
     async fn follow(self, token: CancellationToken) {
-        let mut sessions = self.broker.watch();
-        loop {
-            let session = tokio::select! {
-                _ = token.cancelled() => return,
-                changed = sessions.wait_for(Option::is_some) => match changed {
-                    Ok(session) => session.clone().expect("waited for Some"),
-                    Err(_) => return,
-                },
-            };
-            if let Err(error) = self.read(&session, &token).await {
-                tracing::warn!(%error, "audit follower failed; reading the log again");
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        stream::on_every_session(&self.broker.clone(), &token.clone(), "audit follower", |session| {
+            let (this, token) = (self.clone(), token.clone());
+            async move { this.read(&session, &token).await }
+        })
+        .await;
     }
 
     async fn read(&self, session: &crate::broker::Session, token: &CancellationToken) -> Result<(), String> {
         let timeout = self.broker.operation_timeout;
-        let bounded = |what: &'static str| move |_| format!("{what} timed out");
-        let channel = tokio::time::timeout(timeout, session.connection.create_channel())
-            .await
-            .map_err(bounded("opening a channel"))?
-            .map_err(|e| e.to_string())?;
-        tokio::time::timeout(timeout, channel.basic_qos(500, BasicQosOptions::default()))
-            .await
-            .map_err(bounded("basic.qos"))?
-            .map_err(|e| e.to_string())?;
-        let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
-        let consume =
-            channel.basic_consume(self.stream.as_str().into(), "".into(), BasicConsumeOptions::default(), args);
-        let mut records = tokio::time::timeout(timeout, consume)
-            .await
-            .map_err(bounded("basic.consume"))?
-            .map_err(|e| e.to_string())?;
+        let (channel, mut records) = stream::from_first(session, &self.stream, 500, timeout).await?;
         // Rebuilt from the stream: the newest KEPT.
         let mut fresh = true;
         loop {
@@ -175,10 +143,7 @@ impl Audit {
                 Some(Err(error)) => return Err(error.to_string()),
                 None => return Err("the audit stream's consumer ended".to_owned()),
             };
-            let offset = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("x-stream-offset") {
-                Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).ok(),
-                _ => None,
-            });
+            let offset = stream::offset(&delivery.properties);
             if let (Some(offset), Ok(mut record)) = (offset, serde_json::from_slice::<AuditRecord>(&delivery.data)) {
                 record.id = offset;
                 let mut recent = self.recent.lock().expect("audit lock");
@@ -194,7 +159,10 @@ impl Audit {
                 }
             }
             let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
-            tokio::time::timeout(timeout, ack).await.map_err(bounded("ack"))?.map_err(|e| e.to_string())?;
+            tokio::time::timeout(timeout, ack)
+                .await
+                .map_err(|_| "ack timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
         }
     }
 }

@@ -22,11 +22,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use lapin::{
-    BasicProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
-};
+use lapin::{BasicProperties, options::BasicAckOptions};
 use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
@@ -34,13 +30,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Change, Outcome, Record, State};
-use crate::broker::{Broker, PublishError, message::rfc3339, publisher::publish_confirmed};
+use crate::broker::{Broker, PublishError, message::rfc3339, publisher::publish_confirmed, stream};
 
 /// Records read ahead of the follower; the broker needs a prefetch to
 /// deliver from a stream.
 const PREFETCH: u16 = 256;
-/// Pause between attempts after the follower failed on a live connection.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -139,57 +133,23 @@ impl Inner {
     }
 
     async fn follow(self: Arc<Self>, token: CancellationToken) {
-        let mut sessions = self.broker.watch();
-        loop {
-            let session = tokio::select! {
-                _ = token.cancelled() => return,
-                changed = sessions.wait_for(Option::is_some) => match changed {
-                    Ok(session) => session.clone().expect("waited for Some"),
-                    Err(_) => return,
-                },
-            };
-            if let Err(error) = self.read(&session, &token).await {
-                tracing::warn!(%error, stream = %self.stream, "catalog follower failed; reading the log again");
+        stream::on_every_session(&self.broker.clone(), &token.clone(), "catalog follower", |session| {
+            let (this, token) = (self.clone(), token.clone());
+            async move {
+                let result = this.read(&session, &token).await;
+                // Until the log is read again this process may miss changes.
+                this.caught_up.send_replace(false);
+                result
             }
-            // Until the log is read again this process may miss changes.
-            self.caught_up.send_replace(false);
-            if token.is_cancelled() {
-                return;
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(RETRY_PAUSE) => {}
-            }
-        }
+        })
+        .await;
     }
 
     /// Reads the stream from its first record, then follows it, until the
     /// connection or the token ends.
     async fn read(&self, session: &crate::broker::Session, token: &CancellationToken) -> Result<(), String> {
         let timeout = self.broker.operation_timeout;
-        let bounded = |what: &'static str| move |_| format!("{what} timed out");
-        let channel = tokio::time::timeout(timeout, session.connection.create_channel())
-            .await
-            .map_err(bounded("opening a channel"))?
-            .map_err(|e| e.to_string())?;
-        tokio::time::timeout(timeout, channel.basic_qos(PREFETCH, BasicQosOptions::default()))
-            .await
-            .map_err(bounded("basic.qos"))?
-            .map_err(|e| e.to_string())?;
-        let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
-        let tag = format!("hookwire-catalog-{}", uuid::Uuid::now_v7().simple());
-        let consume = channel.basic_consume(
-            self.stream.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            args,
-        );
-        let mut records = tokio::time::timeout(timeout, consume)
-            .await
-            .map_err(bounded("basic.consume"))?
-            .map_err(|e| e.to_string())?;
-
+        let (channel, mut records) = stream::from_first(session, &self.stream, PREFETCH, timeout).await?;
         // Rebuilt privately: readers keep the previous state until this one
         // has caught up, so no reconciler ever acts on half a log.
         let mut state = State::default();
@@ -213,7 +173,7 @@ impl Inner {
                 Some(Err(error)) => break Err(error.to_string()),
                 None => break Err("the catalog stream's consumer ended".to_owned()),
             };
-            let offset = stream_offset(&delivery.properties);
+            let offset = stream::offset(&delivery.properties);
             match (offset, serde_json::from_slice::<Record>(&delivery.data)) {
                 (Some(offset), Ok(record)) => {
                     let outcome = state.apply(offset, &record);
@@ -242,18 +202,5 @@ impl Inner {
         };
         let _ = tokio::time::timeout(timeout, channel.close(200, "catalog follower stopping".into())).await;
         result
-    }
-}
-
-/// The record's position in the stream, which RabbitMQ adds to every
-/// message it delivers from a stream.
-fn stream_offset(properties: &BasicProperties) -> Option<u64> {
-    let headers = properties.headers().as_ref()?;
-    match headers.inner().get("x-stream-offset")? {
-        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
-        _ => None,
     }
 }
