@@ -45,6 +45,36 @@ use lapin::{
 
 use crate::config::{ArchiveConfig, Config, format_duration};
 
+async fn declare_queue(channel: &Channel, queue: &QueueSpec, timeout: Duration) -> Result<(), TopologyError> {
+    bounded(&format!("queue {}", queue.name), timeout, async {
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(queue.name.as_str().into(), options, field_table(&queue.args)).await
+    })
+    .await
+    .map(drop)
+}
+
+/// `(exchange, queue, key)` as [`Topology::bindings`] lists them.
+async fn bind(
+    channel: &Channel,
+    (exchange, queue, key): &(String, String, String),
+    timeout: Duration,
+) -> Result<(), TopologyError> {
+    bounded(&format!("binding {exchange} -> {queue} ({key})"), timeout, async {
+        let options = QueueBindOptions::default();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                options,
+                FieldTable::default(),
+            )
+            .await
+    })
+    .await
+}
+
 /// The audit stream's size bound: years of human actions.
 const AUDIT_MAX_BYTES: i64 = 1_000_000_000;
 
@@ -301,30 +331,10 @@ impl Topology {
         })
         .await?;
         for queue in self.queues() {
-            bounded(&format!("queue {}", queue.name), timeout, async {
-                channel
-                    .queue_declare(
-                        queue.name.as_str().into(),
-                        QueueDeclareOptions { durable: true, ..Default::default() },
-                        field_table(&queue.args),
-                    )
-                    .await
-            })
-            .await?;
+            declare_queue(channel, &queue, timeout).await?;
         }
-        for (exchange, queue, key) in self.bindings() {
-            bounded(&format!("binding {exchange} -> {queue} ({key})"), timeout, async {
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        exchange.as_str().into(),
-                        key.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await?;
+        for binding in self.bindings() {
+            bind(channel, &binding, timeout).await?;
         }
         Ok(())
     }
@@ -337,32 +347,11 @@ impl Topology {
     pub async fn reconcile(&self, old: &Topology, channel: &Channel, timeout: Duration) -> Result<(), TopologyError> {
         let existing: BTreeSet<String> = old.queues().into_iter().map(|q| q.name).collect();
         for queue in self.queues().into_iter().filter(|q| !existing.contains(&q.name)) {
-            bounded(&format!("queue {}", queue.name), timeout, async {
-                channel
-                    .queue_declare(
-                        queue.name.as_str().into(),
-                        QueueDeclareOptions { durable: true, ..Default::default() },
-                        field_table(&queue.args),
-                    )
-                    .await
-            })
-            .await?;
+            declare_queue(channel, &queue, timeout).await?;
         }
         let (new, old) = (self.bindings(), old.bindings());
-        for (exchange, queue, key) in new.iter().filter(|b| !old.contains(b)) {
-            bounded(&format!("binding {exchange} -> {queue} ({key})"), timeout, async {
-                let options = QueueBindOptions::default();
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        exchange.as_str().into(),
-                        key.as_str().into(),
-                        options,
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await?;
+        for binding in new.iter().filter(|b| !old.contains(b)) {
+            bind(channel, binding, timeout).await?;
         }
         for (exchange, queue, key) in old.iter().filter(|b| !new.contains(b)) {
             bounded(&format!("unbinding {exchange} -> {queue} ({key})"), timeout, async {
