@@ -130,24 +130,6 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let admin_token = CancellationToken::new();
     let admin_listener = bind(config.admin.listen).await?;
     let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
-    let ready = {
-        let broker = broker.clone();
-        let catalog = catalog.clone();
-        let draining = draining.clone();
-        Box::new(move || {
-            if draining.load(Ordering::Relaxed) {
-                Err("draining".to_owned())
-            } else if !broker.is_ready() {
-                Err("RabbitMQ not connected".to_owned())
-            } else if let Some(reason) = broker.blocked() {
-                Err(format!("RabbitMQ blocks publishing (resource alarm: {reason})"))
-            } else if !catalog.is_caught_up() {
-                Err("reading the subscriptions catalog".to_owned())
-            } else {
-                Ok(())
-            }
-        })
-    };
     // The reconciler owns the workers and follows the catalog: the file's
     // subscriptions start now, the catalog's once it has been read.
     let workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout);
@@ -160,6 +142,10 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         role.worker().then_some(workers),
         reconciler_token.clone(),
     );
+    let ready = {
+        let (broker, catalog, desired, draining) = (broker.clone(), catalog.clone(), desired.clone(), draining.clone());
+        Box::new(move || readiness(&broker, &catalog, &desired, &draining))
+    };
     let api = Arc::new(admin::api::ApiState {
         tokens: config.admin.tokens.clone(),
         broker: broker.clone(),
@@ -226,7 +212,34 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     })
 }
 
+/// What `/readyz` answers: `Err(why)` while this process should get no
+/// traffic. Ready means connected, not blocked, and running the catalog as
+/// read on this connection (its subscriptions route and deliver).
+fn readiness(
+    broker: &Broker,
+    catalog: &Catalog,
+    desired: &tokio::sync::watch::Receiver<Arc<Desired>>,
+    draining: &AtomicBool,
+) -> Result<(), String> {
+    if draining.load(Ordering::Relaxed) {
+        Err("draining".to_owned())
+    } else if !broker.is_ready() {
+        Err("RabbitMQ not connected".to_owned())
+    } else if let Some(reason) = broker.blocked() {
+        Err(format!("RabbitMQ blocks publishing (resource alarm: {reason})"))
+    } else if !catalog.is_caught_up() || desired.borrow().catalog_generation != catalog.generation() {
+        Err("reading the subscriptions catalog".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
 impl App {
+    /// Whether this process is ready for traffic (what `/readyz` answers).
+    pub fn ready(&self) -> Result<(), String> {
+        readiness(&self.broker, &self.catalog, &self.desired, &self.draining)
+    }
+
     /// Applies a re-read config file without a restart: sources (new,
     /// changed, removed, rotated secrets) swap at once; subscriptions go to
     /// the reconciler, which restarts only the workers whose definition

@@ -77,9 +77,21 @@ pub enum Outcome {
 }
 
 /// The catalog's content after applying a prefix of the log.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct State {
     entries: BTreeMap<String, Entry>,
+    /// Which catch-up of this process the state comes from (0: not caught
+    /// up yet). Readiness waits until the reconciler has applied a state of
+    /// the current catch-up, not only until the log was read.
+    pub generation: u64,
+}
+
+/// Two states are equal when they hold the same subscriptions, whichever
+/// process or catch-up they come from.
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
 }
 
 impl State {

@@ -49,6 +49,8 @@ pub struct Wanted {
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     pub subscriptions: BTreeMap<String, Wanted>,
+    /// The catalog catch-up it was built from ([`State::generation`]).
+    pub catalog_generation: u64,
 }
 
 impl Desired {
@@ -96,7 +98,7 @@ impl Desired {
                 Err(error) => tracing::error!(subscription = %name, %error, "unreadable catalog entry; left out"),
             }
         }
-        Self { subscriptions }
+        Self { subscriptions, catalog_generation: catalog.generation }
     }
 
     pub fn definitions(&self) -> BTreeMap<String, SubscriptionConfig> {

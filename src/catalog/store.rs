@@ -61,6 +61,8 @@ struct Inner {
     caught_up: watch::Sender<bool>,
     /// Writers waiting for their record (by id) to be read back.
     waiters: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    /// Catch-ups so far ([`State::generation`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -72,6 +74,7 @@ impl Catalog {
             state: watch::channel(Arc::new(State::default())).0,
             caught_up: watch::channel(false).0,
             waiters: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         });
         let task = tokio::spawn(inner.clone().follow(token));
         (Self { inner }, task)
@@ -87,9 +90,14 @@ impl Catalog {
         self.inner.state.subscribe()
     }
 
-    /// Has read everything written before it connected (readiness).
+    /// Has read everything written before it connected.
     pub fn is_caught_up(&self) -> bool {
         *self.inner.caught_up.borrow()
+    }
+
+    /// The catch-up the current state comes from ([`State::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.inner.state.borrow().generation
     }
 
     /// Appends `change` and returns what it did, as decided in log order.
@@ -180,6 +188,7 @@ impl Inner {
                     if record.id == marker.id {
                         tracing::info!(subscriptions = state.len(), "catalog read up to date");
                         caught_up = true;
+                        state.generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                         self.state.send_replace(Arc::new(state.clone()));
                         self.caught_up.send_replace(true);
                     } else if caught_up && !matches!(outcome, Outcome::Synced) {

@@ -371,9 +371,8 @@ impl TestApp {
     pub async fn restart(&mut self) {
         assert!(self.app.is_none(), "stop the running app first");
         let app = app::start(self.config.clone(), Role::All).await.unwrap();
-        let (broker, catalog) = (app.broker.clone(), app.catalog.clone());
         eventually(Duration::from_secs(15), "hookwire ready", || {
-            let ready = broker.is_ready() && catalog.is_caught_up();
+            let ready = app.ready().is_ok();
             async move { ready }
         })
         .await;

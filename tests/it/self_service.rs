@@ -57,9 +57,8 @@ async fn a_subscription_made_by_api_routes_in_every_process_at_once() {
     let ingress = app::start(app.config.clone(), Role::Ingress).await.unwrap();
     let worker = app::start(app.config.clone(), Role::Worker).await.unwrap();
     for process in [&ingress, &worker] {
-        let (broker, catalog) = (process.broker.clone(), process.catalog.clone());
         eventually(T, "the other processes are ready", || {
-            let ready = broker.is_ready() && catalog.is_caught_up();
+            let ready = process.ready().is_ok();
             async move { ready }
         })
         .await;
