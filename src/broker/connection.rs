@@ -37,6 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the supervisor double-checks the connection status, in case a
 /// failure event is missed.
 const STATUS_POLL: Duration = Duration::from_millis(500);
+/// Pause before a per-connection follower starts again after failing.
+const FOLLOWER_RETRY: Duration = Duration::from_secs(1);
 
 /// A live, topology-declared connection. Cheap to clone.
 #[derive(Clone)]
@@ -122,6 +124,38 @@ impl Broker {
             Ok(reason) => reason,
             // The supervisor is gone; nothing will ever block again.
             Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Calls `read` with every new session until `token` is cancelled, for
+    /// the followers that hold something per connection (the catalog, the
+    /// audit log, pause control). `read` runs until its session ends or
+    /// fails; an error is logged as `what`, and a second passes before the
+    /// next attempt, so a broken channel does not spin.
+    pub async fn on_every_session<F, Fut>(&self, token: &CancellationToken, what: &str, mut read: F)
+    where
+        F: FnMut(Session) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let mut sessions = self.watch();
+        loop {
+            let session = tokio::select! {
+                _ = token.cancelled() => return,
+                changed = sessions.wait_for(Option::is_some) => match changed {
+                    Ok(session) => session.clone().expect("waited for Some"),
+                    Err(_) => return,
+                },
+            };
+            if let Err(error) = read(session).await {
+                tracing::warn!(%error, "{what} failed; starting again");
+            }
+            if token.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(FOLLOWER_RETRY) => {}
+            }
         }
     }
 

@@ -1,50 +1,17 @@
-//! Following a RabbitMQ stream from its first record: what the catalog and
-//! the audit log do to rebuild their state from a log on every connection.
+//! Reading a RabbitMQ stream from its first record: what the catalog and
+//! the audit log do to rebuild their state from a log on every connection
+//! (with [`Broker::on_every_session`](super::Broker::on_every_session)).
 //!
 //! Must not: interpret records (the followers do).
 
 use std::time::Duration;
 
+use super::Session;
 use lapin::{
     BasicProperties, Channel, Consumer,
     options::{BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
-use tokio_util::sync::CancellationToken;
-
-use super::{Broker, Session};
-
-/// Pause between attempts after a follower failed on a live connection.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// Calls `read` with every new session until `token` is cancelled. `read`
-/// reads until its session ends or fails; an error is logged as `what`.
-pub async fn on_every_session<F, Fut>(broker: &Broker, token: &CancellationToken, what: &str, mut read: F)
-where
-    F: FnMut(Session) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let mut sessions = broker.watch();
-    loop {
-        let session = tokio::select! {
-            _ = token.cancelled() => return,
-            changed = sessions.wait_for(Option::is_some) => match changed {
-                Ok(session) => session.clone().expect("waited for Some"),
-                Err(_) => return,
-            },
-        };
-        if let Err(error) = read(session).await {
-            tracing::warn!(%error, "{what} failed; reading the log again");
-        }
-        if token.is_cancelled() {
-            return;
-        }
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(RETRY_PAUSE) => {}
-        }
-    }
-}
 
 /// A consumer on `stream` from its first record. Streams need a prefetch,
 /// and every delivery must be acked to keep the credit flowing.

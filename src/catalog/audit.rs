@@ -121,11 +121,13 @@ impl Audit {
     }
 
     async fn follow(self, token: CancellationToken) {
-        stream::on_every_session(&self.broker.clone(), &token.clone(), "audit follower", |session| {
-            let (this, token) = (self.clone(), token.clone());
-            async move { this.read(&session, &token).await }
-        })
-        .await;
+        self.broker
+            .clone()
+            .on_every_session(&token.clone(), "audit follower", |session| {
+                let (this, token) = (self.clone(), token.clone());
+                async move { this.read(&session, &token).await }
+            })
+            .await;
     }
 
     async fn read(&self, session: &crate::broker::Session, token: &CancellationToken) -> Result<(), String> {

@@ -141,16 +141,18 @@ impl Inner {
     }
 
     async fn follow(self: Arc<Self>, token: CancellationToken) {
-        stream::on_every_session(&self.broker.clone(), &token.clone(), "catalog follower", |session| {
-            let (this, token) = (self.clone(), token.clone());
-            async move {
-                let result = this.read(&session, &token).await;
-                // Until the log is read again this process may miss changes.
-                this.caught_up.send_replace(false);
-                result
-            }
-        })
-        .await;
+        self.broker
+            .clone()
+            .on_every_session(&token.clone(), "catalog follower", |session| {
+                let (this, token) = (self.clone(), token.clone());
+                async move {
+                    let result = this.read(&session, &token).await;
+                    // Until the log is read again this process may miss changes.
+                    this.caught_up.send_replace(false);
+                    result
+                }
+            })
+            .await;
     }
 
     /// Reads the stream from its first record, then follows it, until the

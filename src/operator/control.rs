@@ -164,31 +164,21 @@ impl Control {
     }
 
     async fn listen(self: Arc<Self>, token: CancellationToken) {
-        let mut sessions = self.broker.watch();
-        loop {
-            let session = tokio::select! {
-                _ = token.cancelled() => return,
-                changed = sessions.wait_for(Option::is_some) => match changed {
-                    Ok(session) => session.clone().expect("waited for Some"),
-                    Err(_) => return,
-                },
-            };
-            if let Err(error) = self.follow(&session.connection, &token).await {
-                tracing::warn!(%error, "operator control listener failed; restarting");
-            }
-            // Changes may be missed until the next connection reads the
-            // markers again: workers wait meanwhile.
-            for state in self.states.lock().expect("control states lock").values() {
-                state.send_replace(None);
-            }
-            if token.is_cancelled() {
-                return;
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        self.broker
+            .clone()
+            .on_every_session(&token.clone(), "operator control listener", |session| {
+                let (this, token) = (self.clone(), token.clone());
+                async move {
+                    let result = this.follow(&session.connection, &token).await.map_err(|e| e.to_string());
+                    // Changes may be missed until the next connection reads the
+                    // markers again: workers wait meanwhile.
+                    for state in this.states.lock().expect("control states lock").values() {
+                        state.send_replace(None);
+                    }
+                    result
+                }
+            })
+            .await;
     }
 
     /// Binds this process's control queue, reads the markers, then applies
