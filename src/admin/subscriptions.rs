@@ -116,12 +116,7 @@ pub async fn replace(
     match object.remove("name") {
         None => {}
         Some(Value::String(given)) if given == name => {}
-        Some(_) => {
-            return Err(unprocessable(vec![problem(
-                "name",
-                "must match the name in the path (renaming is delete and create)",
-            )]));
-        }
+        Some(_) => return Err(renaming()),
     }
     update(&state, &caller, &name, &headers, Value::Object(object)).await
 }
@@ -137,10 +132,7 @@ pub async fn patch(
 ) -> Result<Response, ApiError> {
     let patch: Value = serde_json::from_slice(&body).map_err(|e| super::api::invalid(format!("request body: {e}")))?;
     if patch.get("name").is_some_and(|given| given != &Value::String(name.clone())) {
-        return Err(unprocessable(vec![problem(
-            "name",
-            "must match the name in the path (renaming is delete and create)",
-        )]));
+        return Err(renaming());
     }
     refuse_file_managed(&state, &name)?;
     let current = state.catalog.state().get(&name).map(|e| e.definition.clone()).ok_or_else(|| not_found(&name))?;
@@ -614,6 +606,11 @@ fn refuse_file_managed(state: &ApiState, name: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A body whose `name` differs from the path's.
+fn renaming() -> ApiError {
+    unprocessable(vec![problem("name", "must match the name in the path (renaming is delete and create)")])
 }
 
 fn not_found(name: &str) -> ApiError {
