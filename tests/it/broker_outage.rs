@@ -171,13 +171,7 @@ async fn a_resource_alarm_gives_fast_503s_and_not_ready_until_it_clears() {
         assert_eq!(app.post_acme(&id, r#"{"type":"a"}"#).await.status(), 202);
         accepted.push(id);
     }
-    eventually(T, "every accepted event is delivered", || {
-        let got: std::collections::HashSet<String> =
-            sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
-        let missing = accepted.iter().any(|id| !got.contains(id));
-        async move { !missing }
-    })
-    .await;
+    sink.wait_for_ids(&accepted, T).await;
 }
 
 /// Issue 11: with several broker addresses a process fails over to the next
@@ -221,11 +215,5 @@ async fn several_broker_addresses_fail_over_to_the_next() {
             accepted.push(id);
         }
     }
-    eventually(T, "every accepted event is delivered", || {
-        let got: std::collections::HashSet<String> =
-            sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
-        let missing = accepted.iter().any(|id| !got.contains(id));
-        async move { !missing }
-    })
-    .await;
+    sink.wait_for_ids(&accepted, T).await;
 }

@@ -152,6 +152,24 @@ impl Sink {
             }
         }
     }
+
+    /// Waits until an event with each of `ids` (`webhook-id`) has arrived.
+    pub async fn wait_for_ids(&self, ids: &[String], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            let got: std::collections::HashSet<String> =
+                self.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
+            let missing: Vec<&String> = ids.iter().filter(|id| !got.contains(*id)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                panic!("destination never got {missing:?} within {timeout:?}");
+            }
+        }
+    }
 }
 
 impl Drop for Sink {
