@@ -5,6 +5,7 @@
 #
 #   deploy/rabbitmq-node.sh start NAME AMQP_PORT   start NAME@localhost (idempotent), wait until it answers
 #   deploy/rabbitmq-node.sh stop NAME              stop it and delete its data
+#   deploy/rabbitmq-node.sh restart NAME           stop it, keeping its data, and start it again
 #   deploy/rabbitmq-node.sh ctl NAME ARGS...       rabbitmqctl against it
 #
 # Each node has its own data and log directories under
@@ -17,7 +18,7 @@ set -euo pipefail
 BASE="${HOOKWIRE_NODES_DIR:-/tmp/hookwire-rabbitmq}"
 BIN=/usr/lib/rabbitmq/bin
 
-usage() { sed -n '2,14p' "$0" >&2; exit 2; }
+usage() { sed -n '2,15p' "$0" >&2; exit 2; }
 
 # Runs a RabbitMQ script as the rabbitmq user with the node's environment.
 as_rabbitmq() {
@@ -79,9 +80,19 @@ stop() {
   echo "rabbitmq node $name: stopped"
 }
 
+# A clean stop and start with the data kept: what a broker upgrade or a host
+# reboot does to the queues, streams and messages on the node.
+restart() {
+  local name=$1 port; port=$(port_of "$1")
+  as_rabbitmq "$name" "$port" "$BIN/rabbitmqctl -n $name@localhost stop" >/dev/null
+  for _ in $(seq 1 30); do answers "$port" || break; sleep 1; done
+  start "$name" "$port"
+}
+
 case "${1:-}" in
   start) [ $# -eq 3 ] || usage; start "$2" "$3" ;;
   stop) [ $# -eq 2 ] || usage; stop "$2" ;;
+  restart) [ $# -eq 2 ] || usage; restart "$2" ;;
   ctl)
     [ $# -ge 3 ] || usage
     name=$2; shift 2

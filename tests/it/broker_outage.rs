@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{AMQP_URL, Behavior, Proxy, Sink, TestApp, eventually};
+use crate::helpers::{AMQP_URL, Behavior, OwnNode, Proxy, Sink, TestApp, eventually};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -82,35 +82,6 @@ async fn starts_without_the_broker_and_connects_when_it_appears() {
     namespace_topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
 }
 
-/// A RabbitMQ node of this test's own (deploy/rabbitmq-node.sh), stopped and
-/// deleted when dropped: its alarms must not reach other tests.
-struct OwnNode {
-    name: &'static str,
-}
-
-impl OwnNode {
-    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");
-
-    fn start(name: &'static str, port: u16) -> Self {
-        let status =
-            std::process::Command::new(Self::SCRIPT).args(["start", name, &port.to_string()]).status().unwrap();
-        assert!(status.success(), "starting RabbitMQ node {name}");
-        Self { name }
-    }
-
-    fn ctl(&self, args: &[&str]) {
-        let mut command = std::process::Command::new(Self::SCRIPT);
-        let status = command.args(["ctl", self.name]).args(args).stdout(std::process::Stdio::null()).status().unwrap();
-        assert!(status.success(), "rabbitmqctl {args:?}");
-    }
-}
-
-impl Drop for OwnNode {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(Self::SCRIPT).args(["stop", self.name]).status();
-    }
-}
-
 /// Issue 14: a disk alarm makes RabbitMQ block publishers. hookwire follows
 /// `connection.blocked`: the ingress answers 503 at once instead of after
 /// `publish_timeout`, `/readyz` says why, and everything resumes when the
@@ -123,7 +94,7 @@ async fn a_resource_alarm_gives_fast_503s_and_not_ready_until_it_clears() {
     let sink = Sink::start(Behavior::Ok).await;
     let publish_timeout = Duration::from_secs(10);
     let app = TestApp::start_adjusted(
-        &format!("amqp://guest:guest@127.0.0.1:{PORT}/%2f"),
+        &node.url(),
         &format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/")),
         |c| c.ingress.publish_timeout = publish_timeout,
     )

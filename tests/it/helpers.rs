@@ -299,6 +299,49 @@ impl Drop for Proxy {
     }
 }
 
+// ----------------------------------------------------------------- own node
+
+/// A RabbitMQ node of the test's own (deploy/rabbitmq-node.sh), stopped and
+/// deleted when dropped: what the test does to it (alarms, restarts) must
+/// not reach other tests. Each test picks its own name and port.
+pub struct OwnNode {
+    name: &'static str,
+    port: u16,
+}
+
+impl OwnNode {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");
+
+    pub fn start(name: &'static str, port: u16) -> Self {
+        let status =
+            std::process::Command::new(Self::SCRIPT).args(["start", name, &port.to_string()]).status().unwrap();
+        assert!(status.success(), "starting RabbitMQ node {name}");
+        Self { name, port }
+    }
+
+    pub fn ctl(&self, args: &[&str]) {
+        let mut command = std::process::Command::new(Self::SCRIPT);
+        let status = command.args(["ctl", self.name]).args(args).stdout(std::process::Stdio::null()).status().unwrap();
+        assert!(status.success(), "rabbitmqctl {args:?}");
+    }
+
+    /// A clean stop and start, keeping the node's data.
+    pub fn restart(&self) {
+        let status = std::process::Command::new(Self::SCRIPT).args(["restart", self.name]).status().unwrap();
+        assert!(status.success(), "restarting RabbitMQ node {}", self.name);
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::SCRIPT).args(["stop", self.name]).status();
+    }
+}
+
 // ------------------------------------------------------------------------ app
 
 /// Builds a test config: sources `acme` (standard-webhooks) and `github`
@@ -425,6 +468,12 @@ impl TestApp {
         }
     }
 
+    /// A connection of the test's own to the app's broker.
+    pub async fn connect(&self) -> Connection {
+        let url = self.config.rabbitmq.url[0].expose();
+        Connection::connect(url, ConnectionProperties::default()).await.unwrap()
+    }
+
     /// The running app's catalog.
     pub fn catalog(&self) -> hookwire::catalog::Catalog {
         self.app().catalog.clone()
@@ -476,17 +525,26 @@ impl TestApp {
 
     /// Ready messages in `queue`, read from the real broker.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        self.declared(queue).await.message_count()
+    }
+
+    /// Consumers on `queue`: 0 once every process has paused it.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.declared(queue).await.consumer_count()
+    }
+
+    async fn declared(&self, queue: &str) -> lapin::Queue {
+        let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         let options = QueueDeclareOptions { passive: true, ..Default::default() };
         let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap();
         let _ = conn.close(200, "".into()).await;
-        queue.message_count()
+        queue
     }
 
     /// Whether `queue` exists.
     pub async fn queue_exists(&self, queue: &str) -> bool {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         let options = QueueDeclareOptions { passive: true, ..Default::default() };
         let exists = channel.queue_declare(queue.into(), options, FieldTable::default()).await.is_ok();
@@ -496,7 +554,7 @@ impl TestApp {
 
     /// Deletes `queue` behind hookwire's back.
     pub async fn delete_queue(&self, queue: &str) {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         channel.queue_delete(queue.into(), Default::default()).await.unwrap();
         let _ = conn.close(200, "".into()).await;
@@ -517,7 +575,7 @@ impl TestApp {
 
     /// Takes every message out of `queue` (acking them) and decodes it.
     pub async fn drain_queue(&self, queue: &str) -> Vec<(Envelope, DeliveryState)> {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         let mut out = Vec::new();
         while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
@@ -535,7 +593,12 @@ impl TestApp {
 
     /// Starts with the operator API enabled (token [`TestApp::TOKEN`]).
     pub async fn operator(extra: &str) -> Self {
-        Self::start_adjusted(AMQP_URL, extra, |c| {
+        Self::operator_on(AMQP_URL, extra).await
+    }
+
+    /// [`TestApp::operator`] on the broker at `amqp_url`.
+    pub async fn operator_on(amqp_url: &str, extra: &str) -> Self {
+        Self::start_adjusted(amqp_url, extra, |c| {
             c.admin.tokens =
                 vec![hookwire::config::AccessToken::full("operator", hookwire::config::Secret::new(Self::TOKEN))]
         })
@@ -568,7 +631,7 @@ impl TestApp {
     /// Publishes encoded events straight into `queue` (confirmed), as if
     /// hookwire had put them there: seeds dead-letter queues fast.
     pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+        let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let mut confirms = Vec::new();

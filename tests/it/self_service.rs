@@ -8,7 +8,7 @@ use hookwire::app::{self, App, Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Behavior, Sink, TestApp, eventually};
+use crate::helpers::{Behavior, OwnNode, Proxy, Sink, TestApp, eventually};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -249,6 +249,80 @@ async fn topic_changes_keep_queued_events_and_subscriptions_survive_restarts() {
     assert_eq!(app.post_acme("after-restart", r#"{"type":"b.y"}"#).await.status(), 202);
     let got = sink.wait_for(26, T).await;
     assert_eq!(got.last().unwrap().header("webhook-id"), "after-restart");
+}
+
+/// A process cut off from the broker while a subscription is made catches
+/// up before it reports ready again, and API-made subscriptions, with their
+/// queued events and pause flag, survive a restart of RabbitMQ and of every
+/// hookwire process. On a node of the test's own: the shared broker cannot
+/// be restarted under the other tests.
+#[tokio::test]
+async fn a_cut_off_process_catches_up_and_subscriptions_survive_a_broker_restart() {
+    let node = OwnNode::start("hookwire-restart-test", 5682);
+    let sink = Sink::start(Behavior::Ok).await;
+    let mut app = TestApp::operator_on(&node.url(), "").await;
+    let proxy = Proxy::start("127.0.0.1:5682").await;
+    let mut config = app.config.clone();
+    config.rabbitmq.url = vec![hookwire::config::Secret::new(proxy.url())];
+    let worker = app::start(config, Role::Worker).await.unwrap();
+    eventually(T, "the worker is ready", || {
+        let ready = worker.ready().is_ok();
+        async move { ready }
+    })
+    .await;
+
+    proxy.down();
+    eventually(T, "the worker notices it is cut off", || {
+        let ready = worker.ready().is_ok();
+        async move { !ready }
+    })
+    .await;
+    let body = json!({"name": "durable", "topics": ["acme.d.*"], "url": sink.url("/hooks")});
+    let (status, created, _) = send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let version = created["version"].as_u64().unwrap();
+    assert!(!converged(&worker, "durable", version), "cut off, it cannot know yet");
+    proxy.up();
+    // The first moment it is ready again, it already runs the change.
+    let deadline = Instant::now() + T;
+    while worker.ready().is_err() {
+        assert!(Instant::now() < deadline, "the worker reconnects: {:?}", worker.ready());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(converged(&worker, "durable", version), "ready means caught up");
+
+    // Events queued while paused, then everything restarts. The pause
+    // answer comes when the flag is stored; each process then stops its
+    // consumer.
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions/durable/pause", None, None).await.0, 200);
+    let work = format!("{}.sub.durable", app.config.rabbitmq.namespace);
+    eventually(T, "every process stops consuming", || {
+        let consumers = app.consumers(&work);
+        async move { consumers.await == 0 }
+    })
+    .await;
+    let mut accepted: Vec<String> = (0..5).map(|i| format!("queued-{i}")).collect();
+    for id in &accepted {
+        assert_eq!(app.post_acme(id, r#"{"type":"d.x"}"#).await.status(), 202);
+    }
+    app.wait_depth(&work, 5, T).await;
+    worker.shutdown().await;
+    app.stop().await;
+    node.restart();
+    app.restart().await;
+
+    let (status, shown, _) = send(&app, Method::GET, "/api/v1/subscriptions/durable", None, None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        (shown["version"].as_u64(), shown["status"]["paused"].as_bool()),
+        (Some(version), Some(true)),
+        "{shown}"
+    );
+    assert!(sink.received().is_empty(), "still paused after the restart");
+    assert_eq!(app.post_acme("after-restart", r#"{"type":"d.y"}"#).await.status(), 202);
+    accepted.push("after-restart".to_owned());
+    assert_eq!(send(&app, Method::POST, "/api/v1/subscriptions/durable/resume", None, None).await.0, 200);
+    sink.wait_for_ids(&accepted, T).await;
 }
 
 /// Reloading the file (as on SIGHUP): subscriptions added and removed live,
