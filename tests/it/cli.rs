@@ -247,3 +247,119 @@ async fn subscriptions_apply_prints_the_plan_and_converges() {
     let actions: Vec<&str> = out.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3)).collect();
     assert_eq!(actions, ["delete", "update", "update", "create"], "{out}");
 }
+
+/// Issue 9: no secret reaches a log line, at the most verbose level, while
+/// secrets are configured, given through the API (valid and refused),
+/// rotated, changed, used for failing and successful deliveries, and while
+/// a wrong token knocks. Scans the whole log of a real `hookwire serve`.
+#[tokio::test]
+async fn no_secret_reaches_the_log_at_debug_level() {
+    use crate::helpers::{ACME_SECRET, Behavior, Sink};
+    use reqwest::Method;
+    use serde_json::json;
+    const TOKEN: &str = "log-scan-operator-token-0123456789";
+    const WRONG_TOKEN: &str = "log-scan-wrong-token-9876543210";
+    const SECRET_KEY: &str = "7c1f3a9e5b2d4c6e8a0b1d3f5e7a9c2b4d6f8e0a1c3e5b7d9f2a4c6e8b0d1f3a";
+    const SIGNING: &str = "whsec_bG9nc2NhbnNpZ25pbmdzZWNyZXQwMTIzNDU2";
+    const API_KEY: &str = "log-scan-api-key-value-42";
+    const NEW_API_KEY: &str = "log-scan-changed-api-key-43";
+    const PASSWORD: &str = "log-scan-basic-password-44";
+    const REFUSED: &str = "log-scan-secret-of-a-refused-definition";
+
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (ingress, admin) = (free(), free());
+    let namespace = format!("hwtest-{}", uuid::Uuid::now_v7().simple());
+    let text = crate::helpers::config_text(&namespace, crate::helpers::AMQP_URL, "")
+        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{ingress}\""), 1)
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{admin}\"\ntokens = [\"{TOKEN}\"]\nsecret_key = \"{SECRET_KEY}\""),
+            1,
+        );
+    let config = hookwire::config::Config::from_toml(&text, &|_| None).unwrap();
+    let sources = hookwire::ingress::Sources::build(&config.sources).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = (dir.path().join("hookwire.toml"), dir.path().join("hookwire.log"));
+    std::fs::write(&path, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .env("HOOKWIRE_LOG_FORMAT", "json")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let api = |method: Method, path: &str| http.request(method, format!("http://{admin}{path}")).bearer_auth(TOKEN);
+    let ready = format!("http://{admin}/readyz");
+    crate::helpers::eventually(std::time::Duration::from_secs(20), "serve is ready", || {
+        let (http, ready) = (http.clone(), ready.clone());
+        async move { http.get(ready).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+
+    let sink = Sink::start(Behavior::Status(500)).await;
+    let definition = json!({
+        "name": "scanned", "topics": ["acme.#"], "url": sink.url("/"), "retry": ["1s"],
+        "signing_secret": SIGNING, "headers": {"x-api-key": API_KEY},
+        "auth": {"basic": {"user": "hookwire", "password": PASSWORD}},
+    });
+    let created = api(Method::POST, "/api/v1/subscriptions").json(&definition).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let refused = json!({"name": "refused", "topics": ["acme.#"], "url": "not a url", "signing_secret": REFUSED});
+    let refused = api(Method::POST, "/api/v1/subscriptions").json(&refused).send().await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let knock = http.get(format!("http://{admin}/api/v1/subscriptions")).bearer_auth(WRONG_TOKEN).send().await;
+    assert_eq!(knock.unwrap().status(), 401);
+
+    // A delivery that fails once, then succeeds.
+    let body = br#"{"type":"scan.me"}"#;
+    let mut request = http.post(format!("http://{ingress}/webhooks/acme")).body(&body[..]);
+    let signed = sources.get("acme").unwrap().scheme.sign(body, std::time::SystemTime::now(), "evt-scan").unwrap();
+    for (name, value) in signed {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 202);
+    sink.wait_for(1, std::time::Duration::from_secs(20)).await;
+    sink.set(Behavior::Ok);
+    sink.wait_for(2, std::time::Duration::from_secs(20)).await;
+
+    let rotated = api(Method::POST, "/api/v1/subscriptions/scanned/signing-secret/rotate").send().await.unwrap();
+    assert_eq!(rotated.status(), 200);
+    let rotated: serde_json::Value = rotated.json().await.unwrap();
+    let new_signing = rotated["signing_secret"].as_str().unwrap().to_owned();
+    let version = rotated["version"].as_u64().unwrap();
+    let patch = json!({"headers": {"x-api-key": NEW_API_KEY}});
+    let patched = api(Method::PATCH, "/api/v1/subscriptions/scanned")
+        .header("if-match", format!("\"{version}\""))
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let audit = api(Method::GET, "/api/v1/audit").send().await.unwrap().text().await.unwrap();
+    let deleted = api(Method::DELETE, "/api/v1/subscriptions/scanned?discard=true").send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    child.wait().unwrap();
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    // The scan is worth something only if the log tells the whole story.
+    for expected in ["evt-scan", "scanned", "\"level\":\"DEBUG\""] {
+        assert!(logged.contains(expected), "{expected} is not in the log:\n{logged}");
+    }
+    assert!(audit.contains("rotate_signing_secret"), "{audit}");
+    let secrets =
+        [TOKEN, WRONG_TOKEN, SECRET_KEY, ACME_SECRET, SIGNING, API_KEY, NEW_API_KEY, PASSWORD, REFUSED, &new_signing];
+    for secret in secrets {
+        // Signing secrets are also looked for without their `whsec_` prefix.
+        let bare = secret.strip_prefix("whsec_").unwrap_or(secret);
+        for (what, text) in [("log", &logged), ("audit", &audit)] {
+            if let Some(line) = text.lines().find(|l| l.contains(bare)) {
+                panic!("a secret in the {what}: {line}");
+            }
+        }
+    }
+    let conn =
+        lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
+    hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
+}
