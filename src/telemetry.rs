@@ -45,6 +45,10 @@ pub mod metric {
     pub const PAUSED: &str = "hookwire_subscription_paused";
     /// Counter: audit records that could not be stored.
     pub const AUDIT_FAILURES: &str = "hookwire_audit_failures_total";
+    /// Gauge: the catalog log position (offset of the last record + 1) this
+    /// process has `state="read"` and `state="applied"` (its topology and
+    /// workers run it). Equal across converged processes.
+    pub const CATALOG_POSITION: &str = "hookwire_catalog_position";
     /// Counter: config file reloads by `outcome` (`applied`, `refused`).
     pub const CONFIG_RELOADS: &str = "hookwire_config_reloads_total";
     /// Counter: operator operations by `operation` and `outcome`; the

@@ -216,6 +216,12 @@ pub async fn remove(
                     held.insert(stats.name, json!(stats.messages));
                 }
             }
+            for queue in &queues.retired {
+                let messages = retired_depth(&state, &queue.name).await?;
+                if messages > 0 {
+                    held.insert(queue.name.clone(), json!(messages));
+                }
+            }
             held
         }
         None => serde_json::Map::new(),
@@ -476,6 +482,9 @@ async fn queued_on(state: &ApiState, channel: &Channel, topology: &Topology, nam
     let mut total = u64::from(depth(state, channel, queues.work.clone()).await?.messages);
     for retry in &queues.retries {
         total += u64::from(depth(state, channel, retry.name.clone()).await?.messages);
+    }
+    for queue in &queues.retired {
+        total += u64::from(retired_depth(state, &queue.name).await?);
     }
     Ok(total)
 }
@@ -740,6 +749,30 @@ async fn depth(state: &ApiState, channel: &Channel, name: String) -> Result<Queu
         unavailable()
     })?;
     Ok(QueueStats { name, messages: declared.message_count(), consumers: declared.consumer_count() })
+}
+
+/// Events waiting in a retired retry queue; 0 once it is gone (another
+/// process may have swept it before this one noticed). On a channel of its
+/// own, since asking about a missing queue closes the channel.
+async fn retired_depth(state: &ApiState, queue: &str) -> Result<u32, ApiError> {
+    let channel = open_channel(state).await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = tokio::time::timeout(
+        state.broker.operation_timeout,
+        channel.queue_declare(queue.into(), passive, FieldTable::default()),
+    )
+    .await
+    .map_err(|_| unavailable())?;
+    let messages = match declared {
+        Ok(declared) => declared.message_count(),
+        Err(error) if error.to_string().contains("NOT_FOUND") => 0,
+        Err(error) => {
+            tracing::warn!(%queue, %error, "reading queue depth failed");
+            return Err(unavailable());
+        }
+    };
+    close(state, channel).await;
+    Ok(messages)
 }
 
 async fn status_of(

@@ -123,6 +123,17 @@ pub struct SubscriptionQueues {
     pub dead: String,
     /// Holds a message exactly while the subscription is paused.
     pub paused_marker: String,
+    /// Retry queues of an earlier schedule ([`Topology::retire_from`]).
+    /// Events waiting in them still return to `work` when their delay is
+    /// up; a queue goes once it is empty ([`Topology::sweep_retired`]).
+    pub retired: Vec<RetiredQueue>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetiredQueue {
+    pub name: String,
+    /// When this process saw it leave the schedule.
+    pub since: std::time::Instant,
 }
 
 impl SubscriptionQueues {
@@ -204,6 +215,7 @@ impl Topology {
                     dead: format!("{work}.dead"),
                     paused_marker: format!("{work}.paused"),
                     work,
+                    retired: Vec::new(),
                 }
             })
             .collect();
@@ -369,8 +381,64 @@ impl Topology {
         Ok(())
     }
 
-    /// Deletes subscription `name`'s queues (work, retries, dead letters,
-    /// pause flag), messages included.
+    /// Carries over, as retired, the retry queues `current` has for a
+    /// subscription that this plan no longer has (its schedule changed).
+    /// Deleting them at once would drop the events waiting in them.
+    pub fn retire_from(&mut self, current: &Topology) {
+        let now = std::time::Instant::now();
+        for sub in &mut self.subscriptions {
+            let Some(was) = current.subscription(&sub.subscription) else { continue };
+            let scheduled: BTreeSet<&str> = sub.retries.iter().map(|r| r.name.as_str()).collect();
+            let newly = was.retries.iter().map(|r| RetiredQueue { name: r.name.clone(), since: now });
+            let mut seen = BTreeSet::new();
+            sub.retired = was
+                .retired
+                .iter()
+                .cloned()
+                .chain(newly)
+                .filter(|r| !scheduled.contains(r.name.as_str()) && seen.insert(r.name.clone()))
+                .collect();
+        }
+    }
+
+    /// Whether any subscription has retired retry queues left.
+    pub fn has_retired(&self) -> bool {
+        self.subscriptions.iter().any(|s| !s.retired.is_empty())
+    }
+
+    /// Deletes the retired retry queues that have been retired for at least
+    /// `grace` and are empty. The grace outlasts the replaced workers: one
+    /// still finishing an attempt may put the event into its old retry
+    /// queue, and a publish to a queue just deleted would be lost. Returns
+    /// whether any went.
+    pub async fn sweep_retired(&mut self, connection: &lapin::Connection, grace: Duration, timeout: Duration) -> bool {
+        let mut swept = false;
+        for sub in &mut self.subscriptions {
+            let mut kept = Vec::new();
+            for queue in std::mem::take(&mut sub.retired) {
+                if queue.since.elapsed() < grace {
+                    kept.push(queue);
+                    continue;
+                }
+                match delete_if_empty(connection, &queue.name, timeout).await {
+                    Ok(true) => {
+                        tracing::info!(subscription = %sub.subscription, queue = %queue.name, "deleted a retired retry queue");
+                        swept = true;
+                    }
+                    Ok(false) => kept.push(queue),
+                    Err(error) => {
+                        tracing::debug!(queue = %queue.name, %error, "retired retry queue not swept yet");
+                        kept.push(queue);
+                    }
+                }
+            }
+            sub.retired = kept;
+        }
+        swept
+    }
+
+    /// Deletes subscription `name`'s queues (work, retries, retired retries,
+    /// dead letters, pause flag), messages included.
     pub async fn delete_subscription(
         &self,
         name: &str,
@@ -380,6 +448,7 @@ impl Topology {
         let Some(sub) = self.subscription(name) else { return Ok(()) };
         let mut queues = vec![sub.work.clone(), sub.dead.clone(), sub.paused_marker.clone()];
         queues.extend(sub.retries.iter().map(|r| r.name.clone()));
+        queues.extend(sub.retired.iter().map(|r| r.name.clone()));
         for queue in queues {
             bounded(&format!("deleting queue {queue}"), timeout, async {
                 channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.map(drop)
@@ -443,6 +512,38 @@ pub fn field_table(args: &[(&'static str, Arg)]) -> FieldTable {
         table.insert((*key).into(), value);
     }
     table
+}
+
+/// Deletes `queue` if it holds nothing and nobody consumes it; true also
+/// when it is already gone (another process swept it). On a channel of its
+/// own: a passive declare of a missing queue closes the channel. Quorum
+/// queues refuse `if_empty`, so the check is a passive declare; nothing
+/// publishes to a retired queue once its grace is over.
+async fn delete_if_empty(
+    connection: &lapin::Connection,
+    queue: &str,
+    timeout: Duration,
+) -> Result<bool, TopologyError> {
+    let channel = bounded("a channel", timeout, connection.create_channel()).await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = bounded(&format!("queue {queue}"), timeout, async {
+        channel.queue_declare(queue.into(), passive, FieldTable::default()).await
+    })
+    .await;
+    let result = match declared {
+        Ok(q) if q.message_count() == 0 && q.consumer_count() == 0 => {
+            bounded(&format!("deleting queue {queue}"), timeout, async {
+                channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await
+            })
+            .await
+            .map(|_| true)
+        }
+        Ok(_) => Ok(false),
+        Err(error) if error.to_string().contains("NOT_FOUND") => Ok(true),
+        Err(error) => Err(error),
+    };
+    let _ = tokio::time::timeout(timeout, channel.close(200, "swept".into())).await;
+    result
 }
 
 async fn bounded<T>(

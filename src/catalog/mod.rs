@@ -84,6 +84,11 @@ pub struct State {
     /// up yet). Readiness waits until the reconciler has applied a state of
     /// the current catch-up, not only until the log was read.
     pub generation: u64,
+    /// Where in the log this state stands: the offset of the last record
+    /// applied, plus one (so a change's version is the position right after
+    /// it). The same in every process that has read as far, unlike
+    /// `generation`: it is how one tells how far each process has come.
+    pub position: u64,
 }
 
 /// Two states are equal when they hold the same subscriptions, whichever
@@ -98,6 +103,7 @@ impl State {
     /// Applies the record read at stream `offset`. Deterministic: the same
     /// log gives the same state in every process.
     pub fn apply(&mut self, offset: u64, record: &Record) -> Outcome {
+        self.position = offset + 1;
         let current = |entries: &BTreeMap<String, Entry>, name: &str| entries.get(name).map_or(0, |e| e.version);
         match &record.change {
             Change::Sync => Outcome::Synced,

@@ -21,6 +21,7 @@ use crate::{
     broker::{Broker, Topology},
     config::{Config, SubscriptionConfig},
     delivery::set::WorkerSet,
+    telemetry::metric,
 };
 
 /// Who owns a subscription's definition.
@@ -51,6 +52,8 @@ pub struct Desired {
     pub subscriptions: BTreeMap<String, Wanted>,
     /// The catalog catch-up it was built from ([`State::generation`]).
     pub catalog_generation: u64,
+    /// The catalog log position it was built from ([`State::position`]).
+    pub catalog_position: u64,
 }
 
 impl Desired {
@@ -98,7 +101,7 @@ impl Desired {
                 Err(error) => tracing::error!(subscription = %name, %error, "unreadable catalog entry; left out"),
             }
         }
-        Self { subscriptions, catalog_generation: catalog.generation }
+        Self { subscriptions, catalog_generation: catalog.generation, catalog_position: catalog.position }
     }
 
     pub fn definitions(&self) -> BTreeMap<String, SubscriptionConfig> {
@@ -122,6 +125,14 @@ impl Desired {
         Topology::plan(config, planned.iter().map(|(name, definition)| (*name, definition)))
     }
 }
+
+/// How often retired retry queues are checked for emptiness.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a retry queue stays after it left the schedule, at least: longer
+/// than a replaced worker takes to finish its attempts (their timeouts are
+/// seconds), so none of them still puts events into it.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Reconciler {
     /// The file's configuration as last (re)loaded.
@@ -154,14 +165,23 @@ impl Reconciler {
 
     async fn run(mut self, token: CancellationToken) {
         let mut states = self.catalog.watch();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let state = states.borrow_and_update().clone();
             let config = self.config.borrow_and_update().clone();
             self.apply(&config, &state).await;
-            tokio::select! {
-                _ = token.cancelled() => break,
-                changed = states.changed() => if changed.is_err() { break },
-                changed = self.config.changed() => if changed.is_err() { break },
+            // Sweeps come back here; a change re-applies, the end ends.
+            let go_on = loop {
+                tokio::select! {
+                    _ = token.cancelled() => break false,
+                    changed = states.changed() => break changed.is_ok(),
+                    changed = self.config.changed() => break changed.is_ok(),
+                    _ = sweep.tick() => self.sweep_retired().await,
+                }
+            };
+            if !go_on {
+                break;
             }
         }
         if let Some(workers) = self.workers.take() {
@@ -172,10 +192,23 @@ impl Reconciler {
         }
     }
 
+    /// Deletes the retired retry queues that have emptied (see
+    /// [`Topology::sweep_retired`]).
+    async fn sweep_retired(&mut self) {
+        let current = self.broker.topology();
+        let Some(session) = self.broker.session().filter(|_| current.has_retired()) else { return };
+        let mut swept = (*current).clone();
+        if swept.sweep_retired(&session.connection, RETIRE_GRACE, self.broker.operation_timeout).await {
+            self.broker.set_topology(Arc::new(swept));
+        }
+    }
+
     async fn apply(&mut self, config: &Config, state: &State) {
         let desired = Desired::build(config, state);
-        let planned = Arc::new(desired.plan(config));
         let current = self.broker.topology();
+        let mut planned = desired.plan(config);
+        planned.retire_from(&current);
+        let planned = Arc::new(planned);
         if let Some(session) = self.broker.session() {
             let timeout = self.broker.operation_timeout;
             match tokio::time::timeout(timeout, session.connection.create_channel()).await {
@@ -190,6 +223,7 @@ impl Reconciler {
         }
         self.broker.set_topology(planned);
         let definitions = desired.definitions();
+        metrics::gauge!(metric::CATALOG_POSITION, "state" => "applied").set(desired.catalog_position as f64);
         self.desired.send_replace(Arc::new(desired));
         if let Some(workers) = &mut self.workers {
             workers.reconcile(&definitions);

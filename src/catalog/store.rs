@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Change, Outcome, Record, State};
 use crate::broker::{Broker, PublishError, message::rfc3339, publisher::publish_confirmed, stream};
+use crate::telemetry::metric;
 
 /// Records read ahead of the follower; the broker needs a prefetch to
 /// deliver from a stream.
@@ -187,6 +188,7 @@ impl Inner {
             match (offset, serde_json::from_slice::<Record>(&delivery.data)) {
                 (Some(offset), Ok(record)) => {
                     let outcome = state.apply(offset, &record);
+                    metrics::gauge!(metric::CATALOG_POSITION, "state" => "read").set(state.position as f64);
                     if record.id == marker.id {
                         tracing::info!(subscriptions = state.len(), "catalog read up to date");
                         caught_up = true;

@@ -325,6 +325,45 @@ async fn a_cut_off_process_catches_up_and_subscriptions_survive_a_broker_restart
     sink.wait_for_ids(&accepted, T).await;
 }
 
+/// A retry schedule change: an event already waiting in a retry queue the
+/// new schedule drops still comes back and is delivered; the old queue
+/// counts as the subscription's (a delete answers 409 while it holds the
+/// event) and is deleted once empty, and a delete copes with it being gone.
+#[tokio::test]
+async fn a_changed_retry_schedule_keeps_waiting_events_and_sweeps_the_old_queue() {
+    let sink = Sink::start(Behavior::Status(503)).await;
+    let app = TestApp::operator("").await;
+    let body = json!({"name": "sched", "topics": ["acme.r.*"], "url": sink.url("/"), "retry": ["3s"]});
+    let (status, created, _) = send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(app.post_acme("waiting", r#"{"type":"r.x"}"#).await.status(), 202);
+    let old = format!("{}.sub.sched.retry.3s", app.config.rabbitmq.namespace);
+    app.wait_depth(&old, 1, T).await;
+
+    let version = created["version"].as_u64();
+    let patch = json!({"retry": ["1s"]});
+    let (status, patched, _) = send(&app, Method::PATCH, "/api/v1/subscriptions/sched", version, Some(patch)).await;
+    assert_eq!(status, 200, "{patched}");
+    let (status, refused, _) = send(&app, Method::DELETE, "/api/v1/subscriptions/sched", None, None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["messages"][&old], 1, "the retired queue's event counts: {refused}");
+    sink.set(Behavior::Ok);
+    let attempts = sink.wait_for(2, T).await;
+    assert_eq!(attempts[1].header("webhook-id"), "waiting", "back from the retired queue, delivered");
+
+    // The reconciler sweeps after a grace of minutes; the sweep itself, at once.
+    let mut topology = (*app.app.as_ref().unwrap().broker.topology()).clone();
+    let retired: Vec<String> = topology.subscription("sched").unwrap().retired.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(retired, std::slice::from_ref(&old));
+    let conn = app.connect().await;
+    let swept = topology.sweep_retired(&conn, Duration::ZERO, Duration::from_secs(5)).await;
+    assert!(swept && !app.queue_exists(&old).await, "an empty retired queue goes");
+    assert!(topology.subscription("sched").unwrap().retired.is_empty());
+    // The app's own view still lists it: a delete copes with it being gone.
+    let (status, deleted, _) = send(&app, Method::DELETE, "/api/v1/subscriptions/sched", None, None).await;
+    assert_eq!(status, 204, "{deleted}");
+}
+
 /// Reloading the file (as on SIGHUP): subscriptions added and removed live,
 /// a name the API already uses refused, the running configuration kept.
 #[tokio::test]
