@@ -17,7 +17,12 @@
 //! `serve --role all` with two subscriptions to the sink under saturating
 //! load, its RSS sampled every 10 s, and `/metrics` scraped every SECONDS or
 //! never. Memory must not depend on the scrape schedule (issue 13).
+//! `--churn [--seconds N]` runs only issue 9's benchmark instead: API
+//! subscription changes under 1,000 events/s on three processes (see
+//! `churn.rs`).
 //! Results go to stdout; docs/BENCHMARKS.md records them with the machine.
+
+mod churn;
 
 use std::{
     net::SocketAddr,
@@ -65,6 +70,10 @@ fn main() {
     if let Some(minutes) = value_of("--soak").map(|m| m.parse::<u64>().expect("--soak MINUTES")) {
         let scrape = value_of("--scrape").map(|s| Duration::from_secs(s.parse().expect("--scrape SECONDS")));
         runtime.block_on(soak(Duration::from_secs(minutes * 60), scrape));
+        return;
+    }
+    if args.iter().any(|a| a == "--churn") {
+        runtime.block_on(churn::churn(Duration::from_secs(seconds)));
         return;
     }
     runtime.block_on(run(Duration::from_secs(seconds)));
@@ -201,14 +210,29 @@ fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+fn new_namespace() -> String {
+    format!("bench-{}", uuid::Uuid::now_v7().simple())
+}
+
 impl Hookwire {
     async fn start(role: &str, sink: Option<SocketAddr>, transform: Option<&str>, subscriptions: usize) -> Self {
-        let (ingress, admin) = (free_port(), free_port());
-        let namespace = format!("bench-{}", uuid::Uuid::now_v7().simple());
         let url = match sink {
             Some(addr) => format!("http://{addr}/"),
             None => "http://127.0.0.1:9/".to_owned(), // never consumed in role=ingress
         };
+        let tail = subscriptions_toml(subscriptions, &url);
+        let tail = match transform {
+            Some(program) => format!("{tail}transform = '{program}'\n"),
+            None => tail,
+        };
+        Self::launch(role, new_namespace(), &tail, subscriptions).await
+    }
+
+    /// `serve --role ROLE` on `namespace` with the bench source, fresh
+    /// listeners, and `tail` (TOML after `[sources.bench]`) naming
+    /// `subscriptions` file subscriptions; returns once it is ready.
+    async fn launch(role: &str, namespace: String, tail: &str, subscriptions: usize) -> Self {
+        let (ingress, admin) = (free_port(), free_port());
         let config = format!(
             r#"
 [ingress]
@@ -221,13 +245,8 @@ namespace = "{namespace}"
 [sources.bench]
 scheme = "standard-webhooks"
 secrets = ["{SECRET}"]
-{}"#,
-            subscriptions_toml(subscriptions, &url)
+{tail}"#
         );
-        let config = match transform {
-            Some(program) => format!("{config}transform = '{program}'\n"),
-            None => config,
-        };
         let config =
             if NO_ARCHIVE.load(Ordering::Relaxed) { format!("{config}[archive]\nenabled = false\n") } else { config };
         let dir = tempfile::tempdir().unwrap();
@@ -283,18 +302,27 @@ secrets = ["{SECRET}"]
         ticks / 100.0 // USER_HZ is 100 on Linux
     }
 
-    async fn stop(mut self) {
+    /// SIGTERM, and wait until it has drained and exited.
+    async fn terminate(self) -> Self {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = self.child.wait();
+        tokio::task::spawn_blocking(move || {
+            let mut this = self;
+            let _ = this.child.wait();
+            this
         })
-        .await;
-        // Delete the namespace the run declared.
+        .await
+        .unwrap()
+    }
+
+    /// [`Hookwire::terminate`], then delete the namespace the run declared
+    /// (the last process of a namespace does this).
+    async fn stop(self) {
+        let this = self.terminate().await;
         let config = hookwire::config::Config::from_toml(
             &format!(
                 "[rabbitmq]\nnamespace = \"{}\"\n{}",
-                self.namespace,
-                subscriptions_toml(self.subscriptions, "http://127.0.0.1:9/")
+                this.namespace,
+                subscriptions_toml(this.subscriptions, "http://127.0.0.1:9/")
             ),
             &|_| None,
         )
@@ -312,11 +340,24 @@ struct Load {
     errors: u64,
     elapsed: Duration,
     latencies_us: Vec<u64>,
+    /// The ids answered 202, when asked for (a soak would hold millions).
+    accepted_ids: Vec<String>,
 }
 
 /// 64 senders, each on its own connection, for `duration`: closed-loop (as
 /// fast as answers come) or, with `rate`, paced to that many requests/s in all.
 async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>, body_bytes: usize) -> Load {
+    drive_keeping_ids(ingress, duration, rate, body_bytes, false).await
+}
+
+/// [`drive`], keeping the ids answered 202 when `keep_ids`.
+async fn drive_keeping_ids(
+    ingress: SocketAddr,
+    duration: Duration,
+    rate: Option<f64>,
+    body_bytes: usize,
+    keep_ids: bool,
+) -> Load {
     let scheme = Arc::new(StandardWebhooks::new(&[Secret::new(SECRET)], None).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let url = format!("http://{ingress}/webhooks/bench");
@@ -325,7 +366,7 @@ async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>, body_
         let (scheme, stop, url) = (scheme.clone(), stop.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-            let (mut accepted, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
+            let (mut accepted, mut errors, mut latencies, mut ids) = (0u64, 0u64, Vec::new(), Vec::new());
             let mut seq = 0u64;
             let mut pace = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(CONCURRENCY as f64 / r)));
             while !stop.load(Ordering::Relaxed) {
@@ -345,21 +386,26 @@ async fn drive(ingress: SocketAddr, duration: Duration, rate: Option<f64>, body_
                     Ok(r) if r.status() == 202 => {
                         accepted += 1;
                         latencies.push(started.elapsed().as_micros() as u64);
+                        if keep_ids {
+                            ids.push(id);
+                        }
                     }
                     _ => errors += 1,
                 }
             }
-            (accepted, errors, latencies)
+            (accepted, errors, latencies, ids)
         }));
     }
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut load = Load { accepted: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
-    for (accepted, errors, latencies) in join_all(tasks).await.into_iter().map(Result::unwrap) {
+    let mut load =
+        Load { accepted: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new(), accepted_ids: Vec::new() };
+    for (accepted, errors, latencies, ids) in join_all(tasks).await.into_iter().map(Result::unwrap) {
         load.accepted += accepted;
         load.errors += errors;
         load.latencies_us.extend(latencies);
+        load.accepted_ids.extend(ids);
     }
     load.elapsed = started.elapsed();
     load

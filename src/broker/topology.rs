@@ -461,8 +461,9 @@ impl Topology {
     /// Deletes every queue and exchange of the namespace, messages included.
     /// For tests and for operators retiring a namespace.
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        for queue in self.queues() {
-            channel.queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default()).await?;
+        let retired = self.subscriptions.iter().flat_map(|s| s.retired.iter().map(|r| r.name.clone()));
+        for queue in self.queues().into_iter().map(|q| q.name).chain(retired) {
+            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
         }
         for exchange in
             [&self.accepted_exchange, &self.events_exchange, &self.unrouted_exchange, &self.control_exchange]
