@@ -147,7 +147,6 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         Box::new(move || readiness(&broker, &catalog, &desired, &draining))
     };
     let api = Arc::new(admin::api::ApiState {
-        tokens: config.admin.tokens.clone(),
         broker: broker.clone(),
         breakers,
         operator: Operator { broker: broker.clone(), control: control.clone() },
@@ -244,9 +243,10 @@ impl App {
     /// changed, removed, rotated secrets) swap at once; subscriptions go to
     /// the reconciler, which restarts only the workers whose definition
     /// changed. A file that does not build is refused whole and the running
-    /// configuration stays. Listeners, `[rabbitmq]`, `[archive]`,
-    /// `[shutdown]` and `[admin]` need a restart: their changes are reported
-    /// and left for the next start.
+    /// configuration stays. `admin.tokens` apply at once (a leaked token is
+    /// revoked by a reload). Listeners, `[rabbitmq]`, `[archive]`,
+    /// `[shutdown]` and the rest of `[admin]` need a restart: their changes
+    /// are reported and left for the next start.
     pub fn reload(&self, config: Config) -> Result<Vec<String>, ConfigError> {
         let before = self.config_tx.borrow().clone();
         let result = self.try_reload(config);
@@ -259,6 +259,7 @@ impl App {
                     serde_json::json!({
                         "sources": c.sources.keys().collect::<Vec<_>>(),
                         "subscriptions": c.subscriptions.keys().collect::<Vec<_>>(),
+                        "admin_tokens": c.admin.tokens.iter().map(|t| &t.name).collect::<Vec<_>>(),
                     })
                 };
                 crate::catalog::audit::diff(&names(&before), &names(&after))
@@ -290,7 +291,7 @@ impl App {
         let text = |c: &Config| {
             format!(
                 "{:?}{:?}{:?}{:?}{:?}{:?}",
-                c.ingress, c.admin.listen, c.admin.tokens, c.rabbitmq, c.archive, c.shutdown
+                c.ingress, c.admin.listen, c.admin.secret_key, c.rabbitmq, c.archive, c.shutdown
             )
         };
         if text(&old) != text(&config) {
@@ -303,7 +304,9 @@ impl App {
         // with the namespace and limits the broker really has.
         let mut live = config;
         live.ingress = old.ingress.clone();
+        let tokens = std::mem::take(&mut live.admin.tokens);
         live.admin = old.admin.clone();
+        live.admin.tokens = tokens;
         live.rabbitmq = old.rabbitmq.clone();
         live.archive = old.archive.clone();
         live.shutdown = old.shutdown.clone();

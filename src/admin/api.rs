@@ -61,7 +61,6 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the operator API reads.
 pub struct ApiState {
-    pub tokens: Vec<AccessToken>,
     pub broker: Broker,
     /// Circuit breakers of this process's workers (none for `--role ingress`).
     pub breakers: Breakers,
@@ -137,7 +136,10 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Result<Response, ApiError> {
-    if state.tokens.is_empty() {
+    // Read per request: a reload of the file adds and revokes tokens live.
+    let config = state.config.borrow().clone();
+    let tokens = &config.admin.tokens;
+    if tokens.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "api-disabled",
@@ -154,7 +156,7 @@ async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, nex
     let mut found = None;
     if let Some(given) = given {
         // Every token is compared, so timing says nothing about which matched.
-        for token in &state.tokens {
+        for token in tokens {
             if secrets_equal(given.as_bytes(), token.token.expose().as_bytes()) {
                 found = Some(token);
             }

@@ -421,6 +421,16 @@ async fn a_reloaded_file_adds_and_removes_subscriptions_and_refuses_api_names() 
     assert_eq!(app.post_acme("after-removal", r#"{"type":"a.x"}"#).await.status(), 202);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(added.received().len(), 1, "no delivery to a removed subscription");
+
+    // Tokens apply at once: a leaked one is revoked by a reload.
+    let mut rotated = app.config.clone();
+    let fresh = hookwire::config::Secret::new("rotated-operator-token-0123456789");
+    rotated.admin.tokens = vec![hookwire::config::AccessToken::full("operator", fresh.clone())];
+    let restart_needed = running.reload(rotated).unwrap();
+    assert!(restart_needed.is_empty(), "tokens need no restart: {restart_needed:?}");
+    let list = app.admin_url("/api/v1/subscriptions");
+    assert_eq!(app.http.get(&list).bearer_auth(TestApp::TOKEN).send().await.unwrap().status(), 401);
+    assert_eq!(app.http.get(&list).bearer_auth(fresh.expose()).send().await.unwrap().status(), 200);
 }
 
 /// `DELETE ?drain=true`: routing stops at once, what is queued is still
