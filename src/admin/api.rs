@@ -504,7 +504,15 @@ async fn audit_log(
         return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
     }
     let visible = |r: &AuditRecord| !caller.is_limited() || caller.covers(&r.target);
-    let records = state.audit.page(limit, query.after, query.target.as_deref(), visible);
+    let records = state.audit.page(limit, query.after, query.target.as_deref(), visible).await.map_err(|error| {
+        tracing::warn!(%error, "reading older audit records from the stream failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "Broker unavailable",
+            "older audit records are read from RabbitMQ, which did not answer",
+        )
+    })?;
     let next_after = (records.len() == limit).then(|| records.last().map(|r| r.id)).flatten();
     Ok(Json(serde_json::json!({ "records": records, "next_after": next_after })))
 }

@@ -21,6 +21,30 @@ pub async fn from_first(
     prefetch: u16,
     timeout: Duration,
 ) -> Result<(Channel, Consumer), String> {
+    from(session, stream, prefetch, AMQPValue::LongString("first".into()), timeout).await
+}
+
+/// Like [`from_first`], from record `offset` on (or the first record the
+/// stream still has, if retention removed that one). A consumer may also
+/// get records just before `offset` (delivery starts at its chunk).
+pub async fn from_offset(
+    session: &Session,
+    stream: &str,
+    prefetch: u16,
+    offset: u64,
+    timeout: Duration,
+) -> Result<(Channel, Consumer), String> {
+    let offset = i64::try_from(offset).map_err(|_| "offset out of range".to_owned())?;
+    from(session, stream, prefetch, AMQPValue::LongLongInt(offset), timeout).await
+}
+
+async fn from(
+    session: &Session,
+    stream: &str,
+    prefetch: u16,
+    offset: AMQPValue,
+    timeout: Duration,
+) -> Result<(Channel, Consumer), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out");
     let channel = tokio::time::timeout(timeout, session.connection.create_channel())
         .await
@@ -31,7 +55,7 @@ pub async fn from_first(
         .map_err(bounded("basic.qos"))?
         .map_err(|e| e.to_string())?;
     let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+    args.insert("x-stream-offset".into(), offset);
     let consume = channel.basic_consume(stream.into(), "".into(), BasicConsumeOptions::default(), args);
     let consumer =
         tokio::time::timeout(timeout, consume).await.map_err(bounded("basic.consume"))?.map_err(|e| e.to_string())?;

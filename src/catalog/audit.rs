@@ -27,8 +27,14 @@ use crate::{
     telemetry::metric,
 };
 
-/// Records each process keeps for reading; older ones stay in the stream.
+/// Records each process keeps in memory; older pages are read back from the
+/// stream.
 pub const KEPT: usize = 10_000;
+
+/// How far back one read of the stream goes at first, in records; each
+/// further read goes twice as far, up to [`MAX_SPAN`].
+const FIRST_SPAN: u64 = 1_024;
+const MAX_SPAN: u64 = 65_536;
 
 /// One audited action.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,12 +77,23 @@ pub struct Audit {
     broker: Broker,
     stream: String,
     recent: Arc<Mutex<VecDeque<AuditRecord>>>,
+    kept: usize,
 }
 
 impl Audit {
     /// Starts following `stream`; stops when `token` is cancelled.
     pub fn spawn(broker: Broker, stream: String, token: CancellationToken) -> (Self, JoinHandle<()>) {
-        let this = Self { broker, stream, recent: Arc::default() };
+        Self::spawn_keeping(broker, stream, KEPT, token)
+    }
+
+    /// [`Audit::spawn`], keeping the newest `kept` records in memory.
+    pub fn spawn_keeping(
+        broker: Broker,
+        stream: String,
+        kept: usize,
+        token: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let this = Self { broker, stream, recent: Arc::default(), kept };
         let task = tokio::spawn(this.clone().follow(token));
         (this, task)
     }
@@ -100,24 +117,75 @@ impl Audit {
     }
 
     /// Newest first: at most `limit` records older than `after` (an id),
-    /// for `target` if given, that `visible` allows.
-    pub fn page(
+    /// for `target` if given, that `visible` allows. Served from memory
+    /// while it reaches; older records are read back from the stream, in
+    /// growing spans, until the page is full or the stream's start.
+    pub async fn page(
         &self,
         limit: usize,
         after: Option<u64>,
         target: Option<&str>,
         visible: impl Fn(&AuditRecord) -> bool,
-    ) -> Vec<AuditRecord> {
-        let recent = self.recent.lock().expect("audit lock");
-        recent
-            .iter()
-            .rev()
-            .filter(|r| after.is_none_or(|after| r.id < after))
-            .filter(|r| target.is_none_or(|t| r.target == t))
-            .filter(|r| visible(r))
-            .take(limit)
-            .cloned()
-            .collect()
+    ) -> Result<Vec<AuditRecord>, String> {
+        let wanted = |r: &AuditRecord| {
+            after.is_none_or(|after| r.id < after) && target.is_none_or(|t| r.target == t) && visible(r)
+        };
+        let (mut found, oldest_kept) = {
+            let recent = self.recent.lock().expect("audit lock");
+            let found: Vec<AuditRecord> = recent.iter().rev().filter(|r| wanted(r)).take(limit).cloned().collect();
+            (found, recent.front().map(|r| r.id))
+        };
+        // Older than memory reaches: everything before the oldest kept id.
+        let Some(mut until) = oldest_kept else { return Ok(found) };
+        if let Some(after) = after {
+            until = until.min(after);
+        }
+        let mut span = FIRST_SPAN;
+        while found.len() < limit && until > 0 {
+            let from = until.saturating_sub(span);
+            let older = self.read_range(from, until).await?;
+            let room = limit - found.len();
+            found.extend(older.into_iter().rev().filter(|r| wanted(r)).take(room));
+            until = from;
+            span = (span * 2).min(MAX_SPAN);
+        }
+        Ok(found)
+    }
+
+    /// The records with ids in `from..until`, oldest first, read from the
+    /// stream on a consumer of their own.
+    async fn read_range(&self, from: u64, until: u64) -> Result<Vec<AuditRecord>, String> {
+        let session = self.broker.session().ok_or("RabbitMQ is not connected")?;
+        let timeout = self.broker.operation_timeout;
+        let (channel, mut deliveries) = stream::from_offset(&session, &self.stream, 500, from, timeout).await?;
+        let mut records = Vec::new();
+        let result = loop {
+            let delivery = match tokio::time::timeout(timeout, deliveries.next()).await {
+                Err(_) => break Err("reading the audit stream timed out".to_owned()),
+                Ok(None) => break Err("the audit stream's consumer ended".to_owned()),
+                Ok(Some(Err(error))) => break Err(error.to_string()),
+                Ok(Some(Ok(delivery))) => delivery,
+            };
+            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
+            if let Err(error) = tokio::time::timeout(timeout, ack).await.map_err(|_| "ack timed out".to_owned()) {
+                break Err(error);
+            }
+            let Some(offset) = stream::offset(&delivery.properties) else { continue };
+            if offset >= until {
+                break Ok(records); // retention took the rest of the range
+            }
+            if offset >= from
+                && let Ok(mut record) = serde_json::from_slice::<AuditRecord>(&delivery.data)
+            {
+                record.id = offset;
+                records.push(record);
+            }
+            if offset + 1 == until {
+                break Ok(records);
+            }
+        };
+        let _ = tokio::time::timeout(timeout, channel.close(200, "page read".into())).await;
+        result
     }
 
     async fn follow(self, token: CancellationToken) {
@@ -155,7 +223,7 @@ impl Audit {
                 }
                 if recent.back().is_none_or(|last| last.id < offset) {
                     recent.push_back(record);
-                    if recent.len() > KEPT {
+                    if recent.len() > self.kept {
                         recent.pop_front();
                     }
                 }

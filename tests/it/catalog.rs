@@ -99,3 +99,46 @@ async fn processes_converge_on_the_log_and_of_two_racing_writes_one_wins() {
     assert_eq!(names, ["orders"]);
     other.shutdown().await;
 }
+
+/// The audit log's pages reach past the records a process keeps in memory:
+/// older ones are read back from the stream, in order, filters included.
+#[tokio::test]
+async fn audit_pages_reach_past_what_memory_keeps() {
+    use hookwire::catalog::audit::{Audit, AuditRecord};
+    let app = TestApp::operator("").await;
+    let running = app.app.as_ref().unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let stream = app.topology.audit_stream.clone();
+    let (audit, task) = Audit::spawn_keeping(running.broker.clone(), stream, 3, token.clone());
+    for i in 0..12 {
+        let target = if i % 2 == 0 { "even" } else { "odd" };
+        audit.record(AuditRecord::new("test", "pause", target, "ok", json!({"i": i}))).await;
+    }
+    eventually(T, "the follower has read the newest record", || {
+        let audit = audit.clone();
+        async move {
+            let newest = audit.page(1, None, None, |_| true).await.unwrap();
+            newest.first().is_some_and(|r| r.detail["i"] == 11)
+        }
+    })
+    .await;
+    let numbers = |page: &[AuditRecord]| page.iter().map(|r| r.detail["i"].as_u64().unwrap()).collect::<Vec<_>>();
+
+    // Pages of 5 with the cursor: all 12, newest first, across the boundary.
+    let (mut seen, mut after) = (Vec::new(), None);
+    loop {
+        let page = audit.page(5, after, None, |_| true).await.unwrap();
+        seen.extend(numbers(&page));
+        after = page.last().map(|r| r.id);
+        if page.len() < 5 {
+            break;
+        }
+    }
+    assert_eq!(seen, (0..12).rev().collect::<Vec<u64>>());
+    let odd = audit.page(10, None, Some("odd"), |_| true).await.unwrap();
+    assert_eq!(numbers(&odd), [11, 9, 7, 5, 3, 1]);
+    let visible = audit.page(2, None, None, |r| r.target == "even").await.unwrap();
+    assert_eq!(numbers(&visible), [10, 8]);
+    token.cancel();
+    task.await.unwrap();
+}
