@@ -24,6 +24,7 @@ use crate::{
     config::{ConfigError, SubscriptionConfig},
     operator::control::Control,
     rate::RateLimiter,
+    telemetry::metric,
 };
 
 /// Circuit breakers of the running workers, by subscription (the operator
@@ -103,7 +104,11 @@ impl WorkerSet {
         if let Some(running) = self.running.remove(name) {
             running.token.cancel();
         }
-        self.breakers.write().expect("breakers lock").remove(name);
+        if self.breakers.write().expect("breakers lock").remove(name).is_some() {
+            // A gone subscription's breaker must not look open forever (an
+            // alert on it would never clear); a replacement starts closed.
+            metrics::gauge!(metric::CIRCUIT_OPEN, "subscription" => name.to_owned()).set(0.0);
+        }
     }
 
     fn start(&mut self, name: &str, sub: &SubscriptionConfig) -> Result<(), ConfigError> {

@@ -364,6 +364,31 @@ async fn a_changed_retry_schedule_keeps_waiting_events_and_sweeps_the_old_queue(
     assert_eq!(status, 204, "{deleted}");
 }
 
+/// A deleted subscription's gauges do not stay up: an open circuit of a
+/// subscription that is gone would keep an alert firing forever.
+#[tokio::test]
+async fn a_deleted_subscription_leaves_no_open_circuit_behind() {
+    let sink = Sink::start(Behavior::Status(503)).await;
+    let app = TestApp::operator("").await;
+    let body = json!({
+        "name": "breaks-then-goes", "topics": ["acme.o.*"], "url": sink.url("/"), "retry": ["30s"],
+        "circuit_breaker": {"failures": 1, "cooldown": "1m"},
+    });
+    let (status, created, _) = send(&app, Method::POST, "/api/v1/subscriptions", None, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(app.post_acme("opens-it", r#"{"type":"o.x"}"#).await.status(), 202);
+    let series = "hookwire_circuit_open{subscription=\"breaks-then-goes\"}";
+    eventually(T, "the circuit opens", || {
+        let metrics = app.metrics();
+        async move { metrics.await.contains(&format!("{series} 1")) }
+    })
+    .await;
+    let path = "/api/v1/subscriptions/breaks-then-goes?discard=true";
+    assert_eq!(send(&app, Method::DELETE, path, None, None).await.0, 204);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(&format!("{series} 0")), "{metrics}");
+}
+
 /// Reloading the file (as on SIGHUP): subscriptions added and removed live,
 /// a name the API already uses refused, the running configuration kept.
 #[tokio::test]
