@@ -33,6 +33,7 @@ use crate::{
     },
     config::{Config, ConfigError},
     delivery::{http::Destination, set::WorkerSet},
+    eventlog::{self, Recorder, Store},
     ingress::{self, IngressState, Sources},
     operator::{Operator, control::Control},
     telemetry,
@@ -64,6 +65,12 @@ impl Role {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot open the event log {path}: {source}")]
+    EventLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -98,6 +105,10 @@ pub struct App {
     /// The file's configuration as last (re)loaded.
     config_tx: tokio::sync::watch::Sender<Arc<Config>>,
     sources_tx: tokio::sync::watch::Sender<Arc<Sources>>,
+    /// Cancelled after the ingress and the workers stop: the recorder
+    /// flushes, the writer stops.
+    event_log_token: CancellationToken,
+    event_log_tasks: Vec<JoinHandle<()>>,
     control_task: JoinHandle<()>,
     catalog_task: JoinHandle<()>,
     broker_task: JoinHandle<()>,
@@ -125,6 +136,30 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let (catalog, catalog_task) =
         Catalog::spawn(broker.clone(), topology.catalog_stream.clone(), control_token.clone());
     let (audit, audit_task) = Audit::spawn(broker.clone(), topology.audit_stream.clone(), control_token.clone());
+    // The event log: every process records; the `all` process stores (one
+    // SQLite file has one writer). Stopped after the ingress and workers,
+    // so their last records still go out.
+    let event_log_token = CancellationToken::new();
+    let mut event_log_tasks = Vec::new();
+    let recorder = topology.event_log_queue.clone().map(|queue| {
+        let (recorder, task) = Recorder::spawn(broker.clone(), queue, event_log_token.clone());
+        event_log_tasks.push(task);
+        recorder
+    });
+    let events = match (&topology.event_log_queue, role) {
+        (Some(queue), Role::All) => {
+            let path = &config.event_log.path;
+            let store = Store::open(path).map_err(|source| StartError::EventLog { path: path.clone(), source })?;
+            event_log_tasks.push(eventlog::writer::spawn(
+                broker.clone(),
+                queue.clone(),
+                store.clone(),
+                event_log_token.clone(),
+            ));
+            Some(store)
+        }
+        _ => None,
+    };
 
     let draining = Arc::new(AtomicBool::new(false));
     let admin_token = CancellationToken::new();
@@ -132,7 +167,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
     // The reconciler owns the workers and follows the catalog: the file's
     // subscriptions start now, the catalog's once it has been read.
-    let workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout);
+    let workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout, recorder.clone());
     let breakers = workers.breakers();
     let reconciler_token = CancellationToken::new();
     let (desired, reconciler_task) = Reconciler::spawn(
@@ -154,6 +189,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         audit: audit.clone(),
         desired: desired.clone(),
         config: live_config.clone(),
+        events,
     });
     let admin_router = admin::router(Arc::new(AdminState { metrics, ready }), api);
     let admin_task = serve(admin_listener, admin_router, admin_token.clone());
@@ -171,6 +207,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             read_timeout: config.ingress.read_timeout,
             retry_after: config.ingress.retry_after,
             trusted_proxies: config.ingress.trusted_proxies.clone(),
+            recorder,
         };
         let limits = ingress::server::Limits {
             header_read_timeout: config.ingress.read_timeout,
@@ -199,6 +236,8 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         broker_token,
         admin_token,
         ingress_task,
+        event_log_token,
+        event_log_tasks,
         reconciler_token,
         reconciler_task,
         desired,
@@ -326,6 +365,10 @@ impl App {
         // The reconciler stops the workers; each bounds its own drain.
         self.reconciler_token.cancel();
         join_within(self.reconciler_task, self.drain_timeout + Duration::from_secs(5), "workers").await;
+        self.event_log_token.cancel();
+        for task in self.event_log_tasks.drain(..) {
+            join_within(task, Duration::from_secs(5), "event log").await;
+        }
         self.control_token.cancel();
         join_within(self.control_task, Duration::from_secs(5), "operator control listener").await;
         join_within(self.catalog_task, Duration::from_secs(5), "catalog follower").await;

@@ -49,6 +49,14 @@ pub mod metric {
     /// process has `state="read"` and `state="applied"` (its topology and
     /// workers run it). Equal across converged processes.
     pub const CATALOG_POSITION: &str = "hookwire_catalog_position";
+    /// Counter: event log records dropped before they reached RabbitMQ
+    /// (buffer full, publish refused or not confirmed).
+    pub const EVENT_LOG_DROPPED: &str = "hookwire_event_log_dropped_total";
+    /// Counter: event log records committed to the store.
+    pub const EVENT_LOG_WRITTEN: &str = "hookwire_event_log_written_total";
+    /// Gauge: at the last commit, how old its oldest record was: how far
+    /// behind the queryable log is.
+    pub const EVENT_LOG_LAG: &str = "hookwire_event_log_lag_seconds";
     /// Counter: config file reloads by `outcome` (`applied`, `refused`).
     pub const CONFIG_RELOADS: &str = "hookwire_config_reloads_total";
     /// Counter: operator operations by `operation` and `outcome`; the

@@ -73,6 +73,8 @@ pub struct ApiState {
     pub desired: watch::Receiver<Arc<Desired>>,
     /// The file's configuration as last (re)loaded: which subscriptions it owns.
     pub config: watch::Receiver<Arc<Config>>,
+    /// The event log's store, in the process that writes it.
+    pub events: Option<crate::eventlog::Store>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -94,6 +96,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/subscriptions/{name}/replay", post(replay_window))
         .route("/api/v1/subscriptions/{name}/signing-secret/rotate", post(subscriptions::rotate_signing_secret))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/events/{id}", get(super::events::show))
         .route("/api/v1/unrouted", get(list_unrouted).delete(purge_unrouted))
         .route("/api/v1/unrouted/{event_id}", get(show_unrouted))
         .route("/api/v1/unrouted/replay", post(replay_unrouted))

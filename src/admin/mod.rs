@@ -3,6 +3,7 @@
 //! the ingress so it can stay private.
 
 pub mod api;
+mod events;
 mod subscriptions;
 
 use std::sync::Arc;

@@ -77,6 +77,9 @@ async fn bind(
 
 /// The audit stream's size bound: years of human actions.
 const AUDIT_MAX_BYTES: i64 = 1_000_000_000;
+/// Event log records waiting for the writer: minutes of a saturated
+/// pipeline at a few hundred bytes a record.
+const EVENT_LOG_MAX_BYTES: i64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -160,6 +163,8 @@ pub struct Topology {
     pub catalog_stream: String,
     /// The audit log (a stream, bounded by size).
     pub audit_stream: String,
+    /// Event log records on their way to the store, when the log is on.
+    pub event_log_queue: Option<String>,
     delivery_limit: u32,
 }
 
@@ -231,6 +236,7 @@ impl Topology {
             control_exchange: format!("{ns}.control"),
             catalog_stream: format!("{ns}.catalog"),
             audit_stream: format!("{ns}.audit"),
+            event_log_queue: config.event_log.enabled.then(|| format!("{ns}.eventlog")),
             delivery_limit: config.rabbitmq.delivery_limit,
         }
     }
@@ -271,6 +277,16 @@ impl Topology {
         ];
         if let Some(archive) = &self.archive {
             out.push(QueueSpec { name: archive.name.clone(), args: archive.args() });
+        }
+        if let Some(queue) = &self.event_log_queue {
+            // Bounded, refusing rather than dropping: a refused publish is
+            // counted by the recorder; without a writer it cannot grow forever.
+            let args = vec![
+                ("x-queue-type", Arg::Str("quorum".into())),
+                ("x-max-length-bytes", Arg::Int(EVENT_LOG_MAX_BYTES)),
+                ("x-overflow", Arg::Str("reject-publish".into())),
+            ];
+            out.push(QueueSpec { name: queue.clone(), args });
         }
         for sub in &self.subscriptions {
             let mut work = Self::dead_lettering_to(&sub.dead);

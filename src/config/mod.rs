@@ -72,6 +72,8 @@ pub struct Config {
     #[serde(default)]
     pub archive: ArchiveConfig,
     #[serde(default)]
+    pub event_log: EventLogConfig,
+    #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
     pub subscriptions: BTreeMap<String, SubscriptionConfig>,
@@ -202,6 +204,23 @@ pub struct ArchiveConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         Self { enabled: true, max_age: Duration::from_secs(7 * 24 * 3600), max_bytes: ByteSize(10_000_000_000) }
+    }
+}
+
+/// `[event_log]`: every event's story, recorded by the ingress and the
+/// workers and stored by the `all` process (issue 10; see `eventlog`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventLogConfig {
+    /// Off by default while recording is best effort (see the README).
+    pub enabled: bool,
+    /// The SQLite file the `all` process stores the log in.
+    pub path: std::path::PathBuf,
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        Self { enabled: false, path: "hookwire-events.db".into() }
     }
 }
 

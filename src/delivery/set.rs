@@ -46,10 +46,16 @@ pub struct WorkerSet {
     tasks: JoinSet<()>,
     /// Cancelled at shutdown: every worker's token is its child.
     token: CancellationToken,
+    recorder: Option<crate::eventlog::Recorder>,
 }
 
 impl WorkerSet {
-    pub fn new(broker: Broker, control: Arc<Control>, drain_timeout: Duration) -> Self {
+    pub fn new(
+        broker: Broker,
+        control: Arc<Control>,
+        drain_timeout: Duration,
+        recorder: Option<crate::eventlog::Recorder>,
+    ) -> Self {
         Self {
             broker,
             control,
@@ -58,6 +64,7 @@ impl WorkerSet {
             breakers: Arc::default(),
             tasks: JoinSet::new(),
             token: CancellationToken::new(),
+            recorder,
         }
     }
 
@@ -139,6 +146,7 @@ impl WorkerSet {
             concurrency: sub.concurrency,
             broker: self.broker.clone(),
             drain_timeout: self.drain_timeout,
+            recorder: self.recorder.clone(),
         };
         let token = self.token.child_token();
         self.tasks.spawn(worker.run(token.clone()));

@@ -70,6 +70,8 @@ pub struct Worker {
     pub broker: Broker,
     /// How long shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
+    /// The event log's recorder, when the log is on.
+    pub recorder: Option<crate::eventlog::Recorder>,
 }
 
 /// Why a consume loop ended.
@@ -320,6 +322,7 @@ impl Worker {
                     metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "filtered")
                         .increment(1);
                     tracing::debug!("filtered out");
+                    self.record_outcome(&envelope.id, "filtered", None);
                     return Ok(());
                 }
                 Verdict::Failed(error) => {
@@ -335,6 +338,7 @@ impl Worker {
         let started = Instant::now();
         let outgoing = Outgoing { envelope: &envelope, body, content_type, attempt };
         let outcome = self.destination.send(outgoing).await;
+        self.record_attempt(&envelope.id, attempt, started.elapsed(), &outcome);
         if let Some(breaker) = &self.breaker {
             let (status, delivered) = match &outcome {
                 Outcome::Delivered { status } => (Some(*status), true),
@@ -352,6 +356,7 @@ impl Worker {
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "delivered")
                     .increment(1);
                 tracing::debug!(status, "delivered");
+                self.record_outcome(&envelope.id, "delivered", None);
                 return Ok(());
             }
             Outcome::Failed(failure) => failure.clone(),
@@ -371,6 +376,7 @@ impl Worker {
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried")
                     .increment(1);
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
+                self.record_outcome(&envelope.id, "retrying", None);
             }
             Next::DeadLetter { reason } => {
                 return self.dead_letter(session, &envelope, state, reason, status, error).await;
@@ -395,7 +401,40 @@ impl Worker {
             .increment(1);
         metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
         tracing::warn!(?status, %error, reason, attempts = state.attempts, "dead-lettered");
+        self.record_outcome(&envelope.id, "dead_lettered", Some(reason));
         Ok(())
+    }
+
+    /// Records one attempt in the event log (when it is on): status or
+    /// error, duration, the first bytes of the answer. Never headers.
+    fn record_attempt(&self, event: &str, attempt: u32, took: Duration, outcome: &Outcome) {
+        let Some(recorder) = &self.recorder else { return };
+        let (status, error, response) = match outcome {
+            Outcome::Delivered { status } => (Some(*status), None, None),
+            Outcome::Failed(failure) => {
+                (failure.status, Some(failure.error.clone()), failure.response.as_deref().map(crate::eventlog::head))
+            }
+        };
+        let what = crate::eventlog::What::Attempt {
+            subscription: self.name.clone(),
+            attempt,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            status,
+            error,
+            response,
+        };
+        recorder.record(crate::eventlog::Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
+    }
+
+    /// Records where the event stands for this subscription (when the log is on).
+    fn record_outcome(&self, event: &str, outcome: &str, reason: Option<&str>) {
+        let Some(recorder) = &self.recorder else { return };
+        let what = crate::eventlog::What::Outcome {
+            subscription: self.name.clone(),
+            outcome: outcome.to_owned(),
+            reason: reason.map(str::to_owned),
+        };
+        recorder.record(crate::eventlog::Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
     }
 
     /// Publishes to one of this subscription's queues (through the default

@@ -55,6 +55,8 @@ pub struct IngressState {
     pub read_timeout: Duration,
     pub retry_after: Duration,
     pub trusted_proxies: Vec<Cidr>,
+    /// The event log's recorder, when the log is on.
+    pub recorder: Option<crate::eventlog::Recorder>,
 }
 
 pub fn router(state: Arc<IngressState>) -> Router {
@@ -140,6 +142,22 @@ async fn receive(
     publish(&state, &envelope, &routing_key).await?;
     count(name, "accepted");
     let topology = state.broker.topology();
+    if let Some(recorder) = &state.recorder {
+        let routed = topology
+            .subscriptions
+            .iter()
+            .filter(|s| s.topics.iter().any(|t| topic_matches(t, &routing_key)))
+            .map(|s| s.subscription.clone())
+            .collect();
+        let what = crate::eventlog::What::Received {
+            source: name.to_owned(),
+            event_type: envelope.event_type.clone(),
+            bytes: envelope.body.len(),
+            process: recorder.process.clone(),
+            routed,
+        };
+        recorder.record(crate::eventlog::Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what });
+    }
     if !topology.subscriptions.iter().flat_map(|s| &s.topics).any(|t| topic_matches(t, &routing_key)) {
         metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
         tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");

@@ -7,6 +7,7 @@ mod cli;
 mod dead_letters;
 mod delivery;
 mod edge;
+mod events;
 mod helpers;
 mod ingress;
 mod openapi;

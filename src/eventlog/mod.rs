@@ -1,0 +1,104 @@
+//! The event log: every event's story, successful attempts included
+//! (issue 10). What each stage did with an event is recorded as small
+//! [`Record`]s; a writer stores them where they can be queried.
+//!
+//! ```text
+//! ingress ─┐                                             ┌─ SQLite file (role all)
+//!          ├─ Recorder ─ batches ─▶ ns.eventlog (quorum) ─┤
+//! worker ──┘  (in-process, bounded)                      └─ Writer: commit, then ack
+//! ```
+//!
+//! The delivery path never waits for the log: [`Recorder::record`] only
+//! queues a record in memory; a task publishes them in batches (one
+//! message per up to 500 records, confirmed). The writer acks a batch only
+//! after its transaction committed, so a crash of the writer loses nothing.
+//! What this slice does not yet guarantee: records still in a process's
+//! memory (at most one batch interval) die with it, and a full buffer or a
+//! refused publish drops records. Both are counted
+//! (`hookwire_event_log_dropped_total`), and the README says so.
+//!
+//! Bodies are never recorded (the archive has them), nor are headers.
+
+pub mod recorder;
+pub mod sqlite;
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+
+pub use recorder::Recorder;
+pub use sqlite::Store;
+
+/// One thing that happened to one event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// The event's id (`webhook-id`).
+    pub event: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub what: What,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum What {
+    /// Accepted by an ingress (RabbitMQ confirmed it).
+    /// `routed`: the subscriptions whose topics matched (in this process's
+    /// view); empty: unrouted.
+    Received { source: String, event_type: String, bytes: usize, process: String, routed: Vec<String> },
+    /// One HTTP attempt to a subscription's destination.
+    Attempt {
+        subscription: String,
+        attempt: u32,
+        duration_ms: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The first bytes of the answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response: Option<String>,
+    },
+    /// Where an event stands for a subscription after a step: `delivered`,
+    /// `filtered`, `retrying`, `dead_lettered`.
+    Outcome {
+        subscription: String,
+        outcome: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl What {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            What::Received { .. } => "received",
+            What::Attempt { .. } => "attempt",
+            What::Outcome { .. } => "outcome",
+        }
+    }
+
+    pub fn subscription(&self) -> Option<&str> {
+        match self {
+            What::Received { .. } => None,
+            What::Attempt { subscription, .. } | What::Outcome { subscription, .. } => Some(subscription),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How many bytes of a destination's answer are kept in an attempt record.
+pub const RESPONSE_BYTES: usize = 256;
+
+/// The first [`RESPONSE_BYTES`] of `text`, cut at a character boundary.
+pub fn head(text: &str) -> String {
+    let mut end = text.len().min(RESPONSE_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

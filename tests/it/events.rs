@@ -1,0 +1,111 @@
+//! The event log (issue 10): every event's story from `GET
+//! /api/v1/events/{id}`, against the real RabbitMQ and a SQLite file of the
+//! test's own.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{AMQP_URL, Behavior, Sink, TestApp};
+
+/// Starts with the operator API and the event log on, the log in `dir`.
+async fn with_event_log(dir: &tempfile::TempDir, extra: &str) -> TestApp {
+    let path = dir.path().join("events.db");
+    TestApp::start_adjusted(AMQP_URL, extra, |c| {
+        c.admin.tokens =
+            vec![hookwire::config::AccessToken::full("operator", hookwire::config::Secret::new(TestApp::TOKEN))];
+        c.event_log.enabled = true;
+        c.event_log.path = path;
+    })
+    .await
+}
+
+/// Waits until the timeline of `id` satisfies `done`, and returns it.
+async fn timeline(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let response = app.api(Method::GET, &format!("/api/v1/events/{id}")).send().await.unwrap();
+        if response.status() == 200 {
+            last = response.json().await.unwrap();
+            if done(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the timeline of {id} never got there; last: {last}");
+}
+
+#[tokio::test]
+async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Sink::start(Behavior::FailTimes(2, 503)).await;
+    let broken = Sink::start(Behavior::Status(500)).await;
+    let app = with_event_log(
+        &dir,
+        &format!(
+            "[subscriptions.flaky]\ntopics = [\"acme.f.*\"]\nurl = \"{}\"\nretry = [\"1s\", \"1s\"]\n\
+             [subscriptions.picky]\ntopics = [\"acme.f.*\"]\nurl = \"{}\"\nfilter = '.body.keep == true'\n\
+             [subscriptions.broken]\ntopics = [\"acme.b.*\"]\nurl = \"{}\"\nretry = []\n",
+            flaky.url("/"),
+            flaky.url("/picky"),
+            broken.url("/")
+        ),
+    )
+    .await;
+
+    // Fails twice, then succeeds: three attempts, delivered; filtered for `picky`.
+    assert_eq!(app.post_acme("evt-flaky", r#"{"type":"f.x","keep":false}"#).await.status(), 202);
+    let story = timeline(&app, "evt-flaky", |t| t["subscriptions"]["flaky"]["outcome"] == "delivered").await;
+    let attempts = story["subscriptions"]["flaky"]["attempts"].as_array().unwrap();
+    let statuses: Vec<Value> = attempts.iter().map(|a| a["status"].clone()).collect();
+    assert_eq!(statuses, [json!(503), json!(503), json!(200)], "{story}");
+    assert_eq!(attempts.iter().map(|a| a["attempt"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    let history: Vec<&str> = story["subscriptions"]["flaky"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["retrying", "retrying", "delivered"]);
+    assert_eq!(story["received"]["source"], "acme");
+    assert_eq!(story["received"]["type"], "f.x");
+    assert_eq!(story["received"]["routed"], json!(["flaky", "picky"]));
+    let picky = timeline(&app, "evt-flaky", |t| t["subscriptions"]["picky"]["outcome"] == "filtered").await;
+    assert!(picky["subscriptions"]["picky"]["attempts"].as_array().unwrap().is_empty());
+
+    // Unrouted.
+    assert_eq!(app.post_acme("evt-nowhere", r#"{"type":"z.x"}"#).await.status(), 202);
+    let nowhere = timeline(&app, "evt-nowhere", |t| !t["received"].is_null()).await;
+    assert_eq!(nowhere["received"]["unrouted"], true, "{nowhere}");
+    assert_eq!(nowhere["subscriptions"], json!({}));
+
+    // Dead-lettered, then replayed and delivered: both in the story.
+    assert_eq!(app.post_acme("evt-dead", r#"{"type":"b.x"}"#).await.status(), 202);
+    let dead = timeline(&app, "evt-dead", |t| t["subscriptions"]["broken"]["outcome"] == "dead_lettered").await;
+    assert_eq!(dead["subscriptions"]["broken"]["attempts"][0]["status"], 500);
+    broken.set(Behavior::Ok);
+    let replay = app
+        .api(Method::POST, "/api/v1/subscriptions/broken/dead-letters/replay")
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 200, "{}", replay.text().await.unwrap());
+    let replayed = timeline(&app, "evt-dead", |t| t["subscriptions"]["broken"]["outcome"] == "delivered").await;
+    let history: Vec<&str> = replayed["subscriptions"]["broken"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["dead_lettered", "delivered"]);
+
+    // An id nobody sent.
+    let missing = app.api(Method::GET, "/api/v1/events/never-sent").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("hookwire_event_log_written_total"), "{metrics}");
+    assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
+}
