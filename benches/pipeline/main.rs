@@ -10,6 +10,8 @@
 //!     ingress→destination latency p50/p99, peak RSS;
 //! (d) the same with 2 KiB events, without and with a transform that picks
 //!     and renames 5 fields (jq), to show what a typical transform costs.
+//! `--event-log` runs hookwire with `[event_log] enabled = true`;
+//! `--compare-event-log` runs only (c) with the log off and on, alternated.
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
 //! keeping every event in the archive stream costs.
 //!
@@ -51,6 +53,9 @@ const BODY_BYTES: usize = 1024;
 const PACED_RATE: f64 = 1000.0;
 /// `--no-archive`: run hookwire without the archive stream, to see its cost.
 static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
+/// Whether hookwire runs with `[event_log] enabled = true` (`--event-log`,
+/// or flipped by `--compare-event-log`).
+static EVENT_LOG: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     // `cargo test` runs harness-less benches without `--bench`: do nothing then.
@@ -65,11 +70,16 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10u64);
     NO_ARCHIVE.store(args.iter().any(|a| a == "--no-archive"), Ordering::Relaxed);
+    EVENT_LOG.store(args.iter().any(|a| a == "--event-log"), Ordering::Relaxed);
     let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     if let Some(minutes) = value_of("--soak").map(|m| m.parse::<u64>().expect("--soak MINUTES")) {
         let scrape = value_of("--scrape").map(|s| Duration::from_secs(s.parse().expect("--scrape SECONDS")));
         runtime.block_on(soak(Duration::from_secs(minutes * 60), scrape));
+        return;
+    }
+    if args.iter().any(|a| a == "--compare-event-log") {
+        runtime.block_on(compare_event_log(Duration::from_secs(seconds)));
         return;
     }
     if args.iter().any(|a| a == "--churn") {
@@ -187,6 +197,24 @@ async fn raw_ceiling(duration: Duration) -> f64 {
 
 // ------------------------------------------------------------ hookwire child
 
+/// The event log's cost (issue 10): end to end saturated and at
+/// [`PACED_RATE`], log off and on, alternated twice in one run.
+async fn compare_event_log(duration: Duration) {
+    println!("event log off vs on: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} per phase");
+    for round in 1..=2 {
+        for on in [false, true] {
+            EVENT_LOG.store(on, Ordering::Relaxed);
+            let label = if on { "on " } else { "off" };
+            let saturated = end_to_end(duration, None, BODY_BYTES, None).await;
+            let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None).await;
+            println!(
+                "round {round}, log {label}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB; at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
+                saturated.delivered_rate, saturated.accepted_rate, saturated.rss_mib, paced.p50_ms, paced.p99_ms
+            );
+        }
+    }
+}
+
 struct Hookwire {
     child: Child,
     ingress: SocketAddr,
@@ -250,6 +278,12 @@ secrets = ["{SECRET}"]
         let config =
             if NO_ARCHIVE.load(Ordering::Relaxed) { format!("{config}[archive]\nenabled = false\n") } else { config };
         let dir = tempfile::tempdir().unwrap();
+        let config = if EVENT_LOG.load(Ordering::Relaxed) {
+            let path = dir.path().join("events.db");
+            format!("{config}[event_log]\nenabled = true\npath = \"{}\"\n", path.display())
+        } else {
+            config
+        };
         let path = dir.path().join("hookwire.toml");
         std::fs::write(&path, config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hookwire"))
@@ -501,6 +535,12 @@ async fn end_to_end(duration: Duration, rate: Option<f64>, body_bytes: usize, tr
         seen = now;
     }
     let rss_mib = hookwire.peak_rss_mib();
+    if EVENT_LOG.load(Ordering::Relaxed) {
+        // Whether the log kept up: records written, dropped, and its lag.
+        let text = reqwest::get(format!("http://{}/metrics", hookwire.admin)).await.unwrap().text().await.unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("hookwire_event_log")).collect();
+        println!("    event log: {}", lines.join(", "));
+    }
     hookwire.stop().await;
     let mut stats = stats.lock().unwrap();
     stats.latencies_us.sort_unstable();
