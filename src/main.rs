@@ -87,6 +87,13 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// The event log: `events show ID` tells what happened to an event (operator API).
+    Events {
+        #[command(subcommand)]
+        action: client::EventsAction,
+        #[command(flatten)]
+        api: Api,
+    },
     /// A subscription's dead letters: list, show, replay, purge (operator API).
     Dlq {
         #[command(subcommand)]
@@ -223,6 +230,7 @@ fn main() -> ExitCode {
         Command::Subscriptions { action, api } => {
             client::subscriptions_action(&api, action.unwrap_or(client::SubscriptionsAction::List))
         }
+        Command::Events { action, api } => client::events_action(&api, &action),
         Command::Audit { target, limit, after, api } => client::audit(&api, target.as_deref(), limit, after),
         Command::Dlq { action, api } => match action {
             DlqAction::List { subscription, limit, after } => {

@@ -10,20 +10,118 @@ use std::{
 
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{ApiState, Caller};
+use super::api::{ApiState, Caller, invalid};
 use crate::{
     broker::message::rfc3339,
     error::ApiError,
-    eventlog::{Record, What},
+    eventlog::{AttemptQuery, Record, StatusFilter, Store, What},
+    operator::{DEFAULT_LIMIT, MAX_LIMIT},
 };
 
 fn at(ms: u64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// The store, in the process that holds it.
+fn store(state: &ApiState) -> Result<Store, ApiError> {
+    state.events.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "event-log-unavailable",
+            "Event log not here",
+            "the event log is off ([event_log] enabled = false), or stored by the process running --role all; ask that one",
+        )
+    })
+}
+
+fn failed() -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event-log-failed", "Event log failed", "see the log")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptsQuery {
+    /// `succeeded` (2xx), `failed` (anything else), or one HTTP status.
+    status: Option<String>,
+    /// RFC 3339, inclusive.
+    from: Option<String>,
+    /// RFC 3339, exclusive.
+    to: Option<String>,
+    limit: Option<usize>,
+    /// The previous page's `next_after`.
+    after: Option<String>,
+}
+
+fn millis(field: &str, text: &str) -> Result<u64, ApiError> {
+    let at = humantime::parse_rfc3339_weak(text)
+        .map_err(|_| invalid(format!("{field} must be an RFC 3339 time, like 2026-11-30T12:00:00Z")))?;
+    Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// `GET /api/v1/subscriptions/{name}/attempts`: what a subscriber looks at
+/// when its endpoint misbehaved. Newest first, a page at a time.
+pub async fn attempts(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(query): Query<AttemptsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if caller.is_limited() && !caller.covers(&name) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!("token {:?} may not read subscription {name:?}", caller.name),
+        ));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let status = match query.status.as_deref() {
+        None => StatusFilter::Any,
+        Some("succeeded") => StatusFilter::Succeeded,
+        Some("failed") => StatusFilter::Failed,
+        Some(code) => StatusFilter::Exactly(
+            code.parse().map_err(|_| invalid("status must be succeeded, failed, or an HTTP status like 503"))?,
+        ),
+    };
+    let after = match query.after.as_deref() {
+        Some(text) => Some(text.parse().map_err(|()| invalid("after must be a previous page's next_after"))?),
+        None => None,
+    };
+    let query = AttemptQuery {
+        subscription: name,
+        status,
+        from_ms: query.from.as_deref().map(|t| millis("from", t)).transpose()?.unwrap_or(0),
+        to_ms: query.to.as_deref().map(|t| millis("to", t)).transpose()?.unwrap_or(u64::MAX),
+        limit,
+        after,
+    };
+    let store = store(&state)?;
+    let rows =
+        tokio::task::spawn_blocking(move || store.attempts(&query)).await.map_err(|_| failed())?.map_err(|error| {
+            tracing::error!(%error, "reading the event log failed");
+            failed()
+        })?;
+    let next_after = (rows.len() == limit).then(|| rows.last().map(|(cursor, _)| cursor.to_string())).flatten();
+    let attempts: Vec<Value> = rows
+        .into_iter()
+        .filter_map(|(_, record)| match record.what {
+            What::Attempt { attempt, duration_ms, status, error, response, .. } => Some(json!({
+                "event": record.event, "attempt": attempt, "at": at(record.at_ms), "duration_ms": duration_ms,
+                "status": status, "error": error, "response": response,
+            })),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({ "attempts": attempts, "next_after": next_after })))
 }
 
 /// The timeline of `id`. A token limited to some subscriptions sees only
@@ -33,17 +131,8 @@ pub async fn show(
     Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(store) = state.events.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "event-log-unavailable",
-            "Event log not here",
-            "the event log is off ([event_log] enabled = false), or stored by the process running --role all; ask that one",
-        ));
-    };
+    let store = store(&state)?;
     let lookup = id.clone();
-    let failed =
-        || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event-log-failed", "Event log failed", "see the log");
     let records =
         tokio::task::spawn_blocking(move || store.timeline(&lookup)).await.map_err(|_| failed())?.map_err(|error| {
             tracing::error!(%error, "reading the event log failed");

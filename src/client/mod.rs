@@ -3,8 +3,10 @@
 //! listener. Tables by default, the API's JSON with `--json`; replays and
 //! purges stream their progress and draw it on stderr.
 
+mod events;
 mod subscriptions;
 
+pub use events::{EventsAction, events_action};
 pub use subscriptions::{SubscriptionsAction, subscriptions_action};
 
 use std::{

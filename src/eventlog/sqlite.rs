@@ -11,7 +11,53 @@ use std::{
 
 use rusqlite::{Connection, params};
 
-use super::Record;
+use super::{Record, What};
+
+/// Which attempts [`Store::attempts`] returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatusFilter {
+    Any,
+    /// Answered 2xx.
+    Succeeded,
+    /// Anything else, no answer included.
+    Failed,
+    /// Answered exactly this.
+    Exactly(u16),
+}
+
+/// Where a page of attempts ends: `at_ms:rowid` of its last row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cursor {
+    pub at_ms: u64,
+    pub row: i64,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.at_ms, self.row)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (at, row) = text.split_once(':').ok_or(())?;
+        Ok(Self { at_ms: at.parse().map_err(drop)?, row: row.parse().map_err(drop)? })
+    }
+}
+
+/// A page query over one subscription's attempts.
+#[derive(Debug, Clone)]
+pub struct AttemptQuery {
+    pub subscription: String,
+    pub status: StatusFilter,
+    /// Milliseconds since the epoch, inclusive.
+    pub from_ms: u64,
+    /// Milliseconds since the epoch, exclusive.
+    pub to_ms: u64,
+    pub limit: usize,
+    pub after: Option<Cursor>,
+}
 
 /// A handle on the file. Cheap to clone; calls block, so async callers go
 /// through `spawn_blocking`.
@@ -33,6 +79,7 @@ impl Store {
                  at_ms INTEGER NOT NULL,
                  kind TEXT NOT NULL,
                  subscription TEXT,
+                 status INTEGER,
                  record TEXT NOT NULL
              );
              CREATE INDEX IF NOT EXISTS event_log_event ON event_log (event_id);
@@ -47,20 +94,74 @@ impl Store {
         let transaction = connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO event_log (event_id, at_ms, kind, subscription, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO event_log (event_id, at_ms, kind, subscription, status, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for record in records {
                 let json = serde_json::to_string(record).expect("records serialize");
+                let status = match &record.what {
+                    What::Attempt { status, .. } => *status,
+                    _ => None,
+                };
                 insert.execute(params![
                     record.event,
                     record.at_ms as i64,
                     record.what.kind(),
                     record.what.subscription(),
+                    status,
                     json
                 ])?;
             }
         }
         transaction.commit()
+    }
+
+    /// One subscription's attempts in a time window, newest first, a page
+    /// at a time. Served by the (subscription, at_ms) index.
+    pub fn attempts(&self, query: &AttemptQuery) -> Result<Vec<(Cursor, Record)>, rusqlite::Error> {
+        let status = match query.status {
+            StatusFilter::Any => "",
+            StatusFilter::Succeeded => " AND status BETWEEN 200 AND 299",
+            StatusFilter::Failed => " AND (status IS NULL OR status NOT BETWEEN 200 AND 299)",
+            StatusFilter::Exactly(_) => " AND status = ?6",
+        };
+        let sql = format!(
+            "SELECT at_ms, rowid, record FROM event_log \
+             WHERE subscription = ?1 AND kind = 'attempt' AND at_ms >= ?2 AND at_ms < ?3 \
+             AND (at_ms < ?4 OR (at_ms = ?4 AND rowid < ?5)){status} \
+             ORDER BY at_ms DESC, rowid DESC LIMIT {}",
+            query.limit
+        );
+        let (before_at, before_row) = match query.after {
+            Some(cursor) => (cursor.at_ms as i64, cursor.row),
+            None => (i64::MAX, i64::MAX),
+        };
+        let connection = self.connection.lock().expect("event log lock");
+        let mut select = connection.prepare_cached(&sql)?;
+        let base = params![
+            query.subscription,
+            query.from_ms as i64,
+            query.to_ms.min(i64::MAX as u64) as i64,
+            before_at,
+            before_row
+        ];
+        let map =
+            |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?));
+        let rows: Vec<(i64, i64, String)> = match query.status {
+            StatusFilter::Exactly(code) => {
+                let mut all: Vec<&dyn rusqlite::ToSql> = base.to_vec();
+                all.push(&code);
+                select.query_map(all.as_slice(), map)?.collect::<Result<_, _>>()?
+            }
+            _ => select.query_map(base, map)?.collect::<Result<_, _>>()?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(at, row, json)| {
+                let record = serde_json::from_str(&json).ok()?;
+                Some((Cursor { at_ms: at as u64, row }, record))
+            })
+            .collect())
     }
 
     /// Everything recorded about `event`, oldest first.

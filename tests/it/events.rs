@@ -75,6 +75,46 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter() {
     let picky = timeline(&app, "evt-flaky", |t| t["subscriptions"]["picky"]["outcome"] == "filtered").await;
     assert!(picky["subscriptions"]["picky"]["attempts"].as_array().unwrap().is_empty());
 
+    // The subscription's attempts: newest first, by status, a page at a time.
+    let attempts = |query: &str| {
+        let request = app.api(Method::GET, &format!("/api/v1/subscriptions/flaky/attempts{query}"));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let all = attempts("").await;
+    let statuses: Vec<Value> = all["attempts"].as_array().unwrap().iter().map(|a| a["status"].clone()).collect();
+    assert_eq!(statuses, [json!(200), json!(503), json!(503)], "{all}");
+    assert_eq!(attempts("?status=503").await["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(attempts("?status=succeeded").await["attempts"][0]["event"], "evt-flaky");
+    assert!(
+        attempts("?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z").await["attempts"].as_array().unwrap().is_empty()
+    );
+    let first = attempts("?limit=2").await;
+    let cursor = first["next_after"].as_str().unwrap().to_owned();
+    let rest = attempts(&format!("?limit=2&after={cursor}")).await;
+    assert_eq!(rest["attempts"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(rest["attempts"][0]["attempt"], 1);
+    assert!(rest["next_after"].is_null());
+    let bad = app.api(Method::GET, "/api/v1/subscriptions/flaky/attempts?status=sometimes").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // The CLI tells the same story.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["events", "show", "evt-flaky"])
+        .env("HOOKWIRE_ADMIN_URL", app.admin_url("").trim_end_matches('/'))
+        .env("HOOKWIRE_ADMIN_TOKEN", TestApp::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("from acme (f.x") && text.contains("routed to flaky, picky"), "{text}");
+    assert!(text.lines().any(|l| l.contains("flaky") && l.contains("delivered") && l.contains("200")), "{text}");
+    assert!(text.lines().any(|l| l.contains("picky") && l.contains("filtered")), "{text}");
+
     // Unrouted.
     assert_eq!(app.post_acme("evt-nowhere", r#"{"type":"z.x"}"#).await.status(), 202);
     let nowhere = timeline(&app, "evt-nowhere", |t| !t["received"].is_null()).await;

@@ -1,0 +1,119 @@
+//! `hookwire events show ID`: an event's story from the event log, as a
+//! table (or `--json`).
+
+use std::process::ExitCode;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::{Api, Client, parse, run, table, urlencode};
+
+#[derive(clap::Subcommand)]
+pub enum EventsAction {
+    /// One event: received, routed, every attempt per subscription, outcomes.
+    Show { id: String },
+}
+
+pub fn events_action(api: &Api, action: &EventsAction) -> ExitCode {
+    match action {
+        EventsAction::Show { id } => show(api, id),
+    }
+}
+
+fn show(api: &Api, id: &str) -> ExitCode {
+    run(|| {
+        let body = Client::new(api)?.send(Method::GET, &format!("/api/v1/events/{}", urlencode(id)), None)?;
+        if api.json {
+            return Ok(body + "\n");
+        }
+        let story: Value = parse(&body)?;
+        Ok(render(&story))
+    })
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The received line, then a row per attempt and per outcome of each
+/// subscription.
+fn render(story: &Value) -> String {
+    let mut out = format!("event {}\n", text(&story["id"]));
+    let received = &story["received"];
+    if received.is_null() {
+        out += "received: not recorded\n";
+    } else {
+        let routed = received["routed"].as_array().map(|r| r.iter().map(text).collect::<Vec<_>>().join(", "));
+        out += &format!(
+            "received {} from {} ({}, {} bytes) by {}; routed to {}\n",
+            text(&received["at"]),
+            text(&received["source"]),
+            text(&received["type"]),
+            text(&received["bytes"]),
+            text(&received["process"]),
+            match routed.filter(|r| !r.is_empty()) {
+                Some(routed) => routed,
+                None => "nothing (unrouted)".to_owned(),
+            }
+        );
+    }
+    let mut rows =
+        vec![["SUBSCRIPTION", "OUTCOME", "ATTEMPT", "AT", "STATUS", "MS", "ERROR"].map(String::from).to_vec()];
+    for (name, sub) in story["subscriptions"].as_object().into_iter().flatten() {
+        let attempts = sub["attempts"].as_array().cloned().unwrap_or_default();
+        if attempts.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                text(&sub["outcome"]),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for (i, attempt) in attempts.iter().enumerate() {
+            let outcome = if i + 1 == attempts.len() { text(&sub["outcome"]) } else { String::new() };
+            let ms = attempt["duration_ms"].as_f64().map_or("-".to_owned(), |ms| format!("{ms:.1}"));
+            rows.push(vec![
+                name.clone(),
+                outcome,
+                text(&attempt["attempt"]),
+                text(&attempt["at"]),
+                text(&attempt["status"]),
+                ms,
+                text(&attempt["error"]),
+            ]);
+        }
+    }
+    out + &table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::render;
+
+    #[test]
+    fn renders_the_received_line_and_a_row_per_attempt() {
+        let story = json!({
+            "id": "evt_1",
+            "received": {"at": "2026-11-30T12:00:00Z", "source": "acme", "type": "a.b", "bytes": 12,
+                         "process": "h:1", "routed": ["billing"], "unrouted": false},
+            "subscriptions": {"billing": {"outcome": "delivered", "history": [], "attempts": [
+                {"attempt": 1, "at": "2026-11-30T12:00:00Z", "duration_ms": 3.25, "status": 503, "error": "503"},
+                {"attempt": 2, "at": "2026-11-30T12:00:01Z", "duration_ms": 2.0, "status": 200, "error": null},
+            ]}},
+        });
+        let out = render(&story);
+        assert!(out.contains("from acme (a.b, 12 bytes) by h:1; routed to billing"), "{out}");
+        let last = out.lines().last().unwrap();
+        assert!(last.contains("billing") && last.contains("delivered") && last.contains("200"), "{out}");
+        assert!(out.contains("3.2") || out.contains("3.3"), "{out}");
+    }
+}
