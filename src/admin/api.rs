@@ -96,6 +96,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/subscriptions/{name}/replay", post(replay_window))
         .route("/api/v1/subscriptions/{name}/signing-secret/rotate", post(subscriptions::rotate_signing_secret))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/events", get(super::events::search))
         .route("/api/v1/events/{id}", get(super::events::show))
         .route("/api/v1/subscriptions/{name}/attempts", get(super::events::attempts))
         .route("/api/v1/unrouted", get(list_unrouted).delete(purge_unrouted))

@@ -20,7 +20,7 @@ use super::api::{ApiState, Caller, invalid};
 use crate::{
     broker::message::rfc3339,
     error::ApiError,
-    eventlog::{AttemptQuery, Record, StatusFilter, Store, What},
+    eventlog::{AttemptQuery, EventQuery, Record, StatusFilter, Store, What},
     operator::{DEFAULT_LIMIT, MAX_LIMIT},
 };
 
@@ -122,6 +122,87 @@ pub async fn attempts(
         })
         .collect();
     Ok(Json(json!({ "attempts": attempts, "next_after": next_after })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    source: Option<String>,
+    /// An event type; `*` matches any run of characters (`invoice.*`).
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    subscription: Option<String>,
+    /// With `subscription`: `delivered`, `filtered`, `retrying`, `dead_lettered`.
+    outcome: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+const OUTCOMES: [&str; 4] = ["delivered", "filtered", "retrying", "dead_lettered"];
+
+/// `GET /api/v1/events`: received events, newest first, a page at a time.
+/// A token limited to some subscriptions must name one of them: the
+/// others' events are not its to see.
+pub async fn search(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if caller.is_limited() && !query.subscription.as_deref().is_some_and(|name| caller.covers(name)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!("token {:?} may search only its own subscriptions' events: add ?subscription=NAME", caller.name),
+        ));
+    }
+    if let Some(outcome) = &query.outcome {
+        if query.subscription.is_none() {
+            return Err(invalid("outcome needs subscription: an outcome is per subscription"));
+        }
+        if !OUTCOMES.contains(&outcome.as_str()) {
+            return Err(invalid(format!("outcome must be one of {}", OUTCOMES.join(", "))));
+        }
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let after = match query.after.as_deref() {
+        Some(text) => Some(text.parse().map_err(|()| invalid("after must be a previous page's next_after"))?),
+        None => None,
+    };
+    let search = EventQuery {
+        source: query.source,
+        event_type: query.event_type,
+        subscription: query.subscription,
+        outcome: query.outcome,
+        from_ms: query.from.as_deref().map(|t| millis("from", t)).transpose()?.unwrap_or(0),
+        to_ms: query.to.as_deref().map(|t| millis("to", t)).transpose()?.unwrap_or(u64::MAX),
+        limit,
+        after,
+    };
+    let store = store(&state)?;
+    let rows =
+        tokio::task::spawn_blocking(move || store.search(&search)).await.map_err(|_| failed())?.map_err(|error| {
+            tracing::error!(%error, "searching the event log failed");
+            failed()
+        })?;
+    let next_after = (rows.len() == limit).then(|| rows.last().map(|(cursor, _)| cursor.to_string())).flatten();
+    let events: Vec<Value> = rows
+        .into_iter()
+        .filter_map(|(_, record)| match record.what {
+            What::Received { source, event_type, bytes, routed, .. } => Some(json!({
+                "id": record.event, "at": at(record.at_ms), "source": source, "type": event_type, "bytes": bytes,
+                "unrouted": routed.is_empty(),
+                "routed": routed.into_iter().filter(|name| !caller.is_limited() || caller.covers(name)).collect::<Vec<_>>(),
+            })),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
 }
 
 /// The timeline of `id`. A token limited to some subscriptions sees only

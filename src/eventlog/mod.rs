@@ -26,7 +26,7 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use recorder::Recorder;
-pub use sqlite::{AttemptQuery, Cursor, StatusFilter, Store};
+pub use sqlite::{AttemptQuery, Cursor, EventQuery, StatusFilter, Store};
 
 /// One thing that happened to one event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

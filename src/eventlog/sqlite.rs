@@ -46,6 +46,23 @@ impl std::str::FromStr for Cursor {
     }
 }
 
+/// A search over received events (`GET /api/v1/events`).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub source: Option<String>,
+    /// An event type; `*` matches any run of characters.
+    pub event_type: Option<String>,
+    /// Events routed to this subscription (that it recorded anything for).
+    pub subscription: Option<String>,
+    /// With `subscription`: events that had this outcome for it at some
+    /// point (`dead_lettered` finds one later replayed and delivered too).
+    pub outcome: Option<String>,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub limit: usize,
+    pub after: Option<Cursor>,
+}
+
 /// A page query over one subscription's attempts.
 #[derive(Debug, Clone)]
 pub struct AttemptQuery {
@@ -80,8 +97,12 @@ impl Store {
                  kind TEXT NOT NULL,
                  subscription TEXT,
                  status INTEGER,
+                 source TEXT,
+                 event_type TEXT,
+                 outcome TEXT,
                  record TEXT NOT NULL
              );
+             CREATE INDEX IF NOT EXISTS event_log_kind ON event_log (kind, at_ms);
              CREATE INDEX IF NOT EXISTS event_log_event ON event_log (event_id);
              CREATE INDEX IF NOT EXISTS event_log_subscription ON event_log (subscription, at_ms);",
         )?;
@@ -94,21 +115,26 @@ impl Store {
         let transaction = connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO event_log (event_id, at_ms, kind, subscription, status, record) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO event_log (event_id, at_ms, kind, subscription, status, source, event_type, outcome, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for record in records {
                 let json = serde_json::to_string(record).expect("records serialize");
-                let status = match &record.what {
-                    What::Attempt { status, .. } => *status,
-                    _ => None,
-                };
+                let (mut status, mut source, mut event_type, mut outcome) = (None, None, None, None);
+                match &record.what {
+                    What::Attempt { status: s, .. } => status = *s,
+                    What::Received { source: s, event_type: t, .. } => (source, event_type) = (Some(s), Some(t)),
+                    What::Outcome { outcome: o, .. } => outcome = Some(o),
+                }
                 insert.execute(params![
                     record.event,
                     record.at_ms as i64,
                     record.what.kind(),
                     record.what.subscription(),
                     status,
+                    source,
+                    event_type,
+                    outcome,
                     json
                 ])?;
             }
@@ -161,6 +187,61 @@ impl Store {
                 let record = serde_json::from_str(&json).ok()?;
                 Some((Cursor { at_ms: at as u64, row }, record))
             })
+            .collect())
+    }
+
+    /// Received events matching `query`, newest first, a page at a time;
+    /// each row is the event's `received` record.
+    pub fn search(&self, query: &EventQuery) -> Result<Vec<(Cursor, Record)>, rusqlite::Error> {
+        let (before_at, before_row) = match query.after {
+            Some(cursor) => (cursor.at_ms as i64, cursor.row),
+            None => (i64::MAX, i64::MAX),
+        };
+        let mut sql = "SELECT at_ms, rowid, record FROM event_log \
+                       WHERE kind = 'received' AND at_ms >= ?1 AND at_ms < ?2 \
+                       AND (at_ms < ?3 OR (at_ms = ?3 AND rowid < ?4))"
+            .to_owned();
+        let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
+            Box::new(query.from_ms as i64),
+            Box::new(query.to_ms.min(i64::MAX as u64) as i64),
+            Box::new(before_at),
+            Box::new(before_row),
+        ];
+        let mut bind = |clause: &str, value: String, values: &mut Vec<Box<dyn rusqlite::ToSql>>| {
+            values.push(Box::new(value));
+            sql += &clause.replace('?', &format!("?{}", values.len()));
+        };
+        if let Some(source) = &query.source {
+            bind(" AND source = ?", source.clone(), &mut values);
+        }
+        if let Some(kind) = &query.event_type {
+            // GLOB: `*` as in topic-like patterns, case-sensitive like the types.
+            let pattern = kind.replace('[', "[[]").replace('?', "[?]");
+            bind(" AND event_type GLOB ?", pattern, &mut values);
+        }
+        if let Some(subscription) = &query.subscription {
+            let mut inner = String::from(" AND event_id IN (SELECT event_id FROM event_log WHERE subscription = ?");
+            values.push(Box::new(subscription.clone()));
+            inner = inner.replace('?', &format!("?{}", values.len()));
+            if let Some(outcome) = &query.outcome {
+                values.push(Box::new(outcome.clone()));
+                inner += &format!(" AND kind = 'outcome' AND outcome = ?{}", values.len());
+            }
+            sql += &inner;
+            sql += ")";
+        }
+        sql += &format!(" ORDER BY at_ms DESC, rowid DESC LIMIT {}", query.limit);
+        let connection = self.connection.lock().expect("event log lock");
+        let mut select = connection.prepare(&sql)?;
+        let params: Vec<&dyn rusqlite::ToSql> = values.iter().map(|v| v.as_ref()).collect();
+        let rows = select
+            .query_map(params.as_slice(), |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(at, row, json)| Some((Cursor { at_ms: at as u64, row }, serde_json::from_str(&json).ok()?)))
             .collect())
     }
 

@@ -142,6 +142,41 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter() {
         .collect();
     assert_eq!(history, ["dead_lettered", "delivered"]);
 
+    // Search: newest first, by source and type pattern, by a subscription's
+    // outcome, a page at a time.
+    let search = |query: &str| {
+        let request = app.api(Method::GET, &format!("/api/v1/events{query}"));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (_, newest) = search("").await;
+    assert_eq!(ids(&newest), ["evt-dead", "evt-nowhere", "evt-flaky"], "{newest}");
+    assert_eq!(ids(&search("?source=acme&type=f.*").await.1), ["evt-flaky"]);
+    assert_eq!(ids(&search("?subscription=broken&outcome=dead_lettered").await.1), ["evt-dead"]);
+    assert_eq!(ids(&search("?subscription=flaky&outcome=retrying").await.1), ["evt-flaky"]);
+    assert!(ids(&search("?subscription=picky&outcome=delivered").await.1).is_empty());
+    let (_, first) = search("?limit=1").await;
+    let (_, second) = search(&format!("?limit=1&after={}", first["next_after"].as_str().unwrap())).await;
+    assert_eq!(ids(&second), ["evt-nowhere"]);
+    assert_eq!(search("?outcome=delivered").await.0, 400);
+
+    // The CLI lists the same.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["events", "list", "--subscription", "broken", "--outcome", "dead_lettered"])
+        .env("HOOKWIRE_ADMIN_URL", app.admin_url("").trim_end_matches('/'))
+        .env("HOOKWIRE_ADMIN_TOKEN", TestApp::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("evt-dead") && !text.contains("evt-flaky"), "{text}");
+
     // An id nobody sent.
     let missing = app.api(Method::GET, "/api/v1/events/never-sent").send().await.unwrap();
     assert_eq!(missing.status(), 404);

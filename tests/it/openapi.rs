@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/subscriptions/{name}/resume"),
     ("post", "/api/v1/subscriptions/{name}/replay"),
     ("get", "/api/v1/audit"),
+    ("get", "/api/v1/events"),
     ("get", "/api/v1/events/{id}"),
     ("get", "/api/v1/subscriptions/{name}/attempts"),
     ("post", "/api/v1/subscriptions/{name}/signing-secret/rotate"),
