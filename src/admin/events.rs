@@ -20,7 +20,7 @@ use super::api::{ApiState, Caller, invalid};
 use crate::{
     broker::message::rfc3339,
     error::ApiError,
-    eventlog::{AttemptQuery, EventQuery, Record, StatusFilter, Store, What},
+    eventlog::{AttemptQuery, Cursor, EventQuery, Record, StatusFilter, Store, What},
     operator::{DEFAULT_LIMIT, MAX_LIMIT},
 };
 
@@ -40,8 +40,55 @@ fn store(state: &ApiState) -> Result<Store, ApiError> {
     })
 }
 
-fn failed() -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event-log-failed", "Event log failed", "see the log")
+/// Runs `read` on the store off the async threads (SQLite blocks).
+async fn read<T: Send + 'static>(
+    state: &ApiState,
+    read: impl FnOnce(&Store) -> Result<T, rusqlite::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store(state)?;
+    let failed =
+        || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event-log-failed", "Event log failed", "see the log");
+    tokio::task::spawn_blocking(move || read(&store)).await.map_err(|_| failed())?.map_err(|error| {
+        tracing::error!(%error, "reading the event log failed");
+        failed()
+    })
+}
+
+/// The paging and window parameters the list routes share.
+struct Page {
+    limit: usize,
+    after: Option<Cursor>,
+    from_ms: u64,
+    to_ms: u64,
+}
+
+impl Page {
+    fn parse(
+        limit: Option<usize>,
+        after: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
+        }
+        let after = match after {
+            Some(text) => Some(text.parse().map_err(|()| invalid("after must be a previous page's next_after"))?),
+            None => None,
+        };
+        Ok(Self {
+            limit,
+            after,
+            from_ms: from.map(|t| millis("from", t)).transpose()?.unwrap_or(0),
+            to_ms: to.map(|t| millis("to", t)).transpose()?.unwrap_or(u64::MAX),
+        })
+    }
+
+    /// The cursor of the next page, when this one is full.
+    fn next_after(&self, rows: &[(Cursor, Record)]) -> Option<String> {
+        (rows.len() == self.limit).then(|| rows.last().map(|(cursor, _)| cursor.to_string())).flatten()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,10 +127,7 @@ pub async fn attempts(
             format!("token {:?} may not read subscription {name:?}", caller.name),
         ));
     }
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
+    let page = Page::parse(query.limit, query.after.as_deref(), query.from.as_deref(), query.to.as_deref())?;
     let status = match query.status.as_deref() {
         None => StatusFilter::Any,
         Some("succeeded") => StatusFilter::Succeeded,
@@ -92,25 +136,16 @@ pub async fn attempts(
             code.parse().map_err(|_| invalid("status must be succeeded, failed, or an HTTP status like 503"))?,
         ),
     };
-    let after = match query.after.as_deref() {
-        Some(text) => Some(text.parse().map_err(|()| invalid("after must be a previous page's next_after"))?),
-        None => None,
-    };
     let query = AttemptQuery {
         subscription: name,
         status,
-        from_ms: query.from.as_deref().map(|t| millis("from", t)).transpose()?.unwrap_or(0),
-        to_ms: query.to.as_deref().map(|t| millis("to", t)).transpose()?.unwrap_or(u64::MAX),
-        limit,
-        after,
+        from_ms: page.from_ms,
+        to_ms: page.to_ms,
+        limit: page.limit,
+        after: page.after,
     };
-    let store = store(&state)?;
-    let rows =
-        tokio::task::spawn_blocking(move || store.attempts(&query)).await.map_err(|_| failed())?.map_err(|error| {
-            tracing::error!(%error, "reading the event log failed");
-            failed()
-        })?;
-    let next_after = (rows.len() == limit).then(|| rows.last().map(|(cursor, _)| cursor.to_string())).flatten();
+    let rows = read(&state, move |store| store.attempts(&query)).await?;
+    let next_after = page.next_after(&rows);
     let attempts: Vec<Value> = rows
         .into_iter()
         .filter_map(|(_, record)| match record.what {
@@ -166,31 +201,19 @@ pub async fn search(
             return Err(invalid(format!("outcome must be one of {}", OUTCOMES.join(", "))));
         }
     }
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    let after = match query.after.as_deref() {
-        Some(text) => Some(text.parse().map_err(|()| invalid("after must be a previous page's next_after"))?),
-        None => None,
-    };
+    let page = Page::parse(query.limit, query.after.as_deref(), query.from.as_deref(), query.to.as_deref())?;
     let search = EventQuery {
         source: query.source,
         event_type: query.event_type,
         subscription: query.subscription,
         outcome: query.outcome,
-        from_ms: query.from.as_deref().map(|t| millis("from", t)).transpose()?.unwrap_or(0),
-        to_ms: query.to.as_deref().map(|t| millis("to", t)).transpose()?.unwrap_or(u64::MAX),
-        limit,
-        after,
+        from_ms: page.from_ms,
+        to_ms: page.to_ms,
+        limit: page.limit,
+        after: page.after,
     };
-    let store = store(&state)?;
-    let rows =
-        tokio::task::spawn_blocking(move || store.search(&search)).await.map_err(|_| failed())?.map_err(|error| {
-            tracing::error!(%error, "searching the event log failed");
-            failed()
-        })?;
-    let next_after = (rows.len() == limit).then(|| rows.last().map(|(cursor, _)| cursor.to_string())).flatten();
+    let rows = read(&state, move |store| store.search(&search)).await?;
+    let next_after = page.next_after(&rows);
     let events: Vec<Value> = rows
         .into_iter()
         .filter_map(|(_, record)| match record.what {
@@ -212,13 +235,8 @@ pub async fn show(
     Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
     let lookup = id.clone();
-    let records =
-        tokio::task::spawn_blocking(move || store.timeline(&lookup)).await.map_err(|_| failed())?.map_err(|error| {
-            tracing::error!(%error, "reading the event log failed");
-            failed()
-        })?;
+    let records = read(&state, move |store| store.timeline(&lookup)).await?;
     if records.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
