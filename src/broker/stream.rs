@@ -45,6 +45,20 @@ async fn from(
     offset: AMQPValue,
     timeout: Duration,
 ) -> Result<(Channel, Consumer), String> {
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), offset);
+    consume(session, stream, prefetch, args, timeout).await
+}
+
+/// A consumer of `queue` on a channel of its own, at most `prefetch`
+/// unacked, every step bounded by `timeout`. Manual acks.
+pub async fn consume(
+    session: &Session,
+    queue: &str,
+    prefetch: u16,
+    args: FieldTable,
+    timeout: Duration,
+) -> Result<(Channel, Consumer), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out");
     let channel = tokio::time::timeout(timeout, session.connection.create_channel())
         .await
@@ -54,9 +68,7 @@ async fn from(
         .await
         .map_err(bounded("basic.qos"))?
         .map_err(|e| e.to_string())?;
-    let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), offset);
-    let consume = channel.basic_consume(stream.into(), "".into(), BasicConsumeOptions::default(), args);
+    let consume = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), args);
     let consumer =
         tokio::time::timeout(timeout, consume).await.map_err(bounded("basic.consume"))?.map_err(|e| e.to_string())?;
     Ok((channel, consumer))

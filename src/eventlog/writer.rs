@@ -4,16 +4,13 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
-};
+use lapin::{options::BasicAckOptions, types::FieldTable};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Record, Store, now_ms};
 use crate::{
-    broker::{Broker, Session},
+    broker::{Broker, Session, stream},
     telemetry::metric,
 };
 
@@ -43,18 +40,7 @@ async fn drain(
     token: &CancellationToken,
 ) -> Result<(), String> {
     let timeout = broker.operation_timeout;
-    let bounded = |what: &'static str| move |_| format!("{what} timed out");
-    let channel = tokio::time::timeout(timeout, session.connection.create_channel())
-        .await
-        .map_err(bounded("opening a channel"))?
-        .map_err(|e| e.to_string())?;
-    tokio::time::timeout(timeout, channel.basic_qos(PREFETCH, BasicQosOptions::default()))
-        .await
-        .map_err(bounded("basic.qos"))?
-        .map_err(|e| e.to_string())?;
-    let consume = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default());
-    let mut deliveries =
-        tokio::time::timeout(timeout, consume).await.map_err(bounded("basic.consume"))?.map_err(|e| e.to_string())?;
+    let (channel, mut deliveries) = stream::consume(session, queue, PREFETCH, FieldTable::default(), timeout).await?;
     loop {
         let first = tokio::select! {
             _ = token.cancelled() => return Ok(()),
@@ -92,6 +78,6 @@ async fn drain(
         }
         let last = batch.last().expect("a batch has a first").delivery_tag;
         let ack = channel.basic_ack(last, BasicAckOptions { multiple: true });
-        tokio::time::timeout(timeout, ack).await.map_err(bounded("ack"))?.map_err(|e| e.to_string())?;
+        tokio::time::timeout(timeout, ack).await.map_err(|_| "ack timed out".to_owned())?.map_err(|e| e.to_string())?;
     }
 }
