@@ -142,13 +142,13 @@ async fn receive(
     publish(&state, &envelope, &routing_key).await?;
     count(name, "accepted");
     let topology = state.broker.topology();
-    if let Some(recorder) = &state.recorder {
-        let routed = topology
-            .subscriptions
-            .iter()
-            .filter(|s| s.topics.iter().any(|t| topic_matches(t, &routing_key)))
-            .map(|s| s.subscription.clone())
-            .collect();
+    let matches =
+        |s: &&crate::broker::topology::SubscriptionQueues| s.topics.iter().any(|t| topic_matches(t, &routing_key));
+    // The event log wants the names; without it, whether any matches is enough.
+    let unrouted = if let Some(recorder) = &state.recorder {
+        let routed: Vec<String> =
+            topology.subscriptions.iter().filter(matches).map(|s| s.subscription.clone()).collect();
+        let unrouted = routed.is_empty();
         let what = crate::eventlog::What::Received {
             source: name.to_owned(),
             event_type: envelope.event_type.clone(),
@@ -157,8 +157,11 @@ async fn receive(
             routed,
         };
         recorder.record(crate::eventlog::Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what });
-    }
-    if !topology.subscriptions.iter().flat_map(|s| &s.topics).any(|t| topic_matches(t, &routing_key)) {
+        unrouted
+    } else {
+        !topology.subscriptions.iter().any(|s| matches(&s))
+    };
+    if unrouted {
         metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
         tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");
     }
