@@ -44,6 +44,7 @@ use crate::{
         publisher::publish_confirmed,
         topology::SubscriptionQueues,
     },
+    eventlog::Record,
     rate::RateLimiter,
     shutdown,
     telemetry::metric,
@@ -152,7 +153,11 @@ impl Worker {
     ) -> Result<Ended, lapin::Error> {
         let timeout = self.broker.operation_timeout;
         let channel = bounded(timeout, session.connection.create_channel()).await?;
-        bounded(timeout, channel.basic_qos(self.concurrency, BasicQosOptions::default())).await?;
+        // With the event log on, a settled delivery waits for its records'
+        // confirm before its ack, after giving back its attempt slot: the
+        // prefetch leaves room for those, or they would hold the slots anyway.
+        let prefetch = if self.recorder.is_some() { self.concurrency.saturating_mul(2) } else { self.concurrency };
+        bounded(timeout, channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let tag = format!("hookwire-{}-{}", self.name, uuid::Uuid::now_v7().simple());
         let mut consumer = bounded(
             timeout,
@@ -254,9 +259,11 @@ impl Worker {
 
     /// Delivers one event and settles it. `probe`: this delivery is the
     /// circuit breaker's probe, released if it ends without an attempt.
-    async fn handle(self: Arc<Self>, session: Session, delivery: Delivery, _permit: OwnedSemaphorePermit, probe: bool) {
+    async fn handle(self: Arc<Self>, session: Session, delivery: Delivery, permit: OwnedSemaphorePermit, probe: bool) {
         let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
         gauge.increment(1.0);
+        // What happened, for the event log (empty when it is off).
+        let mut story = Vec::new();
         let Delivery { properties, data, acker, .. } = delivery;
         // Bytes: keeping the body for the undecodable path costs a reference
         // count, not a copy of every delivery's body.
@@ -264,7 +271,7 @@ impl Worker {
         let settle = match message::decode(&properties, data.clone()) {
             Ok((envelope, state)) => {
                 let span = tracing::info_span!("delivery", subscription = %self.name, event_id = %envelope.id, attempt = state.attempts + 1);
-                self.deliver(&session, envelope, state).instrument(span).await
+                self.deliver(&session, envelope, state, &mut story).instrument(span).await
             }
             Err(error) => {
                 // Not ours to interpret: keep it, untouched, for an operator.
@@ -281,6 +288,20 @@ impl Worker {
             }
         };
         let timeout = self.broker.operation_timeout;
+        if let Some(recorder) = &self.recorder {
+            if settle.is_ok() {
+                // The ack waits for the records' confirm, so a crash cannot
+                // lose them; the attempt slot does not (the prefetch has
+                // room for deliveries waiting here, see `consume`).
+                drop(permit);
+                if !recorder.commit(std::mem::take(&mut story), timeout).await {
+                    tracing::warn!(subscription = %self.name, "event log records not confirmed; acking anyway");
+                }
+            } else {
+                // The delivery comes back; what was tried is still worth keeping.
+                story.drain(..).for_each(|record| recorder.record(record));
+            }
+        }
         match settle {
             Ok(()) => match tokio::time::timeout(timeout, acker.ack(BasicAckOptions::default())).await {
                 Ok(Ok(_)) => {}
@@ -311,6 +332,7 @@ impl Worker {
         session: &Session,
         envelope: crate::envelope::Envelope,
         mut state: DeliveryState,
+        story: &mut Vec<Record>,
     ) -> Result<(), crate::broker::PublishError> {
         let attempt = state.attempts + 1;
         let (body, content_type) = match &self.jq {
@@ -322,13 +344,15 @@ impl Worker {
                     metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "filtered")
                         .increment(1);
                     tracing::debug!("filtered out");
-                    self.record_outcome(&envelope.id, "filtered", None);
+                    self.record_outcome(story, &envelope.id, "filtered", None);
                     return Ok(());
                 }
                 Verdict::Failed(error) => {
                     // Deterministic: running the program again cannot help.
                     state.record_failure(Attempt::new(SystemTime::now(), None, &error));
-                    return self.dead_letter(session, &envelope, state, "transform_failed", None, &error).await;
+                    return self
+                        .dead_letter(session, &envelope, state, "transform_failed", (None, &error), story)
+                        .await;
                 }
             },
         };
@@ -338,7 +362,7 @@ impl Worker {
         let started = Instant::now();
         let outgoing = Outgoing { envelope: &envelope, body, content_type, attempt };
         let outcome = self.destination.send(outgoing).await;
-        self.record_attempt(&envelope.id, attempt, started.elapsed(), &outcome);
+        self.record_attempt(story, &envelope.id, attempt, started.elapsed(), &outcome);
         if let Some(breaker) = &self.breaker {
             let (status, delivered) = match &outcome {
                 Outcome::Delivered { status } => (Some(*status), true),
@@ -356,7 +380,7 @@ impl Worker {
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "delivered")
                     .increment(1);
                 tracing::debug!(status, "delivered");
-                self.record_outcome(&envelope.id, "delivered", None);
+                self.record_outcome(story, &envelope.id, "delivered", None);
                 return Ok(());
             }
             Outcome::Failed(failure) => failure.clone(),
@@ -376,24 +400,25 @@ impl Worker {
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried")
                     .increment(1);
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
-                self.record_outcome(&envelope.id, "retrying", None);
+                self.record_outcome(story, &envelope.id, "retrying", None);
             }
             Next::DeadLetter { reason } => {
-                return self.dead_letter(session, &envelope, state, reason, status, error).await;
+                return self.dead_letter(session, &envelope, state, reason, (status, error), story).await;
             }
         }
         Ok(())
     }
 
-    /// Moves the event to the dead-letter queue (confirmed) with its history.
+    /// Moves the event to the dead-letter queue (confirmed) with its history;
+    /// `(status, error)`: the last attempt's answer, for the log line.
     async fn dead_letter(
         &self,
         session: &Session,
         envelope: &crate::envelope::Envelope,
         mut state: DeliveryState,
         reason: &'static str,
-        status: Option<u16>,
-        error: &str,
+        (status, error): (Option<u16>, &str),
+        story: &mut Vec<Record>,
     ) -> Result<(), crate::broker::PublishError> {
         state.dead_letter_reason = Some(reason.to_owned());
         self.store(session, &self.queues.dead, message::encode(envelope, &state), &envelope.body).await?;
@@ -401,14 +426,16 @@ impl Worker {
             .increment(1);
         metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
         tracing::warn!(?status, %error, reason, attempts = state.attempts, "dead-lettered");
-        self.record_outcome(&envelope.id, "dead_lettered", Some(reason));
+        self.record_outcome(story, &envelope.id, "dead_lettered", Some(reason));
         Ok(())
     }
 
     /// Records one attempt in the event log (when it is on): status or
     /// error, duration, the first bytes of the answer. Never headers.
-    fn record_attempt(&self, event: &str, attempt: u32, took: Duration, outcome: &Outcome) {
-        let Some(recorder) = &self.recorder else { return };
+    fn record_attempt(&self, story: &mut Vec<Record>, event: &str, attempt: u32, took: Duration, outcome: &Outcome) {
+        if self.recorder.is_none() {
+            return;
+        }
         let (status, error, response) = match outcome {
             Outcome::Delivered { status } => (Some(*status), None, None),
             Outcome::Failed(failure) => {
@@ -423,18 +450,20 @@ impl Worker {
             error,
             response,
         };
-        recorder.record(crate::eventlog::Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
+        story.push(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
     }
 
     /// Records where the event stands for this subscription (when the log is on).
-    fn record_outcome(&self, event: &str, outcome: &str, reason: Option<&str>) {
-        let Some(recorder) = &self.recorder else { return };
+    fn record_outcome(&self, story: &mut Vec<Record>, event: &str, outcome: &str, reason: Option<&str>) {
+        if self.recorder.is_none() {
+            return;
+        }
         let what = crate::eventlog::What::Outcome {
             subscription: self.name.clone(),
             outcome: outcome.to_owned(),
             reason: reason.map(str::to_owned),
         };
-        recorder.record(crate::eventlog::Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
+        story.push(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
     }
 
     /// Publishes to one of this subscription's queues (through the default

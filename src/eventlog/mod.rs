@@ -5,17 +5,17 @@
 //! ```text
 //! ingress ─┐                                             ┌─ SQLite file (role all)
 //!          ├─ Recorder ─ batches ─▶ ns.eventlog (quorum) ─┤
-//! worker ──┘  (in-process, bounded)                      └─ Writer: commit, then ack
+//! worker ──┘  (group commit; the                         └─ Writer: commit, then ack
+//!              202 / the ack wait for the confirm)
 //! ```
 //!
-//! The delivery path never waits for the log: [`Recorder::record`] only
-//! queues a record in memory; a task publishes them in batches (one
-//! message per up to 500 records, confirmed). The writer acks a batch only
-//! after its transaction committed, so a crash of the writer loses nothing.
-//! What this slice does not yet guarantee: records still in a process's
-//! memory (at most one batch interval) die with it, and a full buffer or a
-//! refused publish drops records. Both are counted
-//! (`hookwire_event_log_dropped_total`), and the README says so.
+//! No crash loses a record: the ingress answers `202`, and a worker acks a
+//! delivery, only after the records are confirmed by RabbitMQ
+//! ([`Recorder::commit`], group commit, bounded by the operation timeout;
+//! a worker gives back its attempt slot first). The writer acks a batch only
+//! after its transaction committed. What the pipeline never does is stop
+//! for the log: records not confirmed in time are counted as dropped
+//! (`hookwire_event_log_dropped_total`) and the event goes on.
 //!
 //! Bodies are never recorded (the archive has them), nor are headers.
 

@@ -1,11 +1,24 @@
 //! The recording side: a bounded in-process buffer and a task that
-//! publishes it to `ns.eventlog` in confirmed batches. Never blocks the
-//! caller.
+//! publishes it to `ns.eventlog` in confirmed batches.
+//!
+//! Group commit: the task sends whatever has gathered as soon as the
+//! previous batch is confirmed. An idle pipeline's record goes out at once
+//! (one confirm round trip, no timer); a busy one's records ride together,
+//! up to [`BATCH`] per message.
+//!
+//! Two ways in: [`Recorder::commit`] returns once the records are confirmed
+//! (a worker acks its delivery only then, so a crash cannot lose them);
+//! [`Recorder::record`] hands a record over and returns at once (for
+//! records nothing waits on, e.g. an attempt whose delivery goes back to the
+//! queue anyway).
 
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::Record;
@@ -14,20 +27,28 @@ use crate::{
     telemetry::metric,
 };
 
-/// Records buffered in memory before new ones are dropped (and counted):
-/// several seconds of a saturated pipeline, a few MB.
-const BUFFER: usize = 65_536;
+/// Entries buffered before callers wait (`commit`) or records are dropped
+/// and counted (`record`): several seconds of a saturated pipeline.
+const BUFFER: usize = 16_384;
 /// Records per published message.
 const BATCH: usize = 500;
-/// How long a batch waits to fill before it goes.
-const LINGER: Duration = Duration::from_millis(20);
+/// Publish attempts for one batch before its records count as dropped: a
+/// broker that refuses three times over ~2 s is not coming back soon, and
+/// the callers waiting on the batch must not wait forever.
+const ATTEMPTS: u32 = 3;
 
 /// Where a process's stages hand their records. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Entry>,
     /// `host:pid`, named in `received` records.
     pub process: String,
+}
+
+/// Records handed over together, and who waits for their confirm.
+struct Entry {
+    records: Vec<Record>,
+    confirmed: Option<oneshot::Sender<bool>>,
 }
 
 impl Recorder {
@@ -40,48 +61,89 @@ impl Recorder {
         (Self { tx, process }, tokio::spawn(publish(broker, queue, rx, token)))
     }
 
-    /// Queues `record` for the log; drops it (counted) when the buffer is full.
+    /// Hands `record` over without waiting; drops it (counted) when the
+    /// buffer is full.
     pub fn record(&self, record: Record) {
-        if self.tx.try_send(record).is_err() {
+        if self.tx.try_send(Entry { records: vec![record], confirmed: None }).is_err() {
             metrics::counter!(metric::EVENT_LOG_DROPPED).increment(1);
         }
     }
+
+    /// Hands `records` over and returns `true` once RabbitMQ has confirmed
+    /// them, `false` if that did not happen within `wait` (they may still be
+    /// published; if they are not, they are counted as dropped).
+    pub async fn commit(&self, records: Vec<Record>, wait: Duration) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        let (confirmed, answer) = oneshot::channel();
+        let handed = async {
+            self.tx.send(Entry { records, confirmed: Some(confirmed) }).await.ok()?;
+            answer.await.ok()
+        };
+        matches!(tokio::time::timeout(wait, handed).await, Ok(Some(true)))
+    }
 }
 
-async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Record>, token: CancellationToken) {
-    let mut batch = Vec::with_capacity(BATCH);
+async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, token: CancellationToken) {
+    let mut batch: Vec<Entry> = Vec::new();
+    let mut records = 0;
     loop {
         let first = tokio::select! {
-            record = rx.recv() => record,
+            entry = rx.recv() => entry,
             _ = token.cancelled() => { rx.close(); rx.recv().await }
         };
         let Some(first) = first else { break };
+        records += first.records.len();
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(record)) => batch.push(record),
-                _ => break,
+        // Everything that gathered while the last batch was in flight.
+        while records < BATCH {
+            match rx.try_recv() {
+                Ok(entry) => {
+                    records += entry.records.len();
+                    batch.push(entry);
+                }
+                Err(_) => break,
             }
         }
-        send(&broker, &queue, &batch).await;
-        batch.clear();
+        let confirmed = send(&broker, &queue, &batch).await;
+        if !confirmed {
+            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records as u64);
+            tracing::warn!(records, "event log records dropped: RabbitMQ did not confirm them");
+        }
+        for entry in batch.drain(..) {
+            if let Some(waiting) = entry.confirmed {
+                let _ = waiting.send(confirmed);
+            }
+        }
+        records = 0;
     }
 }
 
-async fn send(broker: &Broker, queue: &str, batch: &[Record]) {
-    let result = async {
-        let session = broker.session().ok_or("RabbitMQ is not connected")?;
-        let channel = session.publish_channels.get().await.map_err(|_| "no channel")?;
-        let body = serde_json::to_vec(batch).expect("records serialize");
-        let properties = BasicProperties::default().with_delivery_mode(2);
-        publish_confirmed(&channel, "", queue, properties, &body, broker.operation_timeout)
-            .await
-            .map_err(|_| "not confirmed")
+/// Publishes one batch as one message; retries a refusal twice.
+async fn send(broker: &Broker, queue: &str, batch: &[Entry]) -> bool {
+    let all: Vec<&Record> = batch.iter().flat_map(|entry| &entry.records).collect();
+    let body = serde_json::to_vec(&all).expect("records serialize");
+    let mut pause = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        let result = async {
+            let session = broker.session().ok_or("RabbitMQ is not connected")?;
+            let channel = session.publish_channels.get().await.map_err(|_| "no channel")?;
+            let properties = BasicProperties::default().with_delivery_mode(2);
+            publish_confirmed(&channel, "", queue, properties, &body, broker.operation_timeout)
+                .await
+                .map_err(|_| "not confirmed")
+        }
+        .await;
+        match result {
+            Ok(()) => return true,
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::debug!(error, attempt, "event log batch not confirmed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+            }
+            Err(error) => tracing::warn!(error, "event log batch not confirmed"),
+        }
     }
-    .await;
-    if let Err(error) = result {
-        metrics::counter!(metric::EVENT_LOG_DROPPED).increment(batch.len() as u64);
-        tracing::warn!(error, records = batch.len(), "event log records dropped");
-    }
+    false
 }

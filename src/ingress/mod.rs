@@ -54,6 +54,8 @@ pub struct IngressState {
     pub max_body_bytes: usize,
     pub read_timeout: Duration,
     pub retry_after: Duration,
+    /// Bound on waiting for a confirm (the event's, then its log record's).
+    pub publish_timeout: Duration,
     pub trusted_proxies: Vec<Cidr>,
     /// The event log's recorder, when the log is on.
     pub recorder: Option<crate::eventlog::Recorder>,
@@ -156,7 +158,13 @@ async fn receive(
             process: recorder.process.clone(),
             routed,
         };
-        recorder.record(crate::eventlog::Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what });
+        let record = crate::eventlog::Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what };
+        // The 202 waits for the record's confirm too, so a crash after it
+        // cannot leave an accepted event without its `received` record. The
+        // event itself is safe already: past the bound, answer anyway.
+        if !recorder.commit(vec![record], state.publish_timeout).await {
+            tracing::warn!("event log record not confirmed; accepted anyway");
+        }
         unrouted
     } else {
         !topology.subscriptions.iter().any(|s| matches(&s))

@@ -184,3 +184,62 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter() {
     assert!(metrics.contains("hookwire_event_log_written_total"), "{metrics}");
     assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
 }
+
+/// A worker process killed (SIGKILL) mid-load leaves no hole: every
+/// accepted event's story ends `delivered`, with the attempt that delivered
+/// it, whichever process made it. (An attempt in flight at the kill may be
+/// missing: its delivery was never acked, so it is made again, and that
+/// one is recorded.)
+#[tokio::test]
+async fn a_worker_killed_mid_load_leaves_every_story_complete() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Behavior::Delay(Duration::from_millis(30))).await;
+    let subscription = format!("[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
+    let app = with_event_log(&dir, &subscription).await;
+
+    // A second process, workers only, on the same namespace: it takes its
+    // share of the deliveries, and the records of what it did.
+    let text = crate::helpers::config_text(
+        &app.config.rabbitmq.namespace,
+        AMQP_URL,
+        &format!("{subscription}\n[event_log]\nenabled = true\n"),
+    );
+    let config = dir.path().join("worker.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["serve", "--role", "worker", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create("/tmp/child.log").unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let work = app.topology.subscription("steady").unwrap().work.clone();
+    crate::helpers::eventually(Duration::from_secs(15), "both processes consuming", || {
+        let app = &app;
+        let work = work.clone();
+        async move { app.consumers(&work).await == 2 }
+    })
+    .await;
+
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let id = format!("evt-k{i:04}");
+        assert_eq!(app.post_acme(&id, r#"{"type":"k.x"}"#).await.status(), 202);
+        ids.push(id);
+        if i == N / 2 {
+            child.kill().await.unwrap();
+        }
+    }
+    sink.wait_for_ids(&ids, Duration::from_secs(60)).await;
+    for id in &ids {
+        let story = timeline(&app, id, |t| t["subscriptions"]["steady"]["outcome"] == "delivered").await;
+        assert_eq!(story["received"]["routed"], json!(["steady"]), "{story}");
+        let attempts = story["subscriptions"]["steady"]["attempts"].as_array().unwrap();
+        assert!(attempts.iter().any(|a| a["status"] == 200), "{story}");
+    }
+    let metrics = app.metrics().await;
+    assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
+}
