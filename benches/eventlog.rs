@@ -1,6 +1,8 @@
 //! The event log's query speed (issue 10): `cargo bench --bench eventlog
-//! [-- --attempts N]`. Fills a SQLite store in a temporary directory with N
-//! events (default 1,000,000), each with its three records (received, one
+//! [-- --attempts N] [--backend sqlite|postgres]`. Fills the store (SQLite
+//! in a temporary directory, PostgreSQL in a table of its own at
+//! `HOOKWIRE_BENCH_POSTGRES`, default the local server; both unless
+//! `--backend` says which) with N events (default 1,000,000), each with its three records (received, one
 //! attempt, outcome), spread over 7 days and 200 subscriptions, then times:
 //! - an event's timeline by id (`GET /api/v1/events/{id}`);
 //! - one subscription's attempts in a 1-hour window, a page of 50
@@ -8,11 +10,15 @@
 //! - a search by source and type pattern in a 1-hour window (`GET /api/v1/events`).
 //!
 //! 1,000 queries of each, random ids, subscriptions and windows; p50/p99.
-//! The store is the one hookwire runs (`hookwire::eventlog::Store`).
+//! The store is the one hookwire runs (`hookwire::eventlog::Store`), one
+//! partition per day as in production.
 
 use std::time::{Duration, Instant};
 
-use hookwire::eventlog::{AttemptQuery, EventQuery, Record, StatusFilter, Store, What};
+use hookwire::{
+    config::{EventLogBackend, EventLogConfig, Secret},
+    eventlog::{AttemptQuery, EventQuery, Record, StatusFilter, Store, What},
+};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 const SPAN_MS: u64 = 7 * DAY_MS;
@@ -24,14 +30,32 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let events: u64 = args
-        .iter()
-        .position(|a| a == "--attempts")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let events: u64 = value("--attempts").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let backends = match value("--backend").as_deref() {
+        Some("sqlite") => vec![EventLogBackend::Sqlite],
+        Some("postgres") => vec![EventLogBackend::Postgres],
+        _ => vec![EventLogBackend::Sqlite, EventLogBackend::Postgres],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for backend in backends {
+        runtime.block_on(run(backend, events));
+    }
+}
+
+async fn run(backend: EventLogBackend, events: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("events.db")).unwrap();
+    let url = std::env::var("HOOKWIRE_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let config = EventLogConfig {
+        enabled: true,
+        backend,
+        path: dir.path().join("events.db"),
+        url: Some(Secret::new(url.clone())),
+        ..Default::default()
+    };
+    let namespace = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let store = hookwire::eventlog::store::open(&config, &namespace).await.unwrap();
     let start_ms = 1_790_000_000_000u64;
     let step = SPAN_MS / events;
     let started = Instant::now();
@@ -74,15 +98,21 @@ fn main() {
             },
         });
         if batch.len() >= 30_000 {
-            store.write(&batch).unwrap();
-            batch.clear();
+            store.write(std::mem::take(&mut batch)).await.unwrap();
         }
     }
-    store.write(&batch).unwrap();
+    store.write(batch).await.unwrap();
     let fill = started.elapsed();
+    if backend == EventLogBackend::Postgres {
+        // What autovacuum does within a minute of a bulk load; without
+        // statistics the planner guesses, and a fresh table is all guesses.
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(&format!("ANALYZE {}", EventLogConfig::table(&namespace))).await.unwrap();
+    }
     let size = std::fs::metadata(dir.path().join("events.db")).map(|m| m.len()).unwrap_or(0);
     println!(
-        "event log store: {events} events, {} records ({events} attempts), filled in {:.1} s ({:.0} records/s), file {:.0} MiB",
+        "{backend:?} event log store: {events} events, {} records ({events} attempts), filled in {:.1} s ({:.0} records/s), file {:.0} MiB",
         3 * events,
         fill.as_secs_f64(),
         (3 * events) as f64 / fill.as_secs_f64(),
@@ -97,14 +127,7 @@ fn main() {
         seed % bound
     };
     let hour = 3600 * 1000;
-    let time = |label: &str, run: &mut dyn FnMut() -> usize| {
-        let mut took = Vec::with_capacity(QUERIES);
-        let mut rows = 0;
-        for _ in 0..QUERIES {
-            let started = Instant::now();
-            rows += run();
-            took.push(started.elapsed());
-        }
+    let report = |label: &str, mut took: Vec<Duration>, rows: usize| {
         took.sort();
         let p = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -116,8 +139,21 @@ fn main() {
             rows as f64 / QUERIES as f64
         );
     };
-    time("timeline by event id", &mut || store.timeline(&format!("evt_{:09}", random(events))).unwrap().len());
-    time("one subscription's attempts, 1-hour window, page of 50", &mut || {
+    // Times QUERIES runs of `$query` (an expression giving a row count).
+    macro_rules! time {
+        ($label:expr, $query:expr) => {{
+            let mut took = Vec::with_capacity(QUERIES);
+            let mut rows = 0;
+            for _ in 0..QUERIES {
+                let started = Instant::now();
+                rows += $query;
+                took.push(started.elapsed());
+            }
+            report($label, took, rows);
+        }};
+    }
+    time!("timeline by event id", store.timeline(format!("evt_{:09}", random(events))).await.unwrap().len());
+    time!("one subscription's attempts, 1-hour window, page of 50", {
         let from_ms = start_ms + random(SPAN_MS - hour);
         let query = AttemptQuery {
             subscription: format!("sub-{}", random(SUBSCRIPTIONS)),
@@ -127,9 +163,9 @@ fn main() {
             limit: 50,
             after: None,
         };
-        store.attempts(&query).unwrap().len()
+        store.attempts(query).await.unwrap().len()
     });
-    time("one subscription's failed attempts, 1-day window, page of 50", &mut || {
+    time!("one subscription's failed attempts, 1-day window, page of 50", {
         let from_ms = start_ms + random(SPAN_MS - DAY_MS);
         let query = AttemptQuery {
             subscription: format!("sub-{}", random(SUBSCRIPTIONS)),
@@ -139,9 +175,9 @@ fn main() {
             limit: 50,
             after: None,
         };
-        store.attempts(&query).unwrap().len()
+        store.attempts(query).await.unwrap().len()
     });
-    time("search source + type pattern, 1-hour window, page of 50", &mut || {
+    time!("search source + type pattern, 1-hour window, page of 50", {
         let from_ms = start_ms + random(SPAN_MS - hour);
         let query = EventQuery {
             source: Some("stripe".to_owned()),
@@ -151,9 +187,9 @@ fn main() {
             limit: 50,
             ..Default::default()
         };
-        store.search(&query).unwrap().len()
+        store.search(query).await.unwrap().len()
     });
-    time("search a subscription's events, 1-day window, page of 50", &mut || {
+    time!("search a subscription's events, 1-day window, page of 50", {
         let from_ms = start_ms + random(SPAN_MS - DAY_MS);
         let query = EventQuery {
             subscription: Some(format!("sub-{}", random(SUBSCRIPTIONS))),
@@ -162,9 +198,9 @@ fn main() {
             limit: 50,
             ..Default::default()
         };
-        store.search(&query).unwrap().len()
+        store.search(query).await.unwrap().len()
     });
-    time("search a subscription's events by outcome (retrying), whole span, page of 50", &mut || {
+    time!("search a subscription's events by outcome (retrying), whole span, page of 50", {
         let query = EventQuery {
             subscription: Some(format!("sub-{}", random(SUBSCRIPTIONS))),
             outcome: Some("retrying".to_owned()),
@@ -173,6 +209,9 @@ fn main() {
             limit: 50,
             ..Default::default()
         };
-        store.search(&query).unwrap().len()
+        store.search(query).await.unwrap().len()
     });
+    if let Store::Postgres(store) = &store {
+        store.drop_all().await.unwrap();
+    }
 }

@@ -33,7 +33,7 @@ use crate::{
     },
     config::{Config, ConfigError},
     delivery::{http::Destination, set::WorkerSet},
-    eventlog::{self, Recorder, Store},
+    eventlog::{self, Recorder},
     ingress::{self, IngressState, Sources},
     operator::{Operator, control::Control},
     telemetry,
@@ -65,11 +65,13 @@ impl Role {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot open the event log {path}: {source}")]
+    #[error("cannot open the event log ({place}): {source}")]
     EventLog {
-        path: std::path::PathBuf,
+        /// The SQLite file, or `event_log.url` (never the URL itself: it
+        /// may carry a password).
+        place: String,
         #[source]
-        source: rusqlite::Error,
+        source: eventlog::StoreError,
     },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -146,14 +148,29 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         event_log_tasks.push(task);
         recorder
     });
-    let events = match (&topology.event_log_queue, role) {
-        (Some(queue), Role::All) => {
-            let path = &config.event_log.path;
-            let store = Store::open(path).map_err(|source| StartError::EventLog { path: path.clone(), source })?;
+    // SQLite has one writer, the `all` process; PostgreSQL takes every
+    // process's share (competing consumers) and answers queries anywhere.
+    let shared = config.event_log.backend == crate::config::EventLogBackend::Postgres;
+    let events = match &topology.event_log_queue {
+        Some(queue) if shared || role == Role::All => {
+            let store =
+                eventlog::store::open(&config.event_log, &config.rabbitmq.namespace).await.map_err(|source| {
+                    let place = match config.event_log.backend {
+                        crate::config::EventLogBackend::Sqlite => config.event_log.path.display().to_string(),
+                        crate::config::EventLogBackend::Postgres => "event_log.url".to_owned(),
+                    };
+                    StartError::EventLog { place, source }
+                })?;
             event_log_tasks.push(eventlog::writer::spawn(
                 broker.clone(),
                 queue.clone(),
                 store.clone(),
+                event_log_token.clone(),
+            ));
+            event_log_tasks.push(eventlog::store::spawn_retention(
+                store.clone(),
+                config.event_log.max_age,
+                eventlog::store::RETENTION_EVERY,
                 event_log_token.clone(),
             ));
             Some(store)

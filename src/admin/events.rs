@@ -20,7 +20,7 @@ use super::api::{ApiState, Caller, invalid};
 use crate::{
     broker::message::rfc3339,
     error::ApiError,
-    eventlog::{AttemptQuery, Cursor, EventQuery, Record, StatusFilter, Store, What},
+    eventlog::{AttemptQuery, Cursor, EventQuery, Record, StatusFilter, Store, StoreError, What},
     operator::{DEFAULT_LIMIT, MAX_LIMIT},
 };
 
@@ -35,22 +35,20 @@ fn store(state: &ApiState) -> Result<Store, ApiError> {
             StatusCode::NOT_FOUND,
             "event-log-unavailable",
             "Event log not here",
-            "the event log is off ([event_log] enabled = false), or stored by the process running --role all; ask that one",
+            "the event log is off ([event_log] enabled = false), or kept in SQLite by the process running --role all; ask that one",
         )
     })
 }
 
-/// Runs `read` on the store off the async threads (SQLite blocks).
-async fn read<T: Send + 'static>(
-    state: &ApiState,
-    read: impl FnOnce(&Store) -> Result<T, rusqlite::Error> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = store(state)?;
-    let failed =
-        || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event-log-failed", "Event log failed", "see the log");
-    tokio::task::spawn_blocking(move || read(&store)).await.map_err(|_| failed())?.map_err(|error| {
+/// Runs `read` on the store; a failure is logged and answered 500 (its
+/// cause stays in the log).
+async fn read<T, Fut>(state: &ApiState, read: impl FnOnce(Store) -> Fut) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    read(store(state)?).await.map_err(|error| {
         tracing::error!(%error, "reading the event log failed");
-        failed()
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event-log-failed", "Event log failed", "see the log")
     })
 }
 
@@ -144,7 +142,7 @@ pub async fn attempts(
         limit: page.limit,
         after: page.after,
     };
-    let rows = read(&state, move |store| store.attempts(&query)).await?;
+    let rows = read(&state, |store| async move { store.attempts(query).await }).await?;
     let next_after = page.next_after(&rows);
     let attempts: Vec<Value> = rows
         .into_iter()
@@ -212,7 +210,7 @@ pub async fn search(
         limit: page.limit,
         after: page.after,
     };
-    let rows = read(&state, move |store| store.search(&search)).await?;
+    let rows = read(&state, |store| async move { store.search(search).await }).await?;
     let next_after = page.next_after(&rows);
     let events: Vec<Value> = rows
         .into_iter()
@@ -236,7 +234,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let lookup = id.clone();
-    let records = read(&state, move |store| store.timeline(&lookup)).await?;
+    let records = read(&state, |store| async move { store.timeline(lookup).await }).await?;
     if records.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

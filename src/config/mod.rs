@@ -208,19 +208,54 @@ impl Default for ArchiveConfig {
 }
 
 /// `[event_log]`: every event's story, recorded by the ingress and the
-/// workers and stored by the `all` process (issue 10; see `eventlog`).
+/// workers and stored in SQLite (by the `all` process) or PostgreSQL (by
+/// every process). See `eventlog`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventLogConfig {
-    /// Off by default while recording is best effort (see the README).
     pub enabled: bool,
-    /// The SQLite file the `all` process stores the log in.
+    pub backend: EventLogBackend,
+    /// The SQLite file (`backend = "sqlite"`).
     pub path: std::path::PathBuf,
+    /// The PostgreSQL connection string (`backend = "postgres"`), e.g.
+    /// `postgres://hookwire:${PGPASSWORD}@db:5432/hookwire`. A secret: it
+    /// usually carries a password.
+    pub url: Option<Secret>,
+    /// Records older than this go, a whole UTC day at a time (so a record
+    /// lives between `max_age` and `max_age` + 1 day). At least 1 day.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLogBackend {
+    #[default]
+    Sqlite,
+    Postgres,
 }
 
 impl Default for EventLogConfig {
     fn default() -> Self {
-        Self { enabled: false, path: "hookwire-events.db".into() }
+        Self {
+            enabled: false,
+            backend: EventLogBackend::Sqlite,
+            path: "hookwire-events.db".into(),
+            url: None,
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl EventLogConfig {
+    /// The PostgreSQL table for `namespace`: its name with anything but
+    /// letters, digits and `_` turned into `_`, then `_event_log`.
+    pub fn table(namespace: &str) -> String {
+        let safe: String = namespace
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        format!("{safe}_event_log")
     }
 }
 
@@ -507,6 +542,22 @@ impl Config {
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.event_log.enabled {
+            if self.event_log.max_age < Duration::from_secs(86_400) {
+                return Err(ConfigError::invalid("event_log.max_age", "must be at least 1d (a day is dropped whole)"));
+            }
+            match (self.event_log.backend, &self.event_log.url) {
+                (EventLogBackend::Postgres, None) => {
+                    return Err(ConfigError::invalid("event_log.url", "backend = \"postgres\" needs a url"));
+                }
+                (EventLogBackend::Postgres, Some(url))
+                    if !url.expose().starts_with("postgres://") && !url.expose().starts_with("postgresql://") =>
+                {
+                    return Err(ConfigError::invalid("event_log.url", "not a postgres:// URL"));
+                }
+                _ => {}
             }
         }
         if let Some(key) = &self.admin.secret_key

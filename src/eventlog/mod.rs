@@ -19,14 +19,16 @@
 //!
 //! Bodies are never recorded (the archive has them), nor are headers.
 
+pub mod postgres;
 pub mod recorder;
 pub mod sqlite;
+pub mod store;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
 
 pub use recorder::Recorder;
-pub use sqlite::{AttemptQuery, Cursor, EventQuery, StatusFilter, Store};
+pub use store::{AttemptQuery, Cursor, EventQuery, StatusFilter, Store, StoreError};
 
 /// One thing that happened to one event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

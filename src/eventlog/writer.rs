@@ -66,9 +66,7 @@ async fn drain(
         }
         let oldest = records.iter().map(|r| r.at_ms).min();
         let count = records.len() as u64;
-        let writing = store.clone();
-        let written = tokio::task::spawn_blocking(move || writing.write(&records)).await.map_err(|e| e.to_string())?;
-        if let Err(error) = written {
+        if let Err(error) = store.write(records).await {
             // Not acked: RabbitMQ hands them back after the reconnect.
             return Err(format!("writing the event log failed: {error}"));
         }

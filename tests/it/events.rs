@@ -9,16 +9,103 @@ use serde_json::{Value, json};
 
 use crate::helpers::{AMQP_URL, Behavior, Sink, TestApp};
 
-/// Starts with the operator API and the event log on, the log in `dir`.
-async fn with_event_log(dir: &tempfile::TempDir, extra: &str) -> TestApp {
+/// Where a test keeps its log. Every scenario runs on both
+/// ([`both!`]): the embedded default and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// PostgreSQL for the tests: `HOOKWIRE_TEST_POSTGRES`, or the local server.
+pub fn postgres_url() -> String {
+    std::env::var("HOOKWIRE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// One scenario as two tests, `NAME::sqlite` and `NAME::postgres`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// The `[event_log]` section for `backend`, the SQLite file in `dir`.
+fn section(backend: Backend, dir: &tempfile::TempDir) -> String {
+    match backend {
+        Backend::Sqlite => format!("[event_log]\nenabled = true\npath = {:?}\n", dir.path().join("events.db")),
+        Backend::Postgres => {
+            format!("[event_log]\nenabled = true\nbackend = \"postgres\"\nurl = \"{}\"\n", postgres_url())
+        }
+    }
+}
+
+/// A running hookwire with the event log on; drops its PostgreSQL table
+/// (if any) when done, as the namespace guard does its queues.
+pub struct Logged {
+    pub app: TestApp,
+    pub backend: Backend,
+}
+
+impl std::ops::Deref for Logged {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+impl std::ops::DerefMut for Logged {
+    fn deref_mut(&mut self) -> &mut TestApp {
+        &mut self.app
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let table = hookwire::config::EventLogConfig::table(&self.app.config.rabbitmq.namespace);
+        // Drop runs inside the test's runtime: a thread of its own can block.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let Ok((client, connection)) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS {table} CASCADE")).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Starts with the operator API and the event log on, on `backend` (the
+/// SQLite file in `dir`).
+async fn with_event_log(backend: Backend, dir: &tempfile::TempDir, extra: &str) -> Logged {
     let path = dir.path().join("events.db");
-    TestApp::start_adjusted(AMQP_URL, extra, |c| {
+    let app = TestApp::start_adjusted(AMQP_URL, extra, |c| {
         c.admin.tokens =
             vec![hookwire::config::AccessToken::full("operator", hookwire::config::Secret::new(TestApp::TOKEN))];
         c.event_log.enabled = true;
         c.event_log.path = path;
+        if backend == Backend::Postgres {
+            c.event_log.backend = hookwire::config::EventLogBackend::Postgres;
+            c.event_log.url = Some(hookwire::config::Secret::new(postgres_url()));
+        }
     })
-    .await
+    .await;
+    Logged { app, backend }
 }
 
 /// Waits until the timeline of `id` satisfies `done`, and returns it.
@@ -37,12 +124,13 @@ async fn timeline(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Val
     panic!("the timeline of {id} never got there; last: {last}");
 }
 
-#[tokio::test]
-async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter() {
+both!(an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter);
+async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let flaky = Sink::start(Behavior::FailTimes(2, 503)).await;
     let broken = Sink::start(Behavior::Status(500)).await;
     let app = with_event_log(
+        backend,
         &dir,
         &format!(
             "[subscriptions.flaky]\ntopics = [\"acme.f.*\"]\nurl = \"{}\"\nretry = [\"1s\", \"1s\"]\n\
@@ -185,25 +273,27 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter() {
     assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
 }
 
+both!(a_worker_killed_mid_load_leaves_every_story_complete);
 /// A worker process killed (SIGKILL) mid-load leaves no hole: every
 /// accepted event's story ends `delivered`, with the attempt that delivered
 /// it, whichever process made it. (An attempt in flight at the kill may be
 /// missing: its delivery was never acked, so it is made again, and that
 /// one is recorded.)
-#[tokio::test]
-async fn a_worker_killed_mid_load_leaves_every_story_complete() {
+async fn a_worker_killed_mid_load_leaves_every_story_complete(backend: Backend) {
     const N: usize = 300;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(Behavior::Delay(Duration::from_millis(30))).await;
     let subscription = format!("[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
-    let app = with_event_log(&dir, &subscription).await;
+    let app = with_event_log(backend, &dir, &subscription).await;
 
     // A second process, workers only, on the same namespace: it takes its
-    // share of the deliveries, and the records of what it did.
+    // share of the deliveries, and records what it did (with PostgreSQL it
+    // stores a share of the log too; its SQLite file would be its own, and
+    // unused: only `--role all` stores in SQLite).
     let text = crate::helpers::config_text(
         &app.config.rabbitmq.namespace,
         AMQP_URL,
-        &format!("{subscription}\n[event_log]\nenabled = true\n"),
+        &format!("{subscription}\n{}", section(backend, &dir)),
     );
     let config = dir.path().join("worker.toml");
     std::fs::write(&config, text).unwrap();
@@ -242,4 +332,43 @@ async fn a_worker_killed_mid_load_leaves_every_story_complete() {
     }
     let metrics = app.metrics().await;
     assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
+}
+
+both!(retention_drops_days_past_max_age);
+/// `max_age` drops whole days: an event recorded ten days ago is gone after
+/// a restart (retention runs at start, then every 10 minutes); one from
+/// today is still there.
+async fn retention_drops_days_past_max_age(backend: Backend) {
+    use hookwire::eventlog::{Record, What, now_ms};
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = with_event_log(backend, &dir, "").await;
+    app.stop().await;
+    let received = |event: &str, at_ms: u64| Record {
+        event: event.to_owned(),
+        at_ms,
+        what: What::Received {
+            source: "acme".into(),
+            event_type: "old.x".into(),
+            bytes: 2,
+            process: "test".into(),
+            routed: vec![],
+        },
+    };
+    let store = hookwire::eventlog::store::open(&app.config.event_log, &app.config.rabbitmq.namespace).await.unwrap();
+    let day = 86_400_000;
+    store
+        .write(vec![received("evt-ancient", now_ms() - 10 * day), received("evt-recent", now_ms() - 1000)])
+        .await
+        .unwrap();
+    assert_eq!(store.timeline("evt-ancient".into()).await.unwrap().len(), 1);
+    drop(store);
+
+    app.restart().await;
+    crate::helpers::eventually(Duration::from_secs(10), "the ancient day dropped", || {
+        let request = app.api(Method::GET, "/api/v1/events/evt-ancient");
+        async move { request.send().await.unwrap().status() == 404 }
+    })
+    .await;
+    let recent = timeline(&app, "evt-recent", |t| !t["received"].is_null()).await;
+    assert_eq!(recent["received"]["type"], "old.x");
 }
