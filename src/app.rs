@@ -201,7 +201,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let api = Arc::new(admin::api::ApiState {
         broker: broker.clone(),
         breakers,
-        operator: Operator { broker: broker.clone(), control: control.clone() },
+        operator: Operator { broker: broker.clone(), control: control.clone(), recorder: recorder.clone() },
         catalog: catalog.clone(),
         audit: audit.clone(),
         desired: desired.clone(),

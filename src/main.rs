@@ -87,7 +87,7 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
-    /// The event log: `events show ID` tells what happened to an event (operator API).
+    /// The event log: `events show ID` tells what happened to an event, `list` searches, `resend` sends one again (operator API).
     Events {
         #[command(subcommand)]
         action: client::EventsAction,

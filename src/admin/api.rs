@@ -98,6 +98,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/events", get(super::events::search))
         .route("/api/v1/events/{id}", get(super::events::show))
+        .route("/api/v1/events/{id}/resend", post(super::events::resend))
         .route("/api/v1/subscriptions/{name}/attempts", get(super::events::attempts))
         .route("/api/v1/unrouted", get(list_unrouted).delete(purge_unrouted))
         .route("/api/v1/unrouted/{event_id}", get(show_unrouted))
@@ -197,6 +198,10 @@ async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request, nex
             // The list filters itself and a create checks the name in its
             // body; the OpenAPI document is public knowledge.
             None if path == "/api/v1/subscriptions" || path == "/api/v1/audit" => {}
+            // The event routes show a limited token only its subscriptions'
+            // part (a search must name one), and a resend names its
+            // subscription in the body: each checks for itself.
+            None if path.starts_with("/api/v1/events") => {}
             None if path == "/api/v1/openapi.json" => {}
             None => {
                 return Err(forbidden(format!(
@@ -452,8 +457,9 @@ async fn purge(
     let (filter, dry_run) = selection(body)?;
     let operator = state.operator.clone();
     let audit = (state.audit.clone(), caller.name.clone());
+    let target = subscription.clone();
     Ok(run(headers, audit, operation, subscription, move |progress| async move {
-        operator.purge(&queue, &filter, dry_run, &progress).await
+        operator.purge(&queue, target.as_deref(), &filter, dry_run, &progress).await
     })
     .await)
 }

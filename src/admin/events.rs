@@ -16,12 +16,15 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{ApiState, Caller, invalid};
+use super::api::{ApiState, Caller, invalid, json_body, known};
 use crate::{
     broker::message::rfc3339,
+    catalog::audit::AuditRecord,
+    envelope::{routing_word, topic_matches},
     error::ApiError,
     eventlog::{AttemptQuery, Cursor, EventQuery, Record, StatusFilter, Store, StoreError, What},
-    operator::{DEFAULT_LIMIT, MAX_LIMIT},
+    operator::{DEFAULT_LIMIT, MAX_LIMIT, Report, archive::Window},
+    telemetry::metric,
 };
 
 fn at(ms: u64) -> String {
@@ -296,4 +299,105 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
         }
     }
     json!({ "id": id, "received": received, "subscriptions": subscriptions })
+}
+
+/// `POST /api/v1/events/{id}/resend`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resend {
+    pub subscription: String,
+}
+
+/// Sends one event again to one subscription, from the archive, with its
+/// original id (`webhook-id`), whatever became of it before (delivered
+/// included). The event log says when it was received, which is where the
+/// archive is read; `202` once the copy is confirmed in the work queue.
+pub async fn resend(
+    State(state): State<Arc<ApiState>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Resend { subscription } = json_body(&body)?;
+    if caller.is_limited() && !caller.covers(&subscription) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!("token {:?} may not touch subscription {subscription:?}", caller.name),
+        ));
+    }
+    let queues = known(&state, &subscription)?;
+    if state.broker.topology().archive.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "archive-disabled",
+            "Archive disabled",
+            "the archive is disabled ([archive] enabled = false), so there is nothing to resend from",
+        ));
+    }
+    let lookup = id.clone();
+    let records = read(&state, |store| async move { store.timeline(lookup).await }).await?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "event-not-found",
+            "Event not found",
+            format!("the event log has nothing about {id:?} (not received, or older than its retention)"),
+        )
+    };
+    let (at_ms, source, event_type) = records
+        .iter()
+        .find_map(|r| match &r.what {
+            What::Received { source, event_type, .. } => Some((r.at_ms, source, event_type)),
+            _ => None,
+        })
+        .ok_or_else(not_found)?;
+    let routing_key = format!("{source}.{}", routing_word(event_type));
+    if !queues.topics.iter().any(|topic| topic_matches(topic, &routing_key)) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not-subscribed",
+            "Not subscribed",
+            format!("subscription {subscription:?} does not subscribe to {routing_key:?}"),
+        ));
+    }
+    // The `received` record's time is the event's own `received_at`, to
+    // the millisecond: a one-millisecond window finds it.
+    let window = Window {
+        from: at(at_ms),
+        to: Some(at(at_ms + 1)),
+        event_type: None,
+        dry_run: false,
+        event_id: Some(id.clone()),
+    };
+    let (progress, report) = tokio::sync::watch::channel(Report::default());
+    let result = state.operator.replay_window(&subscription, &window, &progress).await;
+    let report = report.borrow().clone();
+    let outcome = match (&result, report.replayed) {
+        (Ok(()), 1) => "ok",
+        _ => "error",
+    };
+    let detail = json!({ "event_id": id });
+    state.audit.record(AuditRecord::new(&caller.name, "resend", &subscription, outcome, detail)).await;
+    metrics::counter!(metric::OPERATIONS, "operation" => "resend", "outcome" => outcome).increment(1);
+    result?;
+    match (report.matched, report.replayed) {
+        (_, 1) => {
+            tracing::info!(event_id = %id, %subscription, "resent from the archive");
+            Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "subscription": subscription, "resent": true }))))
+        }
+        (0, _) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-in-archive",
+            "Not in the archive",
+            format!("{id:?} is no longer in the archive (older than its max_age or max_bytes)"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "Not resent",
+            "RabbitMQ did not confirm the copy; try again",
+        )),
+    }
 }

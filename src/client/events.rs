@@ -1,5 +1,5 @@
-//! `hookwire events show ID`: an event's story from the event log, as a
-//! table (or `--json`).
+//! `hookwire events show|list|resend`: the event log from the command
+//! line, as tables (or `--json`).
 
 use std::process::ExitCode;
 
@@ -38,11 +38,19 @@ pub enum EventsAction {
         #[arg(long)]
         after: Option<String>,
     },
+    /// Send one event again to one subscription, from the archive, with its
+    /// original webhook-id (even one that was delivered). Needs `operate`.
+    Resend {
+        id: String,
+        #[arg(long)]
+        subscription: String,
+    },
 }
 
 pub fn events_action(api: &Api, action: &EventsAction) -> ExitCode {
     match action {
         EventsAction::Show { id } => show(api, id),
+        EventsAction::Resend { id, subscription } => resend(api, id, subscription),
         EventsAction::List { source, event_type, subscription, outcome, from, to, limit, after } => {
             let limit = limit.map(|l| l.to_string());
             let filters = [
@@ -90,6 +98,18 @@ fn list(api: &Api, filters: &[(&str, Option<&str>)]) -> ExitCode {
             out += &format!("more: --after {next}\n");
         }
         Ok(out)
+    })
+}
+
+fn resend(api: &Api, id: &str, subscription: &str) -> ExitCode {
+    run(|| {
+        let path = format!("/api/v1/events/{}/resend", urlencode(id));
+        let body = serde_json::json!({ "subscription": subscription });
+        let answer = Client::new(api)?.send(Method::POST, &path, Some(body))?;
+        if api.json {
+            return Ok(answer + "\n");
+        }
+        Ok(format!("resent {id} to {subscription} (queued; `hookwire events show {id}` follows it)\n"))
     })
 }
 

@@ -158,7 +158,9 @@ async fn receive(
             process: recorder.process.clone(),
             routed,
         };
-        let record = crate::eventlog::Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what };
+        // The event's own `received_at`: `resend` finds it in the archive by it.
+        let at_ms = envelope.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let record = crate::eventlog::Record { event: envelope.id.clone(), at_ms, what };
         // The 202 waits for the record's confirm too, so a crash after it
         // cannot leave an accepted event without its `received` record. The
         // event itself is safe already: past the bound, answer anyway.

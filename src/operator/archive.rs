@@ -53,6 +53,10 @@ pub struct Window {
     pub event_type: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// Only this event (a resend, `POST /api/v1/events/{id}/resend`): the
+    /// read stops once it is found. Not part of the replay request body.
+    #[serde(skip)]
+    pub event_id: Option<String>,
 }
 
 impl Window {
@@ -96,6 +100,7 @@ impl Operator {
             .ok_or_else(|| OpError::Invalid("the archive is disabled ([archive] enabled = false)".to_owned()))?;
         let (from, to) = window.bounds().map_err(OpError::Invalid)?;
         progress.send_modify(|r| r.dry_run = window.dry_run);
+        let reason = if window.event_id.is_some() { "resend" } else { "archive" };
 
         let session = self.broker.session().ok_or(OpError::Unavailable)?;
         let timeout = self.broker.operation_timeout;
@@ -120,7 +125,7 @@ impl Operator {
         let result = async {
             loop {
                 while pending.len() >= MAX_PENDING {
-                    settle(pending.next().await, progress);
+                    self.settle(pending.next().await, name, reason, progress);
                 }
                 let delivery = match tokio::time::timeout(IDLE, events.next()).await {
                     Err(_) | Ok(None) => break,
@@ -138,6 +143,9 @@ impl Operator {
                 if envelope.received_at < from || envelope.received_at >= to {
                     continue;
                 }
+                if window.event_id.as_ref().is_some_and(|id| *id != envelope.id) {
+                    continue;
+                }
                 let routing_key = envelope.routing_key();
                 let wanted = queues.topics.iter().any(|t| topic_matches(t, &routing_key))
                     && window
@@ -152,6 +160,8 @@ impl Operator {
                     continue;
                 }
                 let properties = message::encode(&envelope, &DeliveryState::default());
+                // The story's `replayed` is dated before its copy's delivery.
+                let published_ms = crate::eventlog::now_ms();
                 let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let confirm = bounded(
                     timeout,
@@ -164,13 +174,17 @@ impl Operator {
                     ),
                 )
                 .await?;
-                pending.push(async move { tokio::time::timeout(timeout, confirm).await });
+                let id = envelope.id.clone();
+                pending.push(async move { (id, published_ms, tokio::time::timeout(timeout, confirm).await) });
+                if window.event_id.is_some() {
+                    break; // the one event asked for
+                }
             }
             Ok(())
         }
         .await;
         while let Some(confirmed) = pending.next().await {
-            settle(Some(confirmed), progress);
+            self.settle(Some(confirmed), name, reason, progress);
         }
         let _ = tokio::time::timeout(timeout, publisher.close(200, "replay done".into())).await;
         let _ = tokio::time::timeout(timeout, channel.close(200, "replay done".into())).await;
@@ -178,12 +192,18 @@ impl Operator {
     }
 }
 
-type Confirmed = Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>;
+type Confirmed = (String, u64, Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>);
 
-fn settle(confirmed: Option<Confirmed>, progress: &watch::Sender<Report>) {
-    match confirmed {
-        Some(Ok(Ok(Confirmation::Ack(None)))) => progress.send_modify(|r| r.replayed += 1),
-        Some(_) => progress.send_modify(|r| r.failed += 1),
-        None => {}
+impl Operator {
+    /// Counts a confirmed (or failed) copy, and records it in the event's story.
+    fn settle(&self, confirmed: Option<Confirmed>, name: &str, reason: &str, progress: &watch::Sender<Report>) {
+        match confirmed {
+            Some((id, published_ms, Ok(Ok(Confirmation::Ack(None))))) => {
+                progress.send_modify(|r| r.replayed += 1);
+                self.record(&id, published_ms, name, "replayed", reason);
+            }
+            Some(_) => progress.send_modify(|r| r.failed += 1),
+            None => {}
+        }
     }
 }

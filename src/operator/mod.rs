@@ -93,11 +93,31 @@ pub struct Page {
 pub struct Operator {
     pub broker: Broker,
     pub control: Arc<control::Control>,
+    /// The event log's recorder (when the log is on): replays and purges
+    /// show in the stories of the events they touch.
+    pub recorder: Option<crate::eventlog::Recorder>,
 }
 
 impl Operator {
     fn topology(&self) -> std::sync::Arc<Topology> {
         self.broker.topology()
+    }
+
+    /// Records `outcome` for `subscription` in the story of `event` (when
+    /// the log is on), dated `at_ms`. Not waited for: the event's next steps
+    /// (its delivery) are recorded by the worker, losslessly.
+    pub(crate) fn record(&self, event: &str, at_ms: u64, subscription: &str, outcome: &str, reason: &str) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(crate::eventlog::Record {
+                event: event.to_owned(),
+                at_ms,
+                what: crate::eventlog::What::Outcome {
+                    subscription: subscription.to_owned(),
+                    outcome: outcome.to_owned(),
+                    reason: Some(reason.to_owned()),
+                },
+            });
+        }
     }
 
     /// The dead-letter queue of subscription `name`, if it exists.
@@ -119,18 +139,25 @@ impl Operator {
         // A first page asks the broker for just enough; a later one walks on.
         let prefetch = if after.is_none() { limit as u16 + 1 } else { BULK_PREFETCH };
         let (progress, _) = watch::channel(Report::default());
-        scan::scan(&self.broker, queue, prefetch, &progress, |message| {
-            if !found {
-                found = message.id() == after;
-                return (Decision::Keep, Flow::Continue);
-            }
-            if items.len() == limit {
-                more = true;
-                return (Decision::Keep, Flow::Stop);
-            }
-            items.push(select::summary(message));
-            (Decision::Keep, Flow::Continue)
-        })
+        scan::scan(
+            &self.broker,
+            queue,
+            prefetch,
+            &progress,
+            |message| {
+                if !found {
+                    found = message.id() == after;
+                    return (Decision::Keep, Flow::Continue);
+                }
+                if items.len() == limit {
+                    more = true;
+                    return (Decision::Keep, Flow::Stop);
+                }
+                items.push(select::summary(message));
+                (Decision::Keep, Flow::Continue)
+            },
+            |_, _, _| {},
+        )
         .await?;
         if !found {
             return Err(OpError::CursorNotFound(after.unwrap_or_default().to_owned()));
@@ -143,13 +170,20 @@ impl Operator {
     pub async fn find(&self, queue: &str, id: &str) -> Result<Option<Detail>, OpError> {
         let mut found = None;
         let (progress, _) = watch::channel(Report::default());
-        scan::scan(&self.broker, queue, BULK_PREFETCH, &progress, |message| {
-            if message.id() == Some(id) {
-                found = Some(select::detail(message));
-                return (Decision::Keep, Flow::Stop);
-            }
-            (Decision::Keep, Flow::Continue)
-        })
+        scan::scan(
+            &self.broker,
+            queue,
+            BULK_PREFETCH,
+            &progress,
+            |message| {
+                if message.id() == Some(id) {
+                    found = Some(select::detail(message));
+                    return (Decision::Keep, Flow::Stop);
+                }
+                (Decision::Keep, Flow::Continue)
+            },
+            |_, _, _| {},
+        )
         .await?;
         Ok(found)
     }
@@ -167,30 +201,37 @@ impl Operator {
         let topology = self.topology();
         let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         progress.send_modify(|r| r.dry_run = dry_run);
-        scan::scan(&self.broker, &queues.dead, BULK_PREFETCH, progress, |message| {
-            if !filter.matches(message) {
-                return (Decision::Keep, Flow::Continue);
-            }
-            progress.send_modify(|r| r.matched += 1);
-            let Ok((envelope, state)) = &message.decoded else {
-                // A message hookwire cannot read would only come back here.
-                progress.send_modify(|r| r.skipped += 1);
-                return (Decision::Keep, Flow::Continue);
-            };
-            if dry_run {
-                return (Decision::Keep, Flow::Continue);
-            }
-            let fresh = DeliveryState { attempts: 0, history: state.history.clone(), dead_letter_reason: None };
-            let properties = message::encode(envelope, &fresh);
-            (
-                Decision::Move {
-                    exchange: String::new(),
-                    routing_key: queues.work.clone(),
-                    properties: Box::new(properties),
-                },
-                Flow::Continue,
-            )
-        })
+        scan::scan(
+            &self.broker,
+            &queues.dead,
+            BULK_PREFETCH,
+            progress,
+            |message| {
+                if !filter.matches(message) {
+                    return (Decision::Keep, Flow::Continue);
+                }
+                progress.send_modify(|r| r.matched += 1);
+                let Ok((envelope, state)) = &message.decoded else {
+                    // A message hookwire cannot read would only come back here.
+                    progress.send_modify(|r| r.skipped += 1);
+                    return (Decision::Keep, Flow::Continue);
+                };
+                if dry_run {
+                    return (Decision::Keep, Flow::Continue);
+                }
+                let fresh = DeliveryState { attempts: 0, history: state.history.clone(), dead_letter_reason: None };
+                let properties = message::encode(envelope, &fresh);
+                (
+                    Decision::Move {
+                        exchange: String::new(),
+                        routing_key: queues.work.clone(),
+                        properties: Box::new(properties),
+                    },
+                    Flow::Continue,
+                )
+            },
+            |id, _, at_ms| self.record(id, at_ms, name, "replayed", "dead_letters"),
+        )
         .await
     }
 
@@ -205,51 +246,77 @@ impl Operator {
     ) -> Result<(), OpError> {
         let topology = self.topology();
         progress.send_modify(|r| r.dry_run = dry_run);
-        scan::scan(&self.broker, &topology.unrouted_queue, BULK_PREFETCH, progress, |message| {
-            if !filter.matches(message) {
-                return (Decision::Keep, Flow::Continue);
-            }
-            progress.send_modify(|r| r.matched += 1);
-            let routing_key = match &message.decoded {
-                Ok((envelope, _)) => envelope.routing_key(),
-                Err(_) => {
+        scan::scan(
+            &self.broker,
+            &topology.unrouted_queue,
+            BULK_PREFETCH,
+            progress,
+            |message| {
+                if !filter.matches(message) {
+                    return (Decision::Keep, Flow::Continue);
+                }
+                progress.send_modify(|r| r.matched += 1);
+                let routing_key = match &message.decoded {
+                    Ok((envelope, _)) => envelope.routing_key(),
+                    Err(_) => {
+                        progress.send_modify(|r| r.skipped += 1);
+                        return (Decision::Keep, Flow::Continue);
+                    }
+                };
+                let routable = topology
+                    .subscriptions
+                    .iter()
+                    .flat_map(|s| &s.topics)
+                    .any(|topic| topic_matches(topic, &routing_key));
+                if !routable {
                     progress.send_modify(|r| r.skipped += 1);
                     return (Decision::Keep, Flow::Continue);
                 }
-            };
-            let routable =
-                topology.subscriptions.iter().flat_map(|s| &s.topics).any(|topic| topic_matches(topic, &routing_key));
-            if !routable {
-                progress.send_modify(|r| r.skipped += 1);
-                return (Decision::Keep, Flow::Continue);
-            }
-            if dry_run {
-                return (Decision::Keep, Flow::Continue);
-            }
-            // Straight to the topic exchange: the archive has it already.
-            let exchange = topology.events_exchange.clone();
-            (Decision::Move { exchange, routing_key, properties: Box::new(message.properties.clone()) }, Flow::Continue)
-        })
+                if dry_run {
+                    return (Decision::Keep, Flow::Continue);
+                }
+                // Straight to the topic exchange: the archive has it already.
+                let exchange = topology.events_exchange.clone();
+                (
+                    Decision::Move { exchange, routing_key, properties: Box::new(message.properties.clone()) },
+                    Flow::Continue,
+                )
+            },
+            |_, _, _| {},
+        )
         .await
     }
 
-    /// Removes the matching messages from `queue`.
+    /// Removes the matching messages from `queue`; `subscription`: whose
+    /// dead-letter queue it is (the event log records `purged` for it).
     pub async fn purge(
         &self,
         queue: &str,
+        subscription: Option<&str>,
         filter: &Filter,
         dry_run: bool,
         progress: &watch::Sender<Report>,
     ) -> Result<(), OpError> {
         progress.send_modify(|r| r.dry_run = dry_run);
-        scan::scan(&self.broker, queue, BULK_PREFETCH, progress, |message: &Message| {
-            if !filter.matches(message) {
-                return (Decision::Keep, Flow::Continue);
-            }
-            progress.send_modify(|r| r.matched += 1);
-            let decision = if dry_run { Decision::Keep } else { Decision::Remove };
-            (decision, Flow::Continue)
-        })
+        scan::scan(
+            &self.broker,
+            queue,
+            BULK_PREFETCH,
+            progress,
+            |message: &Message| {
+                if !filter.matches(message) {
+                    return (Decision::Keep, Flow::Continue);
+                }
+                progress.send_modify(|r| r.matched += 1);
+                let decision = if dry_run { Decision::Keep } else { Decision::Remove };
+                (decision, Flow::Continue)
+            },
+            |id, _, at_ms| {
+                if let Some(name) = subscription {
+                    self.record(id, at_ms, name, "purged", "operator");
+                }
+            },
+        )
         .await
     }
 }

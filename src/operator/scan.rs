@@ -92,15 +92,27 @@ pub enum Flow {
     Stop,
 }
 
+/// What became of a message the scan took: its copy confirmed where it
+/// went and the original acked (`Moved`), or acked away (`Removed`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Settled {
+    Moved,
+    Removed,
+}
+
 /// Scans `queue` from its head. `prefetch` bounds how many messages the broker
 /// sends ahead per consumer (a small page asks for few). Progress (scanned,
-/// replayed, purged, failed) is written to `progress` as it happens.
+/// replayed, purged, failed) is written to `progress` as it happens;
+/// `settled` hears of each message moved or removed, by event id, once it
+/// is, with when: for a move, the time its copy was published, so a record
+/// of it sorts before whatever the copy's consumer does next.
 pub async fn scan(
     broker: &Broker,
     queue: &str,
     prefetch: u16,
     progress: &watch::Sender<Report>,
     mut visit: impl FnMut(&Message) -> (Decision, Flow),
+    mut settled: impl FnMut(&str, Settled, u64),
 ) -> Result<(), OpError> {
     let session = broker.session().ok_or(OpError::Unavailable)?;
     let timeout = broker.operation_timeout;
@@ -132,8 +144,9 @@ pub async fn scan(
         tags: Vec::new(),
         unsettled: Vec::new(),
         held: Vec::new(),
+        moving_ids: HashMap::new(),
     };
-    let result = scan.run(&publisher, depth, progress, &mut visit).await;
+    let result = scan.run(&publisher, depth, progress, &mut visit, &mut settled).await;
     scan.finish().await;
     // The queue takes handed-back messages asynchronously (the nack goes
     // from the channel process to the queue process), so wait until it holds
@@ -177,6 +190,9 @@ struct Scanner<'a> {
     unsettled: Vec<u16>,
     /// Delivery tags to hand back when the scan ends.
     held: Vec<u64>,
+    /// Event ids of moves awaiting their confirm, by delivery tag, with
+    /// when the move was published (ms since the epoch).
+    moving_ids: HashMap<u64, (String, u64)>,
 }
 
 impl Scanner<'_> {
@@ -205,6 +221,7 @@ impl Scanner<'_> {
         depth: u32,
         progress: &watch::Sender<Report>,
         visit: &mut impl FnMut(&Message) -> (Decision, Flow),
+        settled: &mut impl FnMut(&str, Settled, u64),
     ) -> Result<(), OpError> {
         let mut scanned = 0u32;
         let mut moving = FuturesUnordered::new();
@@ -221,7 +238,7 @@ impl Scanner<'_> {
             }
             if moving.len() >= MAX_PENDING_MOVES {
                 if let Some(confirmed) = moving.next().await {
-                    self.settle_move(confirmed, &mut owners, progress).await;
+                    self.settle_move(confirmed, &mut owners, progress, settled).await;
                 }
                 continue;
             }
@@ -232,7 +249,7 @@ impl Scanner<'_> {
             }
             let delivery = tokio::select! {
                 Some(confirmed) = moving.next(), if !moving.is_empty() => {
-                    self.settle_move(confirmed, &mut owners, progress).await;
+                    self.settle_move(confirmed, &mut owners, progress, settled).await;
                     continue;
                 }
                 next = tokio::time::timeout(IDLE, self.consumers.next()) => match next {
@@ -263,8 +280,12 @@ impl Scanner<'_> {
                     }
                     self.unsettled[index] -= 1;
                     progress.send_modify(|r| r.purged += 1);
+                    if let Some(id) = message.id() {
+                        settled(id, Settled::Removed, crate::eventlog::now_ms());
+                    }
                 }
                 Decision::Move { exchange, routing_key, properties } => {
+                    let published_ms = crate::eventlog::now_ms();
                     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                     let confirm = bounded(
                         self.timeout,
@@ -280,6 +301,9 @@ impl Scanner<'_> {
                     match confirm {
                         Ok(confirm) => {
                             owners.insert(tag, index);
+                            if let Some(id) = message.id() {
+                                self.moving_ids.insert(tag, (id.to_owned(), published_ms));
+                            }
                             let timeout = self.timeout;
                             moving.push(async move { (tag, tokio::time::timeout(timeout, confirm).await) });
                         }
@@ -294,7 +318,7 @@ impl Scanner<'_> {
             progress.send_modify(|r| r.scanned += 1);
         };
         while let Some(confirmed) = moving.next().await {
-            self.settle_move(confirmed, &mut owners, progress).await;
+            self.settle_move(confirmed, &mut owners, progress, settled).await;
         }
         result
     }
@@ -306,13 +330,18 @@ impl Scanner<'_> {
         (tag, confirmed): (u64, Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>),
         owners: &mut HashMap<u64, usize>,
         progress: &watch::Sender<Report>,
+        settled: &mut impl FnMut(&str, Settled, u64),
     ) {
         let index = owners.remove(&tag).expect("every move has an owner");
+        let id = self.moving_ids.remove(&tag);
         if let Ok(Ok(Confirmation::Ack(None))) = confirmed
             && let Ok(()) = bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await
         {
             self.unsettled[index] -= 1;
             progress.send_modify(|r| r.replayed += 1);
+            if let Some((id, published_ms)) = id {
+                settled(&id, Settled::Moved, published_ms);
+            }
             return;
         }
         tracing::warn!(queue = %self.queue, "a moved message was not confirmed; it stays where it was");

@@ -90,13 +90,32 @@ impl Drop for Logged {
     }
 }
 
+/// A token with the `read` scope only.
+const READER_TOKEN: &str = "reader-token-0123456789";
+/// A token with `read` and `operate`, limited to subscription `other`.
+const TEAM_TOKEN: &str = "team-other-token-0123456789";
+
 /// Starts with the operator API and the event log on, on `backend` (the
 /// SQLite file in `dir`).
 async fn with_event_log(backend: Backend, dir: &tempfile::TempDir, extra: &str) -> Logged {
     let path = dir.path().join("events.db");
     let app = TestApp::start_adjusted(AMQP_URL, extra, |c| {
-        c.admin.tokens =
-            vec![hookwire::config::AccessToken::full("operator", hookwire::config::Secret::new(TestApp::TOKEN))];
+        use hookwire::config::{AccessToken, Scope, Secret};
+        c.admin.tokens = vec![
+            AccessToken::full("operator", Secret::new(TestApp::TOKEN)),
+            AccessToken {
+                name: "reader".into(),
+                token: Secret::new(READER_TOKEN),
+                scopes: vec![Scope::Read],
+                subscriptions: None,
+            },
+            AccessToken {
+                name: "team-other".into(),
+                token: Secret::new(TEAM_TOKEN),
+                scopes: vec![Scope::Read, Scope::Operate],
+                subscriptions: Some(vec!["other".into()]),
+            },
+        ];
         c.event_log.enabled = true;
         c.event_log.path = path;
         if backend == Backend::Postgres {
@@ -228,7 +247,7 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter(bac
         .iter()
         .map(|h| h["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(history, ["dead_lettered", "delivered"]);
+    assert_eq!(history, ["dead_lettered", "replayed", "delivered"]);
 
     // Search: newest first, by source and type pattern, by a subscription's
     // outcome, a page at a time.
@@ -371,4 +390,109 @@ async fn retention_drops_days_past_max_age(backend: Backend) {
     .await;
     let recent = timeline(&app, "evt-recent", |t| !t["received"].is_null()).await;
     assert_eq!(recent["received"]["type"], "old.x");
+}
+
+both!(resend_sends_an_event_again_with_its_id_and_stories_show_replays_and_purges);
+/// `resend` delivers a delivered event again, with the same id, and its
+/// story shows it; a purged dead letter's story says `purged`. Scopes and
+/// subscription limits hold on the event routes.
+async fn resend_sends_an_event_again_with_its_id_and_stories_show_replays_and_purges(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Behavior::Ok).await;
+    let broken = Sink::start(Behavior::Status(500)).await;
+    let app = with_event_log(
+        backend,
+        &dir,
+        &format!(
+            "[subscriptions.again]\ntopics = [\"acme.r.*\"]\nurl = \"{}\"\n\
+             [subscriptions.other]\ntopics = [\"acme.o.*\"]\nurl = \"{}\"\nretry = []\n",
+            sink.url("/again"),
+            broken.url("/other")
+        ),
+    )
+    .await;
+    let resend = |id: &str, subscription: &str, token: &str| {
+        app.http
+            .post(app.admin_url(&format!("/api/v1/events/{id}/resend")))
+            .bearer_auth(token)
+            .json(&json!({ "subscription": subscription }))
+            .send()
+    };
+
+    assert_eq!(app.post_acme("evt-again", r#"{"type":"r.x"}"#).await.status(), 202);
+    timeline(&app, "evt-again", |t| t["subscriptions"]["again"]["outcome"] == "delivered").await;
+    let answer = resend("evt-again", "again", TestApp::TOKEN).await.unwrap();
+    assert_eq!(answer.status(), 202, "{}", answer.text().await.unwrap());
+    let got = sink.wait_for(2, Duration::from_secs(10)).await;
+    assert!(got.iter().all(|r| r.header("webhook-id") == "evt-again"), "same id both times");
+    let story = timeline(&app, "evt-again", |t| {
+        t["subscriptions"]["again"]["attempts"].as_array().unwrap().len() == 2
+            && t["subscriptions"]["again"]["outcome"] == "delivered"
+    })
+    .await;
+    let history: Vec<(&str, &str)> = story["subscriptions"]["again"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["outcome"].as_str().unwrap(), h["reason"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(history, [("delivered", ""), ("replayed", "resend"), ("delivered", "")], "{story}");
+
+    // The CLI does the same.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["events", "resend", "evt-again", "--subscription", "again"])
+        .env("HOOKWIRE_ADMIN_URL", app.admin_url("").trim_end_matches('/'))
+        .env("HOOKWIRE_ADMIN_TOKEN", TestApp::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sink.wait_for(3, Duration::from_secs(10)).await;
+
+    // What a resend refuses, changing nothing.
+    let problem = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body["type"].as_str().unwrap_or("").rsplit(':').next().unwrap_or("").to_owned())
+    };
+    assert_eq!(
+        problem(resend("never-sent", "again", TestApp::TOKEN).await.unwrap()).await,
+        (404, "event-not-found".into())
+    );
+    assert_eq!(problem(resend("evt-again", "nope", TestApp::TOKEN).await.unwrap()).await.0, 404);
+    assert_eq!(
+        problem(resend("evt-again", "other", TestApp::TOKEN).await.unwrap()).await,
+        (409, "not-subscribed".into())
+    );
+    assert_eq!(resend("evt-again", "again", READER_TOKEN).await.unwrap().status(), 403, "resend needs operate");
+    assert_eq!(resend("evt-again", "again", TEAM_TOKEN).await.unwrap().status(), 403, "not its subscription");
+    assert_eq!(sink.received().len(), 3);
+
+    // A limited token sees its own subscriptions' part of a story only.
+    assert_eq!(app.post_acme("evt-purged", r#"{"type":"o.x"}"#).await.status(), 202);
+    timeline(&app, "evt-purged", |t| t["subscriptions"]["other"]["outcome"] == "dead_lettered").await;
+    let seen: Value = app
+        .http
+        .get(app.admin_url("/api/v1/events/evt-again"))
+        .bearer_auth(TEAM_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["subscriptions"], json!({}), "team-other sees nothing of `again`: {seen}");
+    let reader = app.http.get(app.admin_url("/api/v1/events/evt-purged")).bearer_auth(TEAM_TOKEN).send().await.unwrap();
+    assert_eq!(reader.status(), 200);
+
+    // Purged from the dead-letter queue: the story says so.
+    let purge = app
+        .api(Method::DELETE, "/api/v1/subscriptions/other/dead-letters")
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200, "{}", purge.text().await.unwrap());
+    let purged = timeline(&app, "evt-purged", |t| t["subscriptions"]["other"]["outcome"] == "purged").await;
+    assert_eq!(purged["subscriptions"]["other"]["history"][1]["reason"], "operator", "{purged}");
 }

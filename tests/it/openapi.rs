@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/events/{id}"),
+    ("post", "/api/v1/events/{id}/resend"),
     ("get", "/api/v1/subscriptions/{name}/attempts"),
     ("post", "/api/v1/subscriptions/{name}/signing-secret/rotate"),
     ("get", "/api/v1/unrouted"),
