@@ -175,7 +175,13 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             ));
             Some(store)
         }
-        _ => None,
+        Some(_) => {
+            tracing::info!(
+                "event log: this process records; the one running --role all stores (SQLite), so run one, or use backend = \"postgres\""
+            );
+            None
+        }
+        None => None,
     };
 
     let draining = Arc::new(AtomicBool::new(false));

@@ -606,8 +606,10 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        // unrouted, catalog, audit, archive, work, three retries, dead, paused flag
-        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
+        // unrouted, catalog, audit, archive, event log, work, three retries, dead, paused flag
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
+        let log = t.queues().into_iter().find(|q| q.name == "t.eventlog").unwrap();
+        assert!(log.args.contains(&("x-queue-type", Arg::Str("quorum".into()))), "the log's records are replicated");
         let catalog = t.queues().into_iter().find(|q| q.name == "t.catalog").unwrap();
         assert_eq!(catalog.args, [("x-queue-type", Arg::Str("stream".into()))], "kept forever: no retention");
         let archive = t.queues().into_iter().find(|q| q.name == "t.archive").unwrap();

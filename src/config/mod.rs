@@ -213,6 +213,8 @@ impl Default for ArchiveConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventLogConfig {
+    /// On by default: recording is lossless and costs little (see
+    /// docs/BENCHMARKS.md); `false` records nothing and stores nothing.
     pub enabled: bool,
     pub backend: EventLogBackend,
     /// The SQLite file (`backend = "sqlite"`).
@@ -238,7 +240,7 @@ pub enum EventLogBackend {
 impl Default for EventLogConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             backend: EventLogBackend::Sqlite,
             path: "hookwire-events.db".into(),
             url: None,

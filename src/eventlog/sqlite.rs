@@ -43,6 +43,9 @@ impl Store {
         // is one sequential write.
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Another process on the same file (a second `all` process, a
+        // restart overlapping the old one) waits its turn instead of failing.
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let days = {
             let mut select = connection
                 .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'event_log_d[0-9]*'")?;

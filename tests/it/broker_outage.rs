@@ -80,6 +80,7 @@ async fn starts_without_the_broker_and_connects_when_it_appears() {
     // Clean up the namespace this test declared.
     let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
     namespace_topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
+    crate::helpers::remove_event_log(&namespace_topology.namespace);
 }
 
 /// Issue 14: a disk alarm makes RabbitMQ block publishers. hookwire follows

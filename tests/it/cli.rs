@@ -159,6 +159,7 @@ async fn serve_reloads_its_file_on_sighup_and_on_change_and_refuses_a_broken_one
     let conn =
         lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
     hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
+    crate::helpers::remove_event_log(&config.rabbitmq.namespace);
 }
 
 /// `hookwire subscriptions apply -f`: the plan first, then the changes;
@@ -362,4 +363,5 @@ async fn no_secret_reaches_the_log_at_debug_level() {
     let conn =
         lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
     hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
+    crate::helpers::remove_event_log(&config.rabbitmq.namespace);
 }

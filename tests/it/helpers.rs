@@ -381,8 +381,28 @@ event_type = "header:X-GitHub-Event"
 event_id = "header:X-GitHub-Delivery"
 
 {extra}
-"#
+{event_log}"#,
+        event_log = if extra.contains("[event_log]") {
+            String::new()
+        } else {
+            format!("[event_log]\npath = {:?}\n", event_log_path(namespace))
+        }
     )
+}
+
+/// Removes the namespace's event log file, for tests that start hookwire
+/// without a [`TestApp`] (whose guard does it).
+pub fn remove_event_log(namespace: &str) {
+    let db = event_log_path(namespace);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+/// The test's own SQLite event log file (the log is on by default): one per
+/// namespace, removed with the namespace's queues.
+pub fn event_log_path(namespace: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{namespace}-events.db"))
 }
 
 pub struct TestApp {
@@ -693,6 +713,7 @@ impl Drop for TestApp {
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         let topology = self.topology.lock().unwrap().clone();
+        remove_event_log(&topology.namespace);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
