@@ -48,6 +48,10 @@ pub enum What {
     /// `routed`: the subscriptions whose topics matched (in this process's
     /// view); empty: unrouted.
     Received { source: String, event_type: String, bytes: usize, process: String, routed: Vec<String> },
+    /// The ingress could not store the event after all (RabbitMQ did not
+    /// confirm it) and answered `503`: the `received` record before it,
+    /// published alongside the event, does not stand.
+    NotStored { reason: String },
     /// One HTTP attempt to a subscription's destination.
     Attempt {
         subscription: String,
@@ -75,6 +79,7 @@ impl What {
     pub fn kind(&self) -> &'static str {
         match self {
             What::Received { .. } => "received",
+            What::NotStored { .. } => "not_stored",
             What::Attempt { .. } => "attempt",
             What::Outcome { .. } => "outcome",
         }
@@ -82,7 +87,7 @@ impl What {
 
     pub fn subscription(&self) -> Option<&str> {
         match self {
-            What::Received { .. } => None,
+            What::Received { .. } | What::NotStored { .. } => None,
             What::Attempt { subscription, .. } | What::Outcome { subscription, .. } => Some(subscription),
         }
     }

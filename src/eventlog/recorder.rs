@@ -1,10 +1,10 @@
 //! The recording side: a bounded in-process buffer and a task that
 //! publishes it to `ns.eventlog` in confirmed batches.
 //!
-//! Group commit: the task sends whatever has gathered as soon as the
-//! previous batch is confirmed. An idle pipeline's record goes out at once
-//! (one confirm round trip, no timer); a busy one's records ride together,
-//! up to [`BATCH`] per message.
+//! Group commit: the task sends whatever has gathered as soon as fewer than
+//! [`IN_FLIGHT`] batches await their confirm. An idle pipeline's record goes
+//! out at once (one confirm round trip, no timer); a busy one's records ride
+//! together, up to [`BATCH`] per message.
 //!
 //! Two ways in: [`Recorder::commit`] returns once the records are confirmed
 //! (a worker acks its delivery only then, so a crash cannot lose them);
@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::BasicProperties;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -32,6 +33,10 @@ use crate::{
 const BUFFER: usize = 16_384;
 /// Records per published message.
 const BATCH: usize = 500;
+/// Batches awaiting their confirm at once. One would make a record wait
+/// for the batch before it as well as its own (1.5 round trips on average,
+/// and the ingress's `202` waits for its record); a few keep that near one.
+const IN_FLIGHT: usize = 4;
 /// Publish attempts for one batch before its records count as dropped: a
 /// broker that refuses three times over ~2 s is not coming back soon, and
 /// the callers waiting on the batch must not wait forever.
@@ -86,17 +91,29 @@ impl Recorder {
 }
 
 async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, token: CancellationToken) {
-    let mut batch: Vec<Entry> = Vec::new();
-    let mut records = 0;
+    let mut flying = FuturesUnordered::new();
+    let mut closed = false;
     loop {
-        let first = tokio::select! {
-            entry = rx.recv() => entry,
-            _ = token.cancelled() => { rx.close(); rx.recv().await }
+        // With IN_FLIGHT batches out, wait for one to be confirmed first.
+        let first = if flying.len() >= IN_FLIGHT || closed {
+            if flying.next().await.is_none() {
+                break; // closed and nothing left in flight
+            }
+            continue;
+        } else {
+            tokio::select! {
+                entry = rx.recv() => entry,
+                Some(()) = flying.next(), if !flying.is_empty() => continue,
+                _ = token.cancelled() => { rx.close(); rx.recv().await }
+            }
         };
-        let Some(first) = first else { break };
-        records += first.records.len();
-        batch.push(first);
-        // Everything that gathered while the last batch was in flight.
+        let Some(first) = first else {
+            closed = true;
+            continue;
+        };
+        let mut records = first.records.len();
+        let mut batch = vec![first];
+        // Everything that gathered while the previous batches were in flight.
         while records < BATCH {
             match rx.try_recv() {
                 Ok(entry) => {
@@ -106,17 +123,19 @@ async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, t
                 Err(_) => break,
             }
         }
-        let confirmed = send(&broker, &queue, &batch).await;
-        if !confirmed {
-            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records as u64);
-            tracing::warn!(records, "event log records dropped: RabbitMQ did not confirm them");
-        }
-        for entry in batch.drain(..) {
-            if let Some(waiting) = entry.confirmed {
-                let _ = waiting.send(confirmed);
+        let (broker, queue) = (broker.clone(), queue.clone());
+        flying.push(async move {
+            let confirmed = send(&broker, &queue, &batch).await;
+            if !confirmed {
+                metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records as u64);
+                tracing::warn!(records, "event log records dropped: RabbitMQ did not confirm them");
             }
-        }
-        records = 0;
+            for entry in batch {
+                if let Some(waiting) = entry.confirmed {
+                    let _ = waiting.send(confirmed);
+                }
+            }
+        });
     }
 }
 

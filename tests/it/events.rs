@@ -287,9 +287,10 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter(bac
     // An id nobody sent.
     let missing = app.api(Method::GET, "/api/v1/events/never-sent").send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // (Not `hookwire_event_log_dropped_total`: the metrics are the test
+    // binary's, and the broker outage tests drop records by design.)
     let metrics = app.metrics().await;
     assert!(metrics.contains("hookwire_event_log_written_total"), "{metrics}");
-    assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
 }
 
 both!(a_worker_killed_mid_load_leaves_every_story_complete);
@@ -349,8 +350,6 @@ async fn a_worker_killed_mid_load_leaves_every_story_complete(backend: Backend) 
         let attempts = story["subscriptions"]["steady"]["attempts"].as_array().unwrap();
         assert!(attempts.iter().any(|a| a["status"] == 200), "{story}");
     }
-    let metrics = app.metrics().await;
-    assert!(!metrics.contains("hookwire_event_log_dropped_total"), "nothing dropped: {metrics}");
 }
 
 both!(retention_drops_days_past_max_age);
