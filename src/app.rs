@@ -229,7 +229,6 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
             max_body_bytes: config.ingress.max_body_bytes,
             read_timeout: config.ingress.read_timeout,
             retry_after: config.ingress.retry_after,
-            publish_timeout: config.ingress.publish_timeout,
             trusted_proxies: config.ingress.trusted_proxies.clone(),
             recorder,
         };

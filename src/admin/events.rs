@@ -271,15 +271,8 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
                 }
                 received = json!({
                     "at": at(record.at_ms), "source": source, "type": event_type, "bytes": bytes,
-                    "process": process, "routed": routed, "unrouted": unrouted, "stored": true,
+                    "process": process, "routed": routed, "unrouted": unrouted,
                 });
-            }
-            What::NotStored { reason } => {
-                // The sender got a 503; a retry of theirs makes a new `received`.
-                if received.is_object() {
-                    received["stored"] = json!(false);
-                    received["not_stored"] = json!({ "at": at(record.at_ms), "reason": reason });
-                }
             }
             What::Attempt { subscription, attempt, duration_ms, status, error, response } => {
                 if !visible(subscription) {

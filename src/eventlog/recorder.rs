@@ -35,7 +35,7 @@ const BUFFER: usize = 16_384;
 const BATCH: usize = 500;
 /// Batches awaiting their confirm at once. One would make a record wait
 /// for the batch before it as well as its own (1.5 round trips on average,
-/// and the ingress's `202` waits for its record); a few keep that near one.
+/// and a worker's ack waits for its records); a few keep that near one.
 const IN_FLIGHT: usize = 4;
 /// Publish attempts for one batch before its records count as dropped: a
 /// broker that refuses three times over ~2 s is not coming back soon, and

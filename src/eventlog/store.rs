@@ -225,7 +225,6 @@ impl<'a> Columns<'a> {
                 (columns.source, columns.event_type) = (Some(source.as_str()), Some(event_type.as_str()))
             }
             What::Outcome { outcome, .. } => columns.outcome = Some(outcome.as_str()),
-            What::NotStored { .. } => {}
         }
         columns
     }
