@@ -10,10 +10,9 @@
 //!     ingress→destination latency p50/p99, peak RSS;
 //! (d) the same with 2 KiB events, without and with a transform that picks
 //!     and renames 5 fields (jq), to show what a typical transform costs.
-//! hookwire runs as configured by default, the event log on (SQLite in a
-//! temporary directory); `--no-event-log` runs it with `[event_log]
-//! enabled = false`; `--compare-event-log` runs only (c) with the log off and
-//! on, alternated.
+//! `--event-log` runs hookwire with `[event_log] enabled = true` (SQLite in
+//! a temporary directory; off by default, as in hookwire);
+//! `--compare-event-log` runs only (c) with the log off and on, alternated.
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
 //! keeping every event in the archive stream costs.
 //!
@@ -55,9 +54,9 @@ const BODY_BYTES: usize = 1024;
 const PACED_RATE: f64 = 1000.0;
 /// `--no-archive`: run hookwire without the archive stream, to see its cost.
 static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
-/// Whether hookwire runs with the event log on (the default; off with
-/// `--no-event-log`, flipped by `--compare-event-log`).
-static EVENT_LOG: AtomicBool = AtomicBool::new(true);
+/// Whether hookwire runs with the event log on (`--event-log`, or flipped
+/// by `--compare-event-log`).
+static EVENT_LOG: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     // `cargo test` runs harness-less benches without `--bench`: do nothing then.
@@ -72,7 +71,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10u64);
     NO_ARCHIVE.store(args.iter().any(|a| a == "--no-archive"), Ordering::Relaxed);
-    EVENT_LOG.store(!args.iter().any(|a| a == "--no-event-log"), Ordering::Relaxed);
+    EVENT_LOG.store(args.iter().any(|a| a == "--event-log"), Ordering::Relaxed);
     let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     if let Some(minutes) = value_of("--soak").map(|m| m.parse::<u64>().expect("--soak MINUTES")) {

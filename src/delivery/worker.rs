@@ -156,7 +156,7 @@ impl Worker {
         // With the event log on, a settled delivery waits for its records'
         // confirm before its ack, after giving back its attempt slot: the
         // prefetch leaves room for those, or they would hold the slots anyway.
-        let prefetch = if self.recorder.is_some() { self.concurrency.saturating_mul(2) } else { self.concurrency };
+        let prefetch = if self.recorder.is_some() { self.concurrency.saturating_mul(4) } else { self.concurrency };
         bounded(timeout, channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let tag = format!("hookwire-{}-{}", self.name, uuid::Uuid::now_v7().simple());
         let mut consumer = bounded(

@@ -1,10 +1,10 @@
 //! The recording side: a bounded in-process buffer and a task that
 //! publishes it to `ns.eventlog` in confirmed batches.
 //!
-//! Group commit: the task sends whatever has gathered as soon as fewer than
-//! [`IN_FLIGHT`] batches await their confirm. An idle pipeline's record goes
-//! out at once (one confirm round trip, no timer); a busy one's records ride
-//! together, up to [`BATCH`] per message.
+//! Group commit: a batch gathers for [`LINGER`] once it has a record, then
+//! goes as soon as fewer than [`IN_FLIGHT`] batches await their confirm,
+//! with up to [`BATCH`] records per message. A record waits about the
+//! linger plus one confirm round trip.
 //!
 //! Two ways in: [`Recorder::commit`] returns once the records are confirmed
 //! (a worker acks its delivery only then, so a crash cannot lose them);
@@ -33,6 +33,8 @@ use crate::{
 const BUFFER: usize = 16_384;
 /// Records per published message.
 const BATCH: usize = 500;
+/// How long a batch waits for company once it has a record.
+const LINGER: Duration = Duration::from_millis(5);
 /// Batches awaiting their confirm at once. One would make a record wait
 /// for the batch before it as well as its own (1.5 round trips on average,
 /// and a worker's ack waits for its records); a few keep that near one.
@@ -113,7 +115,11 @@ async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, t
         };
         let mut records = first.records.len();
         let mut batch = vec![first];
-        // Everything that gathered while the previous batches were in flight.
+        // A moment for more to gather: every message costs RabbitMQ (a
+        // quorum write, a delivery, an ack) the same whatever it holds, and
+        // the pipeline shares that broker.
+        tokio::time::sleep(LINGER).await;
+        // Everything that gathered meanwhile, and while earlier batches were in flight.
         while records < BATCH {
             match rx.try_recv() {
                 Ok(entry) => {
