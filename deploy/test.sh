@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property and integration tests against a real
 # RabbitMQ and a real PostgreSQL (each installed and started if needed),
-# plus formatting and lints.
+# plus formatting and lints, and the checks of deploy/ (check-deploy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +23,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# deploy/: alert rules (promtool), Kubernetes schemas, compose, Dockerfile.
+# It fetches promtool and a venv with kubernetes-validate when missing.
+deploy/check-deploy.sh

@@ -6,6 +6,7 @@ mod catalog;
 mod cli;
 mod dead_letters;
 mod delivery;
+mod deploy;
 mod edge;
 mod events;
 mod helpers;
