@@ -592,6 +592,8 @@ mod tests {
             r#"
 [rabbitmq]
 namespace = "t"
+[event_log]
+enabled = true
 [subscriptions.billing]
 topics = ["acme.invoice.*", "acme.customer.#"]
 url = "http://127.0.0.1:9000/"
