@@ -161,7 +161,7 @@ impl Store {
 
     /// One subscription's attempts in a time window, newest first.
     pub async fn attempts(&self, query: &AttemptQuery) -> Result<Vec<(Cursor, Record)>, tokio_postgres::Error> {
-        let (before_at, before_row) = before(query.after);
+        let (before_at, before_row) = Cursor::before(query.after);
         let (from, to) = (query.from_ms as i64, query.to_ms.min(i64::MAX as u64) as i64);
         let mut values: Vec<&(dyn ToSql + Sync)> = vec![&query.subscription, &from, &to, &before_at, &before_row];
         let code = match query.status {
@@ -188,7 +188,7 @@ impl Store {
 
     /// Received events matching `query`, newest first.
     pub async fn search(&self, query: &EventQuery) -> Result<Vec<(Cursor, Record)>, tokio_postgres::Error> {
-        let (before_at, before_row) = before(query.after);
+        let (before_at, before_row) = Cursor::before(query.after);
         let (from, to) = (query.from_ms as i64, query.to_ms.min(i64::MAX as u64) as i64);
         let mut values: Vec<&(dyn ToSql + Sync)> = vec![&from, &to, &before_at, &before_row];
         let mut sql = format!(
@@ -293,12 +293,4 @@ struct ColumnArrays<'a> {
     event_type: Vec<Option<&'a str>>,
     outcome: Vec<Option<&'a str>>,
     record: Vec<String>,
-}
-
-/// The cursor as SQL bounds: rows strictly before it (everything without one).
-fn before(after: Option<Cursor>) -> (i64, i64) {
-    match after {
-        Some(cursor) => (cursor.at_ms as i64, cursor.row),
-        None => (i64::MAX, i64::MAX),
-    }
 }

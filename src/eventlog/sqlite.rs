@@ -125,7 +125,7 @@ impl Store {
             StatusFilter::Failed => " AND (status IS NULL OR status NOT BETWEEN 200 AND 299)",
             StatusFilter::Exactly(_) => " AND status = ?6",
         };
-        let (before_at, before_row) = before(query.after);
+        let (before_at, before_row) = Cursor::before(query.after);
         let code = match query.status {
             StatusFilter::Exactly(code) => Some(code),
             _ => None,
@@ -160,7 +160,7 @@ impl Store {
     /// Received events matching `query`, newest first, a page at a time;
     /// each row is the event's `received` record.
     pub fn search(&self, query: &EventQuery) -> Result<Vec<(Cursor, Record)>, rusqlite::Error> {
-        let (before_at, before_row) = before(query.after);
+        let (before_at, before_row) = Cursor::before(query.after);
         let inner = self.inner.lock().expect("event log lock");
         let days = Self::days_between(&inner, query.from_ms, query.to_ms.min(before_at as u64 + 1));
         let mut out = Vec::new();
@@ -245,14 +245,6 @@ impl Store {
             inner.days.remove(&day);
         }
         Ok(old.len())
-    }
-}
-
-/// The cursor as SQL bounds: rows strictly before it (everything without one).
-fn before(after: Option<Cursor>) -> (i64, i64) {
-    match after {
-        Some(cursor) => (cursor.at_ms as i64, cursor.row),
-        None => (i64::MAX, i64::MAX),
     }
 }
 

@@ -35,6 +35,17 @@ pub struct Cursor {
     pub row: i64,
 }
 
+impl Cursor {
+    /// `after` as SQL bounds `(at_ms, row)`: rows strictly before it
+    /// (everything without one).
+    pub fn before(after: Option<Cursor>) -> (i64, i64) {
+        match after {
+            Some(cursor) => (cursor.at_ms as i64, cursor.row),
+            None => (i64::MAX, i64::MAX),
+        }
+    }
+}
+
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.at_ms, self.row)
