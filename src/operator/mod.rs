@@ -156,7 +156,7 @@ impl Operator {
                 items.push(select::summary(message));
                 (Decision::Keep, Flow::Continue)
             },
-            |_, _, _| {},
+            |_, _| {},
         )
         .await?;
         if !found {
@@ -182,7 +182,7 @@ impl Operator {
                 }
                 (Decision::Keep, Flow::Continue)
             },
-            |_, _, _| {},
+            |_, _| {},
         )
         .await?;
         Ok(found)
@@ -230,7 +230,7 @@ impl Operator {
                     Flow::Continue,
                 )
             },
-            |id, _, at_ms| self.record(id, at_ms, name, "replayed", "dead_letters"),
+            |id, at_ms| self.record(id, at_ms, name, "replayed", "dead_letters"),
         )
         .await
     }
@@ -282,7 +282,7 @@ impl Operator {
                     Flow::Continue,
                 )
             },
-            |_, _, _| {},
+            |_, _| {},
         )
         .await
     }
@@ -311,7 +311,7 @@ impl Operator {
                 let decision = if dry_run { Decision::Keep } else { Decision::Remove };
                 (decision, Flow::Continue)
             },
-            |id, _, at_ms| {
+            |id, at_ms| {
                 if let Some(name) = subscription {
                     self.record(id, at_ms, name, "purged", "operator");
                 }

@@ -92,14 +92,6 @@ pub enum Flow {
     Stop,
 }
 
-/// What became of a message the scan took: its copy confirmed where it
-/// went and the original acked (`Moved`), or acked away (`Removed`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Settled {
-    Moved,
-    Removed,
-}
-
 /// Scans `queue` from its head. `prefetch` bounds how many messages the broker
 /// sends ahead per consumer (a small page asks for few). Progress (scanned,
 /// replayed, purged, failed) is written to `progress` as it happens;
@@ -112,7 +104,7 @@ pub async fn scan(
     prefetch: u16,
     progress: &watch::Sender<Report>,
     mut visit: impl FnMut(&Message) -> (Decision, Flow),
-    mut settled: impl FnMut(&str, Settled, u64),
+    mut settled: impl FnMut(&str, u64),
 ) -> Result<(), OpError> {
     let session = broker.session().ok_or(OpError::Unavailable)?;
     let timeout = broker.operation_timeout;
@@ -144,7 +136,6 @@ pub async fn scan(
         tags: Vec::new(),
         unsettled: Vec::new(),
         held: Vec::new(),
-        moving_ids: HashMap::new(),
     };
     let result = scan.run(&publisher, depth, progress, &mut visit, &mut settled).await;
     scan.finish().await;
@@ -178,6 +169,14 @@ type Deliveries = futures_util::stream::Map<
     >,
 >;
 
+/// A move awaiting its copy's confirm: the consumer that holds the
+/// original, and the event id and publish time for `settled`.
+struct Moving {
+    index: usize,
+    id: Option<String>,
+    published_ms: u64,
+}
+
 struct Scanner<'a> {
     channel: Channel,
     queue: &'a str,
@@ -190,9 +189,6 @@ struct Scanner<'a> {
     unsettled: Vec<u16>,
     /// Delivery tags to hand back when the scan ends.
     held: Vec<u64>,
-    /// Event ids of moves awaiting their confirm, by delivery tag, with
-    /// when the move was published (ms since the epoch).
-    moving_ids: HashMap<u64, (String, u64)>,
 }
 
 impl Scanner<'_> {
@@ -221,12 +217,12 @@ impl Scanner<'_> {
         depth: u32,
         progress: &watch::Sender<Report>,
         visit: &mut impl FnMut(&Message) -> (Decision, Flow),
-        settled: &mut impl FnMut(&str, Settled, u64),
+        settled: &mut impl FnMut(&str, u64),
     ) -> Result<(), OpError> {
         let mut scanned = 0u32;
         let mut moving = FuturesUnordered::new();
-        // tag → consumer index, for moves awaiting their confirm.
-        let mut owners: HashMap<u64, usize> = HashMap::new();
+        // tag → the move awaiting its confirm.
+        let mut owners: HashMap<u64, Moving> = HashMap::new();
         let mut stop = false;
         // On an error the loop stops taking deliveries, but the moves in
         // flight are still settled below: abandoning them would hand their
@@ -281,7 +277,7 @@ impl Scanner<'_> {
                     self.unsettled[index] -= 1;
                     progress.send_modify(|r| r.purged += 1);
                     if let Some(id) = message.id() {
-                        settled(id, Settled::Removed, crate::eventlog::now_ms());
+                        settled(id, crate::eventlog::now_ms());
                     }
                 }
                 Decision::Move { exchange, routing_key, properties } => {
@@ -300,10 +296,8 @@ impl Scanner<'_> {
                     .await;
                     match confirm {
                         Ok(confirm) => {
-                            owners.insert(tag, index);
-                            if let Some(id) = message.id() {
-                                self.moving_ids.insert(tag, (id.to_owned(), published_ms));
-                            }
+                            let id = message.id().map(str::to_owned);
+                            owners.insert(tag, Moving { index, id, published_ms });
                             let timeout = self.timeout;
                             moving.push(async move { (tag, tokio::time::timeout(timeout, confirm).await) });
                         }
@@ -328,19 +322,18 @@ impl Scanner<'_> {
     async fn settle_move(
         &mut self,
         (tag, confirmed): (u64, Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>),
-        owners: &mut HashMap<u64, usize>,
+        owners: &mut HashMap<u64, Moving>,
         progress: &watch::Sender<Report>,
-        settled: &mut impl FnMut(&str, Settled, u64),
+        settled: &mut impl FnMut(&str, u64),
     ) {
-        let index = owners.remove(&tag).expect("every move has an owner");
-        let id = self.moving_ids.remove(&tag);
+        let Moving { index, id, published_ms } = owners.remove(&tag).expect("every move has an owner");
         if let Ok(Ok(Confirmation::Ack(None))) = confirmed
             && let Ok(()) = bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await
         {
             self.unsettled[index] -= 1;
             progress.send_modify(|r| r.replayed += 1);
-            if let Some((id, published_ms)) = id {
-                settled(&id, Settled::Moved, published_ms);
+            if let Some(id) = id {
+                settled(&id, published_ms);
             }
             return;
         }
