@@ -2,8 +2,8 @@
 //! [-- --attempts N] [--backend sqlite|postgres]`. Fills the store (SQLite
 //! in a temporary directory, PostgreSQL in a table of its own at
 //! `HOOKWIRE_BENCH_POSTGRES`, default the local server; both unless
-//! `--backend` says which) with N events (default 1,000,000), each with its three records (received, one
-//! attempt, outcome), spread over 7 days and 200 subscriptions, then times:
+//! `--backend` says which) with N events (default 1,000,000), each with its two records (received, one
+//! attempt that carries its outcome), spread over 7 days and 200 subscriptions, then times:
 //! - an event's timeline by id (`GET /api/v1/events/{id}`);
 //! - one subscription's attempts in a 1-hour window, a page of 50
 //!   (`GET /api/v1/subscriptions/{name}/attempts`);
@@ -59,7 +59,7 @@ async fn run(backend: EventLogBackend, events: u64) {
     let start_ms = 1_790_000_000_000u64;
     let step = SPAN_MS / events;
     let started = Instant::now();
-    let mut batch = Vec::with_capacity(3 * 10_000);
+    let mut batch = Vec::with_capacity(2 * 10_000);
     for n in 0..events {
         let at_ms = start_ms + n * step;
         let event = format!("evt_{n:09}");
@@ -77,31 +77,24 @@ async fn run(backend: EventLogBackend, events: u64) {
             },
         });
         batch.push(Record {
-            event: event.clone(),
+            event,
             at_ms: at_ms + 5,
             what: What::Attempt {
-                subscription: subscription.clone(),
+                subscription,
                 attempt: 1,
                 duration_ms: 12.5,
                 status: Some(if failed { 503 } else { 200 }),
                 error: failed.then(|| "503 Service Unavailable".to_owned()),
                 response: failed.then(|| "upstream busy".to_owned()),
-            },
-        });
-        batch.push(Record {
-            event,
-            at_ms: at_ms + 6,
-            what: What::Outcome {
-                subscription,
-                outcome: if failed { "retrying" } else { "delivered" }.to_owned(),
+                outcome: Some(if failed { "retrying" } else { "delivered" }.to_owned()),
                 reason: None,
             },
         });
         if batch.len() >= 30_000 {
-            store.write(std::mem::take(&mut batch)).await.unwrap();
+            store.write(std::mem::take(&mut batch).into()).await.unwrap();
         }
     }
-    store.write(batch).await.unwrap();
+    store.write(batch.into()).await.unwrap();
     let fill = started.elapsed();
     if backend == EventLogBackend::Postgres {
         // What autovacuum does within a minute of a bulk load; without
@@ -113,9 +106,9 @@ async fn run(backend: EventLogBackend, events: u64) {
     let size = std::fs::metadata(dir.path().join("events.db")).map(|m| m.len()).unwrap_or(0);
     println!(
         "{backend:?} event log store: {events} events, {} records ({events} attempts), filled in {:.1} s ({:.0} records/s), file {:.0} MiB",
-        3 * events,
+        2 * events,
         fill.as_secs_f64(),
-        (3 * events) as f64 / fill.as_secs_f64(),
+        (2 * events) as f64 / fill.as_secs_f64(),
         size as f64 / (1024.0 * 1024.0)
     );
 

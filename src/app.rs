@@ -138,50 +138,31 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let (catalog, catalog_task) =
         Catalog::spawn(broker.clone(), topology.catalog_stream.clone(), control_token.clone());
     let (audit, audit_task) = Audit::spawn(broker.clone(), topology.audit_stream.clone(), control_token.clone());
-    // The event log: every process records; the `all` process stores (one
-    // SQLite file has one writer). Stopped after the ingress and workers,
-    // so their last records still go out.
+    // The event log: every process commits its own records straight to the
+    // store (an SQLite file shared by the processes of one host, or
+    // PostgreSQL) and answers queries. Stopped after the ingress and
+    // workers, so their last records are still committed.
     let event_log_token = CancellationToken::new();
     let mut event_log_tasks = Vec::new();
-    let recorder = topology.event_log_queue.clone().map(|queue| {
-        let (recorder, task) = Recorder::spawn(broker.clone(), queue, event_log_token.clone());
+    let (recorder, events) = if config.event_log.enabled {
+        let store = eventlog::store::open(&config.event_log, &config.rabbitmq.namespace).await.map_err(|source| {
+            let place = match config.event_log.backend {
+                crate::config::EventLogBackend::Sqlite => config.event_log.path.display().to_string(),
+                crate::config::EventLogBackend::Postgres => "event_log.url".to_owned(),
+            };
+            StartError::EventLog { place, source }
+        })?;
+        let (recorder, task) = Recorder::spawn(store.clone(), event_log_token.clone());
         event_log_tasks.push(task);
-        recorder
-    });
-    // SQLite has one writer, the `all` process; PostgreSQL takes every
-    // process's share (competing consumers) and answers queries anywhere.
-    let shared = config.event_log.backend == crate::config::EventLogBackend::Postgres;
-    let events = match &topology.event_log_queue {
-        Some(queue) if shared || role == Role::All => {
-            let store =
-                eventlog::store::open(&config.event_log, &config.rabbitmq.namespace).await.map_err(|source| {
-                    let place = match config.event_log.backend {
-                        crate::config::EventLogBackend::Sqlite => config.event_log.path.display().to_string(),
-                        crate::config::EventLogBackend::Postgres => "event_log.url".to_owned(),
-                    };
-                    StartError::EventLog { place, source }
-                })?;
-            event_log_tasks.push(eventlog::writer::spawn(
-                broker.clone(),
-                queue.clone(),
-                store.clone(),
-                event_log_token.clone(),
-            ));
-            event_log_tasks.push(eventlog::store::spawn_retention(
-                store.clone(),
-                config.event_log.max_age,
-                eventlog::store::RETENTION_EVERY,
-                event_log_token.clone(),
-            ));
-            Some(store)
-        }
-        Some(_) => {
-            tracing::info!(
-                "event log: this process records; the one running --role all stores (SQLite), so run one, or use backend = \"postgres\""
-            );
-            None
-        }
-        None => None,
+        event_log_tasks.push(eventlog::store::spawn_retention(
+            store.clone(),
+            config.event_log.max_age,
+            eventlog::store::RETENTION_EVERY,
+            event_log_token.clone(),
+        ));
+        (Some(recorder), Some(store))
+    } else {
+        (None, None)
     };
 
     let draining = Arc::new(AtomicBool::new(false));

@@ -35,8 +35,9 @@
 //!   versioned log (the stream `ns.catalog`) every process replays and
 //!   follows, the reconciler that drives topology and workers toward
 //!   file + catalog, secrets sealed at rest, and the audit log (`ns.audit`).
-//! - [`eventlog`] — every event's story: records from the ingress and the
-//!   workers, batched through `ns.eventlog` into a store the API reads.
+//! - [`eventlog`] — every event's story: records from the ingress, the
+//!   workers and the operator routes, group-committed by each process to a
+//!   store (SQLite or PostgreSQL) the API reads.
 //! - [`operator`] — what operators do to the queues: scan (browse, move,
 //!   remove), selectors, pause/resume across processes, archive replay.
 //! - [`admin`] — `/healthz`, `/readyz`, `/metrics`, and the operator API's

@@ -10,9 +10,12 @@
 //!     ingress→destination latency p50/p99, peak RSS;
 //! (d) the same with 2 KiB events, without and with a transform that picks
 //!     and renames 5 fields (jq), to show what a typical transform costs.
-//! `--event-log` runs hookwire with `[event_log] enabled = true` (SQLite in
-//! a temporary directory; off by default, as in hookwire);
-//! `--compare-event-log` runs only (c) with the log off and on, alternated.
+//! hookwire runs with its event log on (SQLite in a temporary directory), as
+//! by default; `--no-event-log` turns it off;
+//! `--compare-event-log [--rounds N]` runs only (c) with the log off and on,
+//! alternated N times (default 3), and prints the medians side by side.
+//! Every end-to-end phase also reports the CPU hookwire, RabbitMQ and the
+//! bench itself (load generator and sink) used per delivery.
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
 //! keeping every event in the archive stream costs.
 //!
@@ -54,8 +57,8 @@ const BODY_BYTES: usize = 1024;
 const PACED_RATE: f64 = 1000.0;
 /// `--no-archive`: run hookwire without the archive stream, to see its cost.
 static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
-/// Whether hookwire runs with the event log on (`--event-log`, or flipped
-/// by `--compare-event-log`).
+/// Whether hookwire runs with the event log on (unless `--no-event-log`;
+/// flipped by `--compare-event-log`).
 static EVENT_LOG: AtomicBool = AtomicBool::new(false);
 
 fn main() {
@@ -71,7 +74,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10u64);
     NO_ARCHIVE.store(args.iter().any(|a| a == "--no-archive"), Ordering::Relaxed);
-    EVENT_LOG.store(args.iter().any(|a| a == "--event-log"), Ordering::Relaxed);
+    EVENT_LOG.store(!args.iter().any(|a| a == "--no-event-log"), Ordering::Relaxed);
     let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     if let Some(minutes) = value_of("--soak").map(|m| m.parse::<u64>().expect("--soak MINUTES")) {
@@ -80,7 +83,8 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--compare-event-log") {
-        runtime.block_on(compare_event_log(Duration::from_secs(seconds)));
+        let rounds = value_of("--rounds").map_or(3, |n| n.parse().expect("--rounds N"));
+        runtime.block_on(compare_event_log(Duration::from_secs(seconds), rounds));
         return;
     }
     if args.iter().any(|a| a == "--churn") {
@@ -111,18 +115,19 @@ async fn run(duration: Duration) {
     );
     println!("    ingress / raw = {:.0}%", 100.0 * ingress.rate / raw);
 
-    let e2e = end_to_end(duration, None, BODY_BYTES, None).await;
+    let e2e = end_to_end(duration, None, BODY_BYTES, None, 1).await;
     println!(
         "(c) end to end, saturated: {:.0} delivered/s ({} events), accepted {:.0}/s, ingress→destination p50 {:.2} ms p99 {:.2} ms (queueing), peak RSS {:.1} MiB",
         e2e.delivered_rate, e2e.delivered, e2e.accepted_rate, e2e.p50_ms, e2e.p99_ms, e2e.rss_mib
     );
-    let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None).await;
+    println!("    {}", e2e.cpu_line());
+    let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None, 1).await;
     println!(
         "(c) end to end at {PACED_RATE:.0}/s: {:.0} delivered/s ({} events), ingress→destination p50 {:.2} ms p99 {:.2} ms, peak RSS {:.1} MiB",
         paced.delivered_rate, paced.delivered, paced.p50_ms, paced.p99_ms, paced.rss_mib
     );
     for (label, transform) in [("no transform", None), ("pick 5 fields", Some(TRANSFORM))] {
-        let run = end_to_end(duration, None, 2048, transform).await;
+        let run = end_to_end(duration, None, 2048, transform, 1).await;
         println!(
             "(d) 2 KiB events, {label}: {:.0} delivered/s ({} events), accepted {:.0}/s, peak RSS {:.1} MiB",
             run.delivered_rate, run.delivered, run.accepted_rate, run.rss_mib
@@ -199,20 +204,46 @@ async fn raw_ceiling(duration: Duration) -> f64 {
 // ------------------------------------------------------------ hookwire child
 
 /// The event log's cost (issue 10): end to end saturated and at
-/// [`PACED_RATE`], log off and on, alternated twice in one run.
-async fn compare_event_log(duration: Duration) {
-    println!("event log off vs on: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} per phase");
-    for round in 1..=2 {
+/// [`PACED_RATE`], log off and on, alternated `rounds` times in one run;
+/// then the medians side by side.
+async fn compare_event_log(duration: Duration, rounds: usize) {
+    println!(
+        "event log off vs on: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} per phase, {rounds} rounds"
+    );
+    let mut results: [Vec<(EndToEnd, EndToEnd)>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
         for on in [false, true] {
             EVENT_LOG.store(on, Ordering::Relaxed);
             let label = if on { "on " } else { "off" };
-            let saturated = end_to_end(duration, None, BODY_BYTES, None).await;
-            let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None).await;
+            let saturated = end_to_end(duration, None, BODY_BYTES, None, 1).await;
+            let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None, 1).await;
             println!(
                 "round {round}, log {label}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB; at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
                 saturated.delivered_rate, saturated.accepted_rate, saturated.rss_mib, paced.p50_ms, paced.p99_ms
             );
+            println!("    saturated {}", saturated.cpu_line());
+            results[usize::from(on)].push((saturated, paced));
         }
+    }
+    /// One number out of a round's (saturated, paced) pair.
+    type Pick<'a> = &'a dyn Fn(&(EndToEnd, EndToEnd)) -> f64;
+    let median = |on: bool, value: Pick| {
+        let mut values: Vec<f64> = results[usize::from(on)].iter().map(value).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let rows: [(&str, Pick); 6] = [
+        ("saturated delivered/s", &|r| r.0.delivered_rate),
+        ("hookwire CPU µs/delivery", &|r| r.0.hookwire_us()),
+        ("RabbitMQ CPU µs/delivery", &|r| r.0.rabbitmq_us()),
+        ("peak RSS MiB", &|r| r.0.rss_mib),
+        ("p50 ms at 1,000/s", &|r| r.1.p50_ms),
+        ("p99 ms at 1,000/s", &|r| r.1.p99_ms),
+    ];
+    println!("medians of {rounds} rounds:        log off     log on     change");
+    for (label, value) in rows {
+        let (off, on) = (median(false, value), median(true, value));
+        println!("  {label:<26} {off:>10.2} {on:>10.2} {:>+9.1}%", 100.0 * (on - off) / off);
     }
 }
 
@@ -330,11 +361,7 @@ secrets = ["{SECRET}"]
 
     /// User + system CPU seconds the process has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0 // USER_HZ is 100 on Linux
+        cpu_seconds_of(self.child.id())
     }
 
     /// SIGTERM, and wait until it has drained and exited.
@@ -365,6 +392,48 @@ secrets = ["{SECRET}"]
         let topology = hookwire::broker::Topology::from_config(&config);
         let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
         topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
+    }
+}
+
+/// User + system CPU seconds process `pid` has used so far (0 if it is gone).
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// The local RabbitMQ node's OS process, to report its share of the CPU.
+fn rabbitmq_pid() -> Option<u32> {
+    let out = Command::new("rabbitmqctl").args(["eval", "os:getpid()."]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().trim_matches('"').parse().ok()
+}
+
+/// CPU used by hookwire, RabbitMQ and this bench (load generator and sink)
+/// between two readings.
+#[derive(Clone, Copy, Default)]
+struct CpuReading {
+    hookwire: f64,
+    rabbitmq: f64,
+    bench: f64,
+}
+
+impl CpuReading {
+    fn now(hookwire: u32, rabbitmq: Option<u32>) -> Self {
+        Self {
+            hookwire: cpu_seconds_of(hookwire),
+            rabbitmq: rabbitmq.map_or(0.0, cpu_seconds_of),
+            bench: cpu_seconds_of(std::process::id()),
+        }
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            hookwire: self.hookwire - earlier.hookwire,
+            rabbitmq: self.rabbitmq - earlier.rabbitmq,
+            bench: self.bench - earlier.bench,
+        }
     }
 }
 
@@ -514,27 +583,81 @@ struct EndToEnd {
     p50_ms: f64,
     p99_ms: f64,
     rss_mib: f64,
+    /// CPU used from the first request until the backlog drained.
+    cpu: CpuReading,
+    /// Wall time of that span, seconds.
+    span: f64,
 }
 
-async fn end_to_end(duration: Duration, rate: Option<f64>, body_bytes: usize, transform: Option<&str>) -> EndToEnd {
+impl EndToEnd {
+    /// Microseconds of hookwire's CPU per delivery.
+    fn hookwire_us(&self) -> f64 {
+        self.cpu.hookwire * 1e6 / self.delivered.max(1) as f64
+    }
+
+    /// Microseconds of RabbitMQ's CPU per delivery.
+    fn rabbitmq_us(&self) -> f64 {
+        self.cpu.rabbitmq * 1e6 / self.delivered.max(1) as f64
+    }
+
+    /// `hookwire X µs, RabbitMQ Y µs, bench Z µs per delivery; cores busy: ...`
+    fn cpu_line(&self) -> String {
+        let per = |seconds: f64| seconds * 1e6 / self.delivered.max(1) as f64;
+        let cores = |seconds: f64| seconds / self.span;
+        format!(
+            "CPU per delivery: hookwire {:.1} µs, RabbitMQ {:.1} µs, load+sink {:.1} µs; cores busy: hookwire {:.2}, RabbitMQ {:.2}, load+sink {:.2}",
+            per(self.cpu.hookwire),
+            per(self.cpu.rabbitmq),
+            per(self.cpu.bench),
+            cores(self.cpu.hookwire),
+            cores(self.cpu.rabbitmq),
+            cores(self.cpu.bench)
+        )
+    }
+}
+
+/// The RabbitMQ node's process id, read once.
+static RABBITMQ_PID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
+/// `serve --role all` with `subscriptions` subscriptions to one sink, driven
+/// for `duration` (saturated, or paced to `rate` events/s), until the
+/// backlog has drained.
+async fn end_to_end(
+    duration: Duration,
+    rate: Option<f64>,
+    body_bytes: usize,
+    transform: Option<&str>,
+    subscriptions: usize,
+) -> EndToEnd {
     let stats = Arc::new(Mutex::new(SinkStats::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = listener.local_addr().unwrap();
     let app = axum::Router::new().route("/", post(sink)).with_state(stats.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let hookwire = Hookwire::start("all", Some(sink_addr), transform, 1).await;
+    let hookwire = Hookwire::start("all", Some(sink_addr), transform, subscriptions).await;
+    let rabbitmq = *RABBITMQ_PID.get_or_init(rabbitmq_pid);
+    let (cpu_before, started) = (CpuReading::now(hookwire.child.id(), rabbitmq), Instant::now());
     let load = drive(hookwire.ingress, duration, rate, body_bytes).await;
     // Let the backlog drain: wait until deliveries stop growing.
+    let expected = load.accepted * subscriptions as u64;
     let mut seen = 0;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let now = stats.lock().unwrap().latencies_us.len();
-        if now as u64 >= load.accepted || now == seen {
+        if now as u64 >= expected {
             break;
+        }
+        if now == seen {
+            // Nothing for 100 ms: give it a little longer before calling it done.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            if stats.lock().unwrap().latencies_us.len() == now {
+                break;
+            }
         }
         seen = now;
     }
+    let (cpu, span) = (CpuReading::now(hookwire.child.id(), rabbitmq).since(cpu_before), started.elapsed());
     let rss_mib = hookwire.peak_rss_mib();
     if EVENT_LOG.load(Ordering::Relaxed) {
         // Whether the log kept up: records written, dropped, and its lag.
@@ -556,6 +679,8 @@ async fn end_to_end(duration: Duration, rate: Option<f64>, body_bytes: usize, tr
         p50_ms: percentile(&stats.latencies_us, 0.50),
         p99_ms: percentile(&stats.latencies_us, 0.99),
         rss_mib,
+        cpu,
+        span: span.as_secs_f64(),
     }
 }
 

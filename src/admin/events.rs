@@ -274,7 +274,7 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
                     "process": process, "routed": routed, "unrouted": unrouted,
                 });
             }
-            What::Attempt { subscription, attempt, duration_ms, status, error, response } => {
+            What::Attempt { subscription, attempt, duration_ms, status, error, response, outcome, reason } => {
                 if !visible(subscription) {
                     continue;
                 }
@@ -283,6 +283,13 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
                     "attempt": attempt, "at": at(record.at_ms), "duration_ms": duration_ms,
                     "status": status, "error": error, "response": response,
                 }));
+                // The attempt that settled the event carries where it stands.
+                if let Some(outcome) = outcome {
+                    sub["outcome"] = json!(outcome);
+                    sub["history"].as_array_mut().expect("an array").push(json!({
+                        "at": at(record.at_ms), "outcome": outcome, "reason": reason,
+                    }));
+                }
                 subscriptions.insert(subscription.clone(), sub);
             }
             What::Outcome { subscription, outcome, reason } => {

@@ -77,9 +77,6 @@ async fn bind(
 
 /// The audit stream's size bound: years of human actions.
 const AUDIT_MAX_BYTES: i64 = 1_000_000_000;
-/// Event log records waiting for the writer: minutes of a saturated
-/// pipeline at a few hundred bytes a record.
-const EVENT_LOG_MAX_BYTES: i64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -163,8 +160,6 @@ pub struct Topology {
     pub catalog_stream: String,
     /// The audit log (a stream, bounded by size).
     pub audit_stream: String,
-    /// Event log records on their way to the store, when the log is on.
-    pub event_log_queue: Option<String>,
     delivery_limit: u32,
 }
 
@@ -236,7 +231,6 @@ impl Topology {
             control_exchange: format!("{ns}.control"),
             catalog_stream: format!("{ns}.catalog"),
             audit_stream: format!("{ns}.audit"),
-            event_log_queue: config.event_log.enabled.then(|| format!("{ns}.eventlog")),
             delivery_limit: config.rabbitmq.delivery_limit,
         }
     }
@@ -277,16 +271,6 @@ impl Topology {
         ];
         if let Some(archive) = &self.archive {
             out.push(QueueSpec { name: archive.name.clone(), args: archive.args() });
-        }
-        if let Some(queue) = &self.event_log_queue {
-            // Bounded, refusing rather than dropping: a refused publish is
-            // counted by the recorder; without a writer it cannot grow forever.
-            let args = vec![
-                ("x-queue-type", Arg::Str("quorum".into())),
-                ("x-max-length-bytes", Arg::Int(EVENT_LOG_MAX_BYTES)),
-                ("x-overflow", Arg::Str("reject-publish".into())),
-            ];
-            out.push(QueueSpec { name: queue.clone(), args });
         }
         for sub in &self.subscriptions {
             let mut work = Self::dead_lettering_to(&sub.dead);
@@ -608,10 +592,8 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        // unrouted, catalog, audit, archive, event log, work, three retries, dead, paused flag
-        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
-        let log = t.queues().into_iter().find(|q| q.name == "t.eventlog").unwrap();
-        assert!(log.args.contains(&("x-queue-type", Arg::Str("quorum".into()))), "the log's records are replicated");
+        // unrouted, catalog, audit, archive, work, three retries, dead, paused flag
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
         let catalog = t.queues().into_iter().find(|q| q.name == "t.catalog").unwrap();
         assert_eq!(catalog.args, [("x-queue-type", Arg::Str("stream".into()))], "kept forever: no retention");
         let archive = t.queues().into_iter().find(|q| q.name == "t.archive").unwrap();

@@ -207,15 +207,14 @@ impl Default for ArchiveConfig {
     }
 }
 
-/// `[event_log]`: every event's story, recorded by the ingress and the
-/// workers and stored in SQLite (by the `all` process) or PostgreSQL (by
-/// every process). See `eventlog`.
+/// `[event_log]`: every event's story, recorded and stored by every
+/// process, in SQLite (a file shared by one host's processes) or
+/// PostgreSQL. See `eventlog`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventLogConfig {
-    /// Off by default until its cost is inside issue 10's 10% (measured
-    /// 11–24% saturated, docs/BENCHMARKS.md); the example config turns it
-    /// on. `false` records nothing and stores nothing.
+    /// On by default (its cost, docs/BENCHMARKS.md). `false` records
+    /// nothing and stores nothing.
     pub enabled: bool,
     pub backend: EventLogBackend,
     /// The SQLite file (`backend = "sqlite"`).
@@ -241,7 +240,7 @@ pub enum EventLogBackend {
 impl Default for EventLogConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             backend: EventLogBackend::Sqlite,
             path: "hookwire-events.db".into(),
             url: None,

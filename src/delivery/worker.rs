@@ -154,9 +154,11 @@ impl Worker {
         let timeout = self.broker.operation_timeout;
         let channel = bounded(timeout, session.connection.create_channel()).await?;
         // With the event log on, a settled delivery waits for its records'
-        // confirm before its ack, after giving back its attempt slot: the
-        // prefetch leaves room for those, or they would hold the slots anyway.
-        let prefetch = if self.recorder.is_some() { self.concurrency.saturating_mul(4) } else { self.concurrency };
+        // commit (the recorder's linger, 20 ms, and a commit) before its
+        // ack, after giving back its attempt slot: the prefetch leaves room
+        // for those, or they would hold the slots anyway. 4× was not enough
+        // at saturation (~8,000/s × 25 ms ≈ 200 waiting per subscription).
+        let prefetch = if self.recorder.is_some() { self.concurrency.saturating_mul(8) } else { self.concurrency };
         bounded(timeout, channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let tag = format!("hookwire-{}-{}", self.name, uuid::Uuid::now_v7().simple());
         let mut consumer = bounded(
@@ -287,15 +289,17 @@ impl Worker {
                 })
             }
         };
+        // The body is not needed any more: not kept while the ack waits.
+        drop(data);
         let timeout = self.broker.operation_timeout;
         if let Some(recorder) = &self.recorder {
             if settle.is_ok() {
-                // The ack waits for the records' confirm, so a crash cannot
+                // The ack waits for the records' commit, so a crash cannot
                 // lose them; the attempt slot does not (the prefetch has
                 // room for deliveries waiting here, see `consume`).
                 drop(permit);
                 if !recorder.commit(std::mem::take(&mut story), timeout).await {
-                    tracing::warn!(subscription = %self.name, "event log records not confirmed; acking anyway");
+                    tracing::warn!(subscription = %self.name, "event log records not committed in time; acking anyway");
                 }
             } else {
                 // The delivery comes back; what was tried is still worth keeping.
@@ -449,13 +453,25 @@ impl Worker {
             status,
             error,
             response,
+            outcome: None,
+            reason: None,
         };
         story.push(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
     }
 
-    /// Records where the event stands for this subscription (when the log is on).
+    /// Records where the event stands for this subscription (when the log
+    /// is on): in the attempt that settled it, if there was one (one row to
+    /// store instead of two), else on its own.
     fn record_outcome(&self, story: &mut Vec<Record>, event: &str, outcome: &str, reason: Option<&str>) {
         if self.recorder.is_none() {
+            return;
+        }
+        if let Some(Record {
+            what: crate::eventlog::What::Attempt { outcome: settled @ None, reason: why, .. }, ..
+        }) = story.last_mut()
+        {
+            *settled = Some(outcome.to_owned());
+            *why = reason.map(str::to_owned);
             return;
         }
         let what = crate::eventlog::What::Outcome {

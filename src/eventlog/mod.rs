@@ -1,23 +1,23 @@
 //! The event log: every event's story, successful attempts included
 //! (issue 10). What each stage did with an event is recorded as small
-//! [`Record`]s; a writer stores them where they can be queried.
+//! [`Record`]s, which every process commits straight to the store.
 //!
 //! ```text
-//! ingress ─┐                                             ┌─ SQLite file (role all)
-//!          ├─ Recorder ─ batches ─▶ ns.eventlog (quorum) ─┤
-//! worker ──┘  (group commit; a                           └─ Writer: commit, then ack
-//!              delivery's ack waits for the confirm)
+//! ingress ──┐                                   ┌─ SQLite file (one host's processes)
+//! worker ───┼─ Recorder ─ group commit ─ Store ─┤
+//! operator ─┘  (a delivery's ack waits          └─ PostgreSQL (any number of hosts)
+//!               for its records' commit)
 //! ```
 //!
-//! A worker acks a delivery only after its records are confirmed by
-//! RabbitMQ ([`Recorder::commit`], group commit, bounded by the operation
-//! timeout; it gives back its attempt slot first), so no crash loses an
-//! attempt or outcome record. The ingress hands its `received` record over
-//! without waiting (waiting cost 20% of saturated throughput): an ingress
-//! killed right after answering `202` can lose the `received` records of
-//! its last few milliseconds. The writer acks a batch only after its
-//! transaction committed. What the pipeline never does is stop for the
-//! log: records not confirmed in time are counted as dropped
+//! A worker acks a delivery only after its records are committed
+//! ([`Recorder::commit`], group commit, bounded by the operation timeout;
+//! it gives back its attempt slot first), so no crash loses an attempt or
+//! outcome record: RabbitMQ redelivers what was not acked, and the attempt
+//! is recorded again. The ingress hands its `received` record over without
+//! waiting (its answer would wait a commit): an ingress killed right after
+//! answering `202` can lose the `received` records of its last few
+//! milliseconds (docs/DECISIONS.md). What the pipeline never does is stop
+//! for the log: records not committed in time are counted as dropped
 //! (`hookwire_event_log_dropped_total`) and the event goes on.
 //!
 //! Bodies are never recorded (the archive has them), nor are headers.
@@ -26,7 +26,6 @@ pub mod postgres;
 pub mod recorder;
 pub mod sqlite;
 pub mod store;
-pub mod writer;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,9 +62,18 @@ pub enum What {
         /// The first bytes of the answer.
         #[serde(skip_serializing_if = "Option::is_none")]
         response: Option<String>,
+        /// Where the event stands for the subscription after this attempt
+        /// (`delivered`, `retrying`, `dead_lettered`), when the attempt
+        /// settled it: one record (one row) instead of an attempt and an
+        /// outcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
-    /// Where an event stands for a subscription after a step: `delivered`,
-    /// `filtered`, `retrying`, `dead_lettered`.
+    /// Where an event stands for a subscription after a step without an
+    /// attempt: `filtered`, `dead_lettered` (a transform failed),
+    /// `replayed`, `purged`.
     Outcome {
         subscription: String,
         outcome: String,
@@ -80,6 +88,15 @@ impl What {
             What::Received { .. } => "received",
             What::Attempt { .. } => "attempt",
             What::Outcome { .. } => "outcome",
+        }
+    }
+
+    /// The outcome this record gives its subscription, if any.
+    pub fn outcome(&self) -> Option<&str> {
+        match self {
+            What::Received { .. } => None,
+            What::Attempt { outcome, .. } => outcome.as_deref(),
+            What::Outcome { outcome, .. } => Some(outcome),
         }
     }
 

@@ -57,10 +57,10 @@ impl Store {
                      outcome text,
                      record text NOT NULL
                  ) PARTITION BY RANGE (at_ms);
-                 CREATE INDEX IF NOT EXISTS {t}_kind ON {t} (kind, at_ms, id);
+                 CREATE INDEX IF NOT EXISTS {t}_received ON {t} (at_ms, id) WHERE kind = 'received';
                  CREATE INDEX IF NOT EXISTS {t}_source ON {t} (source, at_ms, id) WHERE source IS NOT NULL;
                  CREATE INDEX IF NOT EXISTS {t}_event ON {t} (event_id);
-                 CREATE INDEX IF NOT EXISTS {t}_subscription ON {t} (subscription, at_ms, id);"
+                 CREATE INDEX IF NOT EXISTS {t}_subscription ON {t} (subscription, at_ms, id) WHERE subscription IS NOT NULL;"
             ))
             .await?;
         *this.writer.lock().await = Some(client);
@@ -214,7 +214,7 @@ impl Store {
             let mut filter = format!("s.subscription = ${}", values.len());
             if let Some(outcome) = &query.outcome {
                 values.push(outcome);
-                filter += &format!(" AND s.kind = 'outcome' AND s.outcome = ${}", values.len());
+                filter += &format!(" AND s.outcome = ${}", values.len());
             }
             // Driven from the subscription's own rows (its index) in the
             // window (an event's records come after its receipt), joined to

@@ -1,12 +1,12 @@
-//! The recording side: a bounded in-process buffer and a task that
-//! publishes it to `ns.eventlog` in confirmed batches.
+//! The recording side: a bounded in-process buffer and a task that commits
+//! it to the [`Store`] in batches.
 //!
 //! Group commit: a batch gathers for [`LINGER`] once it has a record, then
-//! goes as soon as fewer than [`IN_FLIGHT`] batches await their confirm,
-//! with up to [`BATCH`] records per message. A record waits about the
-//! linger plus one confirm round trip.
+//! goes as soon as fewer than [`Store::parallel_writes`] batches await
+//! their commit, with up to [`BATCH`] records per transaction. A record
+//! waits about the linger plus one or two commits.
 //!
-//! Two ways in: [`Recorder::commit`] returns once the records are confirmed
+//! Two ways in: [`Recorder::commit`] returns once the records are committed
 //! (a worker acks its delivery only then, so a crash cannot lose them);
 //! [`Recorder::record`] hands a record over and returns at once (for
 //! records nothing waits on, e.g. an attempt whose delivery goes back to the
@@ -15,33 +15,32 @@
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use lapin::BasicProperties;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::Record;
-use crate::{
-    broker::{Broker, publisher::publish_confirmed},
-    telemetry::metric,
-};
+use super::{Record, Store, now_ms};
+use crate::telemetry::metric;
 
 /// Entries buffered before callers wait (`commit`) or records are dropped
 /// and counted (`record`): several seconds of a saturated pipeline.
 const BUFFER: usize = 16_384;
-/// Records per published message.
-const BATCH: usize = 500;
-/// How long a batch waits for company once it has a record.
-const LINGER: Duration = Duration::from_millis(5);
-/// Batches awaiting their confirm at once. One would make a record wait
-/// for the batch before it as well as its own (1.5 round trips on average,
-/// and a worker's ack waits for its records); a few keep that near one.
-const IN_FLIGHT: usize = 4;
-/// Publish attempts for one batch before its records count as dropped: a
-/// broker that refuses three times over ~2 s is not coming back soon, and
-/// the callers waiting on the batch must not wait forever.
+/// Records per transaction, at most: under load a batch takes what
+/// gathered during the previous commit, and a larger one shares that
+/// commit's page writes among more records.
+const BATCH: usize = 2_000;
+/// How long a batch waits for company once it has a record. A commit's
+/// cost is mostly the pages it writes (an index leaf per random event id,
+/// the table's and the other indexes' newest pages), so records that share
+/// a commit share those: saturated end to end, 5 ms cost 15% of the
+/// throughput and 20 ms 3–7% (docs/BENCHMARKS.md). Nothing on the delivery
+/// path waits for it; a settled delivery's ack does.
+const LINGER: Duration = Duration::from_millis(20);
+/// Attempts to commit one batch before its records count as dropped: a
+/// store that fails three times over ~2 s is not coming back soon, and the
+/// callers waiting on the batch must not wait forever.
 const ATTEMPTS: u32 = 3;
 
 /// Where a process's stages hand their records. Cheap to clone.
@@ -59,13 +58,13 @@ struct Entry {
 }
 
 impl Recorder {
-    /// Starts the publishing task; it flushes what it holds and stops when
+    /// Starts the committing task; it flushes what it holds and stops when
     /// `token` is cancelled.
-    pub fn spawn(broker: Broker, queue: String, token: CancellationToken) -> (Self, JoinHandle<()>) {
+    pub fn spawn(store: Store, token: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(BUFFER);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
         let process = format!("{host}:{}", std::process::id());
-        (Self { tx, process }, tokio::spawn(publish(broker, queue, rx, token)))
+        (Self { tx, process }, tokio::spawn(commit_batches(store, rx, token)))
     }
 
     /// Hands `record` over without waiting; drops it (counted) when the
@@ -76,9 +75,9 @@ impl Recorder {
         }
     }
 
-    /// Hands `records` over and returns `true` once RabbitMQ has confirmed
+    /// Hands `records` over and returns `true` once the store has committed
     /// them, `false` if that did not happen within `wait` (they may still be
-    /// published; if they are not, they are counted as dropped).
+    /// committed; if they are not, they are counted as dropped).
     pub async fn commit(&self, records: Vec<Record>, wait: Duration) -> bool {
         if records.is_empty() {
             return true;
@@ -92,12 +91,12 @@ impl Recorder {
     }
 }
 
-async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, token: CancellationToken) {
+async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: CancellationToken) {
     let mut flying = FuturesUnordered::new();
     let mut closed = false;
     loop {
-        // With IN_FLIGHT batches out, wait for one to be confirmed first.
-        let first = if flying.len() >= IN_FLIGHT || closed {
+        // With as many batches out as the store takes, wait for one first.
+        let first = if flying.len() >= store.parallel_writes() || closed {
             if flying.next().await.is_none() {
                 break; // closed and nothing left in flight
             }
@@ -115,11 +114,9 @@ async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, t
         };
         let mut records = first.records.len();
         let mut batch = vec![first];
-        // A moment for more to gather: every message costs RabbitMQ (a
-        // quorum write, a delivery, an ack) the same whatever it holds, and
-        // the pipeline shares that broker.
+        // A moment for more to gather, and everything that gathered
+        // meanwhile and while earlier batches were in flight.
         tokio::time::sleep(LINGER).await;
-        // Everything that gathered meanwhile, and while earlier batches were in flight.
         while records < BATCH {
             match rx.try_recv() {
                 Ok(entry) => {
@@ -129,45 +126,46 @@ async fn publish(broker: Broker, queue: String, mut rx: mpsc::Receiver<Entry>, t
                 Err(_) => break,
             }
         }
-        let (broker, queue) = (broker.clone(), queue.clone());
+        let store = store.clone();
         flying.push(async move {
-            let confirmed = send(&broker, &queue, &batch).await;
-            if !confirmed {
-                metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records as u64);
-                tracing::warn!(records, "event log records dropped: RabbitMQ did not confirm them");
-            }
+            let mut waiting = Vec::with_capacity(batch.len());
+            let mut all = Vec::with_capacity(records);
             for entry in batch {
-                if let Some(waiting) = entry.confirmed {
-                    let _ = waiting.send(confirmed);
+                all.extend(entry.records);
+                waiting.extend(entry.confirmed);
+            }
+            let oldest = all.iter().map(|r| r.at_ms).min();
+            let committed = write(&store, all).await;
+            if committed {
+                metrics::counter!(metric::EVENT_LOG_WRITTEN).increment(records as u64);
+                if let Some(oldest) = oldest {
+                    metrics::gauge!(metric::EVENT_LOG_LAG).set(now_ms().saturating_sub(oldest) as f64 / 1000.0);
                 }
+            } else {
+                metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records as u64);
+                tracing::warn!(records, "event log records dropped: the store did not commit them");
+            }
+            for waiting in waiting {
+                let _ = waiting.send(committed);
             }
         });
     }
 }
 
-/// Publishes one batch as one message; retries a refusal twice.
-async fn send(broker: &Broker, queue: &str, batch: &[Entry]) -> bool {
-    let all: Vec<&Record> = batch.iter().flat_map(|entry| &entry.records).collect();
-    let body = serde_json::to_vec(&all).expect("records serialize");
+/// Commits one batch; tries again twice after a failure.
+async fn write(store: &Store, records: Vec<Record>) -> bool {
+    // Shared, not copied, between the attempts (SQLite's run on a blocking thread).
+    let records: std::sync::Arc<[Record]> = records.into();
     let mut pause = Duration::from_millis(200);
     for attempt in 1..=ATTEMPTS {
-        let result = async {
-            let session = broker.session().ok_or("RabbitMQ is not connected")?;
-            let channel = session.publish_channels.get().await.map_err(|_| "no channel")?;
-            let properties = BasicProperties::default().with_delivery_mode(2);
-            publish_confirmed(&channel, "", queue, properties, &body, broker.operation_timeout)
-                .await
-                .map_err(|_| "not confirmed")
-        }
-        .await;
-        match result {
+        match store.write(records.clone()).await {
             Ok(()) => return true,
             Err(error) if attempt < ATTEMPTS => {
-                tracing::debug!(error, attempt, "event log batch not confirmed; trying again");
+                tracing::debug!(%error, attempt, "event log batch not committed; trying again");
                 tokio::time::sleep(pause).await;
                 pause *= 4;
             }
-            Err(error) => tracing::warn!(error, "event log batch not confirmed"),
+            Err(error) => tracing::warn!(%error, "event log batch not committed"),
         }
     }
     false

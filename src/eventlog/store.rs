@@ -117,14 +117,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Store {
-    /// Whether every process may write (and read) this store, or only the
-    /// one running `--role all` (an SQLite file has one writer).
-    pub fn shared(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+    /// Transactions worth running at once. An SQLite file takes one writer
+    /// at a time: a second transaction would only wait for the lock, and
+    /// each would be smaller. PostgreSQL commits them side by side (each a
+    /// round trip and a WAL flush).
+    pub fn parallel_writes(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => 1,
+            Store::Postgres(_) => 4,
+        }
     }
 
     /// Stores `records` in one transaction.
-    pub async fn write(&self, records: Vec<Record>) -> Result<(), StoreError> {
+    pub async fn write(&self, records: std::sync::Arc<[Record]>) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => blocking(store, move |s| s.write(&records)).await,
             Store::Postgres(store) => Ok(store.write(&records).await?),
@@ -235,8 +240,9 @@ impl<'a> Columns<'a> {
             What::Received { source, event_type, .. } => {
                 (columns.source, columns.event_type) = (Some(source.as_str()), Some(event_type.as_str()))
             }
-            What::Outcome { outcome, .. } => columns.outcome = Some(outcome.as_str()),
+            What::Outcome { .. } => {}
         }
+        columns.outcome = record.what.outcome();
         columns
     }
 }

@@ -375,7 +375,7 @@ async fn retention_drops_days_past_max_age(backend: Backend) {
     let store = hookwire::eventlog::store::open(&app.config.event_log, &app.config.rabbitmq.namespace).await.unwrap();
     let day = 86_400_000;
     store
-        .write(vec![received("evt-ancient", now_ms() - 10 * day), received("evt-recent", now_ms() - 1000)])
+        .write(vec![received("evt-ancient", now_ms() - 10 * day), received("evt-recent", now_ms() - 1000)].into())
         .await
         .unwrap();
     assert_eq!(store.timeline("evt-ancient".into()).await.unwrap().len(), 1);
