@@ -203,28 +203,51 @@ async fn raw_ceiling(duration: Duration) -> f64 {
 
 // ------------------------------------------------------------ hookwire child
 
-/// The event log's cost (issue 10): end to end saturated and at
-/// [`PACED_RATE`], log off and on, alternated `rounds` times in one run;
-/// then the medians side by side.
+/// The event log's cost (issue 10): end to end at [`PACED_RATE`], then
+/// saturated, log off and on, alternated `rounds` times in one run; then
+/// the medians side by side. Every phase starts from a flushed disk
+/// (`sync`): a saturated phase leaves tens of MiB of dirty pages (the
+/// log's file, RabbitMQ's segments) whose writeback would otherwise land
+/// in the next phase's latencies.
 async fn compare_event_log(duration: Duration, rounds: usize) {
     println!(
         "event log off vs on: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} per phase, {rounds} rounds"
     );
-    let mut results: [Vec<(EndToEnd, EndToEnd)>; 2] = [Vec::new(), Vec::new()];
+    let phase = |on: bool, rate: Option<f64>| async move {
+        EVENT_LOG.store(on, Ordering::Relaxed);
+        let _ = Command::new("sync").status();
+        end_to_end(duration, rate, BODY_BYTES, None, 1).await
+    };
+    let mut paced: [Vec<EndToEnd>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
         for on in [false, true] {
-            EVENT_LOG.store(on, Ordering::Relaxed);
-            let label = if on { "on " } else { "off" };
-            let saturated = end_to_end(duration, None, BODY_BYTES, None, 1).await;
-            let paced = end_to_end(duration, Some(PACED_RATE), BODY_BYTES, None, 1).await;
+            let run = phase(on, Some(PACED_RATE)).await;
             println!(
-                "round {round}, log {label}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB; at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
-                saturated.delivered_rate, saturated.accepted_rate, saturated.rss_mib, paced.p50_ms, paced.p99_ms
+                "round {round}, log {}: at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
+                if on { "on " } else { "off" },
+                run.p50_ms,
+                run.p99_ms
             );
-            println!("    saturated {}", saturated.cpu_line());
-            results[usize::from(on)].push((saturated, paced));
+            paced[usize::from(on)].push(run);
         }
     }
+    let mut saturated: [Vec<EndToEnd>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        for on in [false, true] {
+            let run = phase(on, None).await;
+            println!(
+                "round {round}, log {}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB",
+                if on { "on " } else { "off" },
+                run.delivered_rate,
+                run.accepted_rate,
+                run.rss_mib
+            );
+            println!("    {}", run.cpu_line());
+            saturated[usize::from(on)].push(run);
+        }
+    }
+    let results: [Vec<(EndToEnd, EndToEnd)>; 2] =
+        [0, 1].map(|i| std::mem::take(&mut saturated[i]).into_iter().zip(std::mem::take(&mut paced[i])).collect());
     /// One number out of a round's (saturated, paced) pair.
     type Pick<'a> = &'a dyn Fn(&(EndToEnd, EndToEnd)) -> f64;
     let median = |on: bool, value: Pick| {

@@ -34,9 +34,8 @@ const BATCH: usize = 2_000;
 /// How long a batch waits for company once it has a record. A commit's
 /// cost is mostly the pages it writes (an index leaf per random event id,
 /// the table's and the other indexes' newest pages), so records that share
-/// a commit share those: saturated end to end, 5 ms cost 15% of the
-/// throughput and 20 ms 3–7% (docs/BENCHMARKS.md). Nothing on the delivery
-/// path waits for it; a settled delivery's ack does.
+/// a commit share those. Nothing on the delivery path waits for it; a
+/// settled delivery's ack does (the worker's prefetch leaves room).
 const LINGER: Duration = Duration::from_millis(20);
 /// Attempts to commit one batch before its records count as dropped: a
 /// store that fails three times over ~2 s is not coming back soon, and the
