@@ -701,9 +701,8 @@ async fn applied(state: &ApiState, name: &str, version: u64) -> Result<Wanted, A
     let topology = state.broker.topology();
     let mut without = (*topology).clone();
     without.subscriptions.retain(|s| s.subscription != name);
-    let channel = open_channel(state).await?;
-    let declared = topology.reconcile(&without, &channel, state.broker.operation_timeout).await;
-    close(state, channel).await;
+    let session = state.broker.session().ok_or_else(unavailable)?;
+    let declared = topology.reconcile(&without, &session.connection, state.broker.operation_timeout).await;
     declared.map_err(|error| {
         tracing::warn!(subscription = %name, %error, "declaring the subscription's queues failed");
         unavailable()

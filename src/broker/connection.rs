@@ -248,17 +248,12 @@ impl Supervisor {
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        let channel = tokio::time::timeout(self.operation_timeout, connection.create_channel())
-            .await
-            .map_err(|_| "opening a channel timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
         let topology = self.topology.borrow().clone();
-        if let Err(e) = topology.declare(&channel, self.operation_timeout).await {
+        if let Err(e) = topology.declare(&connection, self.operation_timeout).await {
             tracing::error!(error = %e, "declaring the RabbitMQ topology failed");
             let _ = tokio::time::timeout(self.operation_timeout, connection.close(200, "topology".into())).await;
             return Err(e.to_string());
         }
-        let _ = tokio::time::timeout(self.operation_timeout, channel.close(200, "declared".into())).await;
         let connection = Arc::new(connection);
         Ok(Session {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,

@@ -36,7 +36,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use lapin::{
-    Channel,
+    Channel, Connection,
     options::{
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
@@ -45,13 +45,44 @@ use lapin::{
 
 use crate::config::{ArchiveConfig, Config, format_duration};
 
-async fn declare_queue(channel: &Channel, queue: &QueueSpec, timeout: Duration) -> Result<(), TopologyError> {
-    bounded(&format!("queue {}", queue.name), timeout, async {
+/// The arguments that size a replicated queue (`rabbitmq.replicas`).
+const REPLICAS_QUORUM: &str = "x-quorum-initial-group-size";
+const REPLICAS_STREAM: &str = "x-initial-cluster-size";
+
+/// Declares `queue`. A queue that exists with another replica count (made
+/// before `rabbitmq.replicas` was set or changed) is kept as it is: the
+/// broker refuses a redeclare that differs in it, and that must not stop a
+/// process from starting. Its members change with `rabbitmq-queues grow`
+/// and `shrink`. The refusal closed `channel`, so it is opened again.
+async fn declare_queue(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &QueueSpec,
+    timeout: Duration,
+) -> Result<(), TopologyError> {
+    let object = format!("queue {}", queue.name);
+    let declared = bounded(&object, timeout, async {
         let options = QueueDeclareOptions { durable: true, ..Default::default() };
         channel.queue_declare(queue.name.as_str().into(), options, field_table(&queue.args)).await
     })
-    .await
-    .map(drop)
+    .await;
+    match declared {
+        Err(TopologyError::Conflict { reason, .. })
+            if reason.contains(REPLICAS_QUORUM) || reason.contains(REPLICAS_STREAM) =>
+        {
+            *channel = bounded("a channel", timeout, connection.create_channel()).await?;
+            let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+            bounded(
+                &object,
+                timeout,
+                channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()),
+            )
+            .await?;
+            tracing::info!(queue = %queue.name, "queue exists with another replica count; kept (rabbitmq.replicas applies to new queues)");
+            Ok(())
+        }
+        other => other.map(drop),
+    }
 }
 
 /// `(exchange, queue, key)` as [`Topology::bindings`] lists them.
@@ -161,6 +192,8 @@ pub struct Topology {
     /// The audit log (a stream, bounded by size).
     pub audit_stream: String,
     delivery_limit: u32,
+    /// `rabbitmq.replicas`: members of each new quorum queue and stream.
+    replicas: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +265,7 @@ impl Topology {
             catalog_stream: format!("{ns}.catalog"),
             audit_stream: format!("{ns}.audit"),
             delivery_limit: config.rabbitmq.delivery_limit,
+            replicas: config.rabbitmq.replicas,
         }
     }
 
@@ -286,6 +320,18 @@ impl Topology {
             flag.push(("x-max-length", Arg::Int(1)));
             out.push(QueueSpec { name: sub.paused_marker.clone(), args: flag });
         }
+        if let Some(replicas) = self.replicas {
+            // Replicated queue types take their size when created; classic
+            // queues are not replicated at all (issue 11, open).
+            for spec in &mut out {
+                let size = match spec.args.iter().find(|(key, _)| *key == "x-queue-type") {
+                    Some((_, Arg::Str(kind))) if kind == "quorum" => REPLICAS_QUORUM,
+                    Some((_, Arg::Str(kind))) if kind == "stream" => REPLICAS_STREAM,
+                    _ => continue,
+                };
+                spec.args.push((size, Arg::Int(i64::from(replicas))));
+            }
+        }
         out
     }
 
@@ -305,7 +351,19 @@ impl Topology {
 
     /// Declares everything; safe to run at every connect and from every
     /// process. Each call is bounded by `timeout`.
-    pub async fn declare(&self, channel: &Channel, timeout: Duration) -> Result<(), TopologyError> {
+    pub async fn declare(&self, connection: &Connection, timeout: Duration) -> Result<(), TopologyError> {
+        let mut channel = bounded("a channel", timeout, connection.create_channel()).await?;
+        let result = self.declare_on(connection, &mut channel, timeout).await;
+        let _ = tokio::time::timeout(timeout, channel.close(200, "declared".into())).await;
+        result
+    }
+
+    async fn declare_on(
+        &self,
+        connection: &Connection,
+        channel: &mut Channel,
+        timeout: Duration,
+    ) -> Result<(), TopologyError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for fanout in [&self.unrouted_exchange, &self.accepted_exchange, &self.control_exchange] {
             bounded(&format!("exchange {fanout}"), timeout, async {
@@ -343,7 +401,7 @@ impl Topology {
         })
         .await?;
         for queue in self.queues() {
-            declare_queue(channel, &queue, timeout).await?;
+            declare_queue(connection, channel, &queue, timeout).await?;
         }
         for binding in self.bindings() {
             bind(channel, &binding, timeout).await?;
@@ -356,10 +414,28 @@ impl Topology {
     /// the bindings that are gone, so routing follows at once. The queues of
     /// a removed subscription stay: they may hold events, and deleting them
     /// is the deleting operator's decision ([`Topology::delete_subscription`]).
-    pub async fn reconcile(&self, old: &Topology, channel: &Channel, timeout: Duration) -> Result<(), TopologyError> {
+    pub async fn reconcile(
+        &self,
+        old: &Topology,
+        connection: &Connection,
+        timeout: Duration,
+    ) -> Result<(), TopologyError> {
+        let mut channel = bounded("a channel", timeout, connection.create_channel()).await?;
+        let result = self.reconcile_on(old, connection, &mut channel, timeout).await;
+        let _ = tokio::time::timeout(timeout, channel.close(200, "reconciled".into())).await;
+        result
+    }
+
+    async fn reconcile_on(
+        &self,
+        old: &Topology,
+        connection: &Connection,
+        channel: &mut Channel,
+        timeout: Duration,
+    ) -> Result<(), TopologyError> {
         let existing: BTreeSet<String> = old.queues().into_iter().map(|q| q.name).collect();
         for queue in self.queues().into_iter().filter(|q| !existing.contains(&q.name)) {
-            declare_queue(channel, &queue, timeout).await?;
+            declare_queue(connection, channel, &queue, timeout).await?;
         }
         let (new, old) = (self.bindings(), old.bindings());
         for binding in new.iter().filter(|b| !old.contains(b)) {
@@ -569,6 +645,46 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_size_quorum_queues_and_streams_only() {
+        let config = Config::from_toml(
+            r#"
+[rabbitmq]
+namespace = "t"
+replicas = 3
+[subscriptions.billing]
+topics = ["acme.#"]
+url = "http://127.0.0.1:9000/"
+retry = ["1s"]
+"#,
+            &|_| None,
+        )
+        .unwrap();
+        let queues = Topology::from_config(&config).queues();
+        let arg = |name: &str, key: &str| {
+            let spec = queues.iter().find(|q| q.name == name).unwrap();
+            spec.args.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        };
+        for quorum in ["t.sub.billing", "t.sub.billing.retry.1s"] {
+            assert_eq!(arg(quorum, "x-quorum-initial-group-size"), Some(Arg::Int(3)), "{quorum}");
+        }
+        for stream in ["t.archive", "t.catalog", "t.audit"] {
+            assert_eq!(arg(stream, "x-initial-cluster-size"), Some(Arg::Int(3)), "{stream}");
+        }
+        for classic in ["t.sub.billing.dead", "t.unrouted"] {
+            assert_eq!(arg(classic, "x-quorum-initial-group-size"), None, "{classic}");
+        }
+        let unset = Config::from_toml("[rabbitmq]\nnamespace = \"t\"\n", &|_| None).unwrap();
+        assert!(
+            Topology::from_config(&unset)
+                .queues()
+                .iter()
+                .all(|q| q.args.iter().all(|(k, _)| *k != REPLICAS_QUORUM && *k != REPLICAS_STREAM)),
+            "unset: the broker's defaults"
+        );
+        assert!(Config::from_toml("[rabbitmq]\nreplicas = 0\n", &|_| None).is_err());
+    }
 
     #[test]
     fn plans_queues_per_subscription_and_distinct_delay() {

@@ -211,14 +211,8 @@ impl Reconciler {
         let planned = Arc::new(planned);
         if let Some(session) = self.broker.session() {
             let timeout = self.broker.operation_timeout;
-            match tokio::time::timeout(timeout, session.connection.create_channel()).await {
-                Ok(Ok(channel)) => {
-                    if let Err(error) = planned.reconcile(&current, &channel, timeout).await {
-                        tracing::warn!(%error, "applying subscription changes to RabbitMQ failed; the next reconnect declares them");
-                    }
-                    let _ = tokio::time::timeout(timeout, channel.close(200, "reconciled".into())).await;
-                }
-                _ => tracing::warn!("no channel to apply subscription changes; the next reconnect declares them"),
+            if let Err(error) = planned.reconcile(&current, &session.connection, timeout).await {
+                tracing::warn!(%error, "applying subscription changes to RabbitMQ failed; the next reconnect declares them");
             }
         }
         self.broker.set_topology(planned);

@@ -159,6 +159,11 @@ pub struct RabbitConfig {
     /// without being settled (a worker crashing on it) goes to the dead-letter
     /// queue instead of looping forever.
     pub delivery_limit: u32,
+    /// Members of each new quorum queue (work, retry) and stream (archive,
+    /// catalog, audit) on a cluster; unset, the broker's default. Taken
+    /// when a queue is created: an existing queue keeps its members (the
+    /// broker refuses to redeclare it with another count).
+    pub replicas: Option<u32>,
 }
 
 impl Default for RabbitConfig {
@@ -169,6 +174,7 @@ impl Default for RabbitConfig {
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
             delivery_limit: 20,
+            replicas: None,
         }
     }
 }
@@ -610,6 +616,9 @@ impl Config {
             if self.archive.max_bytes.0 < 1_000_000 {
                 return Err(ConfigError::invalid("archive.max_bytes", "must be at least 1MB"));
             }
+        }
+        if self.rabbitmq.replicas == Some(0) {
+            return Err(ConfigError::invalid("rabbitmq.replicas", "must be at least 1"));
         }
         if self.rabbitmq.delivery_limit == 0 {
             return Err(ConfigError::invalid("rabbitmq.delivery_limit", "must be at least 1"));

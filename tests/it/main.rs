@@ -4,6 +4,7 @@
 mod broker_outage;
 mod catalog;
 mod cli;
+mod cluster;
 mod dead_letters;
 mod delivery;
 mod deploy;
