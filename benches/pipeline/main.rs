@@ -23,6 +23,9 @@
 //! `serve --role all` with two subscriptions to the sink under saturating
 //! load, its RSS sampled every 10 s, and `/metrics` scraped every SECONDS or
 //! never. Memory must not depend on the scrape schedule (issue 13).
+//! `--fan-out N[,M...]` runs only (c) saturated with N subscriptions to the
+//! same sink, for each N (issue 12): deliveries/s, CPU per delivery, peak
+//! RSS, and the time to start and become ready with N subscriptions.
 //! `--churn [--seconds N]` runs only issue 9's benchmark instead: API
 //! subscription changes under 1,000 events/s on three processes (see
 //! `churn.rs`).
@@ -85,6 +88,11 @@ fn main() {
     if args.iter().any(|a| a == "--compare-event-log") {
         let rounds = value_of("--rounds").map_or(3, |n| n.parse().expect("--rounds N"));
         runtime.block_on(compare_event_log(Duration::from_secs(seconds), rounds));
+        return;
+    }
+    if let Some(counts) = value_of("--fan-out") {
+        let counts: Vec<usize> = counts.split(',').map(|n| n.parse().expect("--fan-out N[,M...]")).collect();
+        runtime.block_on(fan_out(Duration::from_secs(seconds), &counts));
         return;
     }
     if args.iter().any(|a| a == "--churn") {
@@ -270,12 +278,29 @@ async fn compare_event_log(duration: Duration, rounds: usize) {
     }
 }
 
+/// Issue 12: one event fanned out to N subscriptions (all to one sink),
+/// saturated, for each N in `counts`.
+async fn fan_out(duration: Duration, counts: &[usize]) {
+    println!("fan-out: {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} saturated per scenario");
+    for &n in counts {
+        let _ = Command::new("sync").status();
+        let run = end_to_end(duration, None, BODY_BYTES, None, n).await;
+        println!(
+            "fan-out {n}: {:.0} deliveries/s ({:.0} events/s accepted), p50 {:.2} ms p99 {:.2} ms (queueing), peak RSS {:.1} MiB; ready in {:.2} s at {:.1} MiB",
+            run.delivered_rate, run.accepted_rate, run.p50_ms, run.p99_ms, run.rss_mib, run.ready_s, run.ready_rss_mib
+        );
+        println!("    {}", run.cpu_line());
+    }
+}
+
 struct Hookwire {
     child: Child,
     ingress: SocketAddr,
     admin: SocketAddr,
     namespace: String,
     subscriptions: usize,
+    /// From spawning the process until `/readyz` answered 200.
+    ready_after: Duration,
     _dir: tempfile::TempDir,
 }
 
@@ -347,14 +372,16 @@ secrets = ["{SECRET}"]
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let this = Self { child, ingress, admin, namespace, subscriptions, _dir: dir };
+        let spawned = Instant::now();
+        let mut this = Self { child, ingress, admin, namespace, subscriptions, ready_after: Duration::ZERO, _dir: dir };
         let client = reqwest::Client::new();
         let ready = format!("http://{}/readyz", this.admin);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while !client.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
             assert!(Instant::now() < deadline, "hookwire did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        this.ready_after = spawned.elapsed();
         this
     }
 
@@ -610,6 +637,9 @@ struct EndToEnd {
     cpu: CpuReading,
     /// Wall time of that span, seconds.
     span: f64,
+    /// Start to ready, seconds, and the RSS when ready (before any load).
+    ready_s: f64,
+    ready_rss_mib: f64,
 }
 
 impl EndToEnd {
@@ -659,6 +689,7 @@ async fn end_to_end(
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let hookwire = Hookwire::start("all", Some(sink_addr), transform, subscriptions).await;
+    let (ready_s, ready_rss_mib) = (hookwire.ready_after.as_secs_f64(), hookwire.rss_mib());
     let rabbitmq = *RABBITMQ_PID.get_or_init(rabbitmq_pid);
     let (cpu_before, started) = (CpuReading::now(hookwire.child.id(), rabbitmq), Instant::now());
     let load = drive(hookwire.ingress, duration, rate, body_bytes).await;
@@ -704,6 +735,8 @@ async fn end_to_end(
         rss_mib,
         cpu,
         span: span.as_secs_f64(),
+        ready_s,
+        ready_rss_mib,
     }
 }
 
