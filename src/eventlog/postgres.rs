@@ -1,5 +1,5 @@
-//! The PostgreSQL store, for deployments with several processes: every
-//! process writes its share of `ns.eventlog` and answers queries.
+//! The PostgreSQL store, for deployments across hosts: every process
+//! commits its own records and answers queries.
 //!
 //! One table, range-partitioned by the record's time, a partition per UTC
 //! day (`{table}_d{day}`), created by whichever writer first needs it. The

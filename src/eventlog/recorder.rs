@@ -50,10 +50,10 @@ pub struct Recorder {
     pub process: String,
 }
 
-/// Records handed over together, and who waits for their confirm.
+/// Records handed over together, and who waits for their commit.
 struct Entry {
     records: Vec<Record>,
-    confirmed: Option<oneshot::Sender<bool>>,
+    committed: Option<oneshot::Sender<bool>>,
 }
 
 impl Recorder {
@@ -69,7 +69,7 @@ impl Recorder {
     /// Hands `record` over without waiting; drops it (counted) when the
     /// buffer is full.
     pub fn record(&self, record: Record) {
-        if self.tx.try_send(Entry { records: vec![record], confirmed: None }).is_err() {
+        if self.tx.try_send(Entry { records: vec![record], committed: None }).is_err() {
             metrics::counter!(metric::EVENT_LOG_DROPPED).increment(1);
         }
     }
@@ -81,9 +81,9 @@ impl Recorder {
         if records.is_empty() {
             return true;
         }
-        let (confirmed, answer) = oneshot::channel();
+        let (committed, answer) = oneshot::channel();
         let handed = async {
-            self.tx.send(Entry { records, confirmed: Some(confirmed) }).await.ok()?;
+            self.tx.send(Entry { records, committed: Some(committed) }).await.ok()?;
             answer.await.ok()
         };
         matches!(tokio::time::timeout(wait, handed).await, Ok(Some(true)))
@@ -131,7 +131,7 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
             let mut all = Vec::with_capacity(records);
             for entry in batch {
                 all.extend(entry.records);
-                waiting.extend(entry.confirmed);
+                waiting.extend(entry.committed);
             }
             let oldest = all.iter().map(|r| r.at_ms).min();
             let committed = write(&store, all).await;

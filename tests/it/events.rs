@@ -306,10 +306,9 @@ async fn a_worker_killed_mid_load_leaves_every_story_complete(backend: Backend) 
     let subscription = format!("[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
     let app = with_event_log(backend, &dir, &subscription).await;
 
-    // A second process, workers only, on the same namespace: it takes its
-    // share of the deliveries, and records what it did (with PostgreSQL it
-    // stores a share of the log too; its SQLite file would be its own, and
-    // unused: only `--role all` stores in SQLite).
+    // A second process, workers only, on the same namespace and the same
+    // store (the same SQLite file, or PostgreSQL): it takes its share of
+    // the deliveries and commits its own records.
     let text = crate::helpers::config_text(
         &app.config.rabbitmq.namespace,
         AMQP_URL,
@@ -321,8 +320,7 @@ async fn a_worker_killed_mid_load_leaves_every_story_complete(backend: Backend) 
         .args(["serve", "--role", "worker", "--config"])
         .arg(&config)
         .stdout(std::process::Stdio::null())
-        .env("RUST_LOG", "debug")
-        .stderr(std::fs::File::create("/tmp/child.log").unwrap())
+        .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
