@@ -53,7 +53,11 @@ const REPLICAS_STREAM: &str = "x-initial-cluster-size";
 /// before `rabbitmq.replicas` was set or changed) is kept as it is: the
 /// broker refuses a redeclare that differs in it, and that must not stop a
 /// process from starting. Its members change with `rabbitmq-queues grow`
-/// and `shrink`. The refusal closed `channel`, so it is opened again.
+/// and `shrink`. Every other argument is still checked: RabbitMQ names only
+/// the first difference, so the queue is declared again without the count,
+/// and only if that too is refused over the count (the queue has one of its
+/// own) is it taken as it stands, with a warning. A refusal closes the
+/// channel, so it is opened again.
 async fn declare_queue(
     connection: &Connection,
     channel: &mut Channel,
@@ -61,15 +65,27 @@ async fn declare_queue(
     timeout: Duration,
 ) -> Result<(), TopologyError> {
     let object = format!("queue {}", queue.name);
-    let declared = bounded(&object, timeout, async {
+    let is_count = |error: &TopologyError| {
+        matches!(error, TopologyError::Conflict { reason, .. }
+            if reason.contains(REPLICAS_QUORUM) || reason.contains(REPLICAS_STREAM))
+    };
+    let declare = |channel: &Channel, args: FieldTable| {
         let options = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel.queue_declare(queue.name.as_str().into(), options, field_table(&queue.args)).await
-    })
-    .await;
-    match declared {
-        Err(TopologyError::Conflict { reason, .. })
-            if reason.contains(REPLICAS_QUORUM) || reason.contains(REPLICAS_STREAM) =>
-        {
+        let name = queue.name.clone();
+        let channel = channel.clone();
+        let object = object.clone();
+        async move { bounded(&object, timeout, channel.queue_declare(name.as_str().into(), options, args)).await }
+    };
+    let first = declare(channel, field_table(&queue.args)).await;
+    match first {
+        Err(error) if is_count(&error) => {}
+        other => return other.map(drop),
+    }
+    *channel = bounded("a channel", timeout, connection.create_channel()).await?;
+    let uncounted: Vec<_> =
+        queue.args.iter().filter(|(key, _)| *key != REPLICAS_QUORUM && *key != REPLICAS_STREAM).cloned().collect();
+    match declare(channel, field_table(&uncounted)).await {
+        Err(error) if is_count(&error) => {
             *channel = bounded("a channel", timeout, connection.create_channel()).await?;
             let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
             bounded(
@@ -78,10 +94,14 @@ async fn declare_queue(
                 channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()),
             )
             .await?;
-            tracing::info!(queue = %queue.name, "queue exists with another replica count; kept (rabbitmq.replicas applies to new queues)");
+            tracing::warn!(queue = %queue.name, "queue exists with a replica count other than rabbitmq.replicas; kept as it is (its other arguments unchecked)");
             Ok(())
         }
-        other => other.map(drop),
+        Ok(_) => {
+            tracing::info!(queue = %queue.name, "queue exists without a replica count; kept (rabbitmq.replicas applies to new queues)");
+            Ok(())
+        }
+        Err(error) => Err(error),
     }
 }
 

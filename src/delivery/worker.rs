@@ -294,8 +294,8 @@ impl Worker {
         let timeout = self.broker.operation_timeout;
         if let Some(recorder) = &self.recorder {
             if settle.is_ok() {
-                // The ack waits for the records' commit, so a crash cannot
-                // lose them; the attempt slot does not (the prefetch has
+                // The ack waits for the records' commit, so a process crash
+                // cannot lose them; the attempt slot does not (the prefetch has
                 // room for deliveries waiting here, see `consume`).
                 drop(permit);
                 if !recorder.commit(std::mem::take(&mut story), timeout).await {

@@ -11,9 +11,10 @@
 //!
 //! A worker acks a delivery only after its records are committed
 //! ([`Recorder::commit`], group commit, bounded by the operation timeout;
-//! it gives back its attempt slot first), so no crash loses an attempt or
-//! outcome record: RabbitMQ redelivers what was not acked, and the attempt
-//! is recorded again. The ingress hands its `received` record over without
+//! it gives back its attempt slot first), so no process crash loses an
+//! attempt or outcome record: RabbitMQ redelivers what was not acked, and
+//! the attempt is recorded again. (SQLite is written without fsync: an OS
+//! crash or power loss can lose the last records; see `sqlite`.) The ingress hands its `received` record over without
 //! waiting (its answer would wait a commit): an ingress killed right after
 //! answering `202` can lose the `received` records of its last few
 //! milliseconds (docs/DECISIONS.md). What the pipeline never does is stop

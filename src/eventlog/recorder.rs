@@ -2,9 +2,9 @@
 //! it to the [`Store`] in batches.
 //!
 //! Group commit: a batch gathers for [`LINGER`] once it has a record, then
-//! goes as soon as fewer than [`Store::parallel_writes`] batches await
-//! their commit, with up to [`BATCH`] records per transaction. A record
-//! waits about the linger plus one or two commits.
+//! goes as soon as the previous batch is committed ([`IN_FLIGHT`]), with up
+//! to [`BATCH`] records per transaction. A record waits about the linger
+//! plus one or two commits.
 //!
 //! Two ways in: [`Recorder::commit`] returns once the records are committed
 //! (a worker acks its delivery only then, so a crash cannot lose them);
@@ -37,6 +37,11 @@ const BATCH: usize = 2_000;
 /// a commit share those. Nothing on the delivery path waits for it; a
 /// settled delivery's ack does (the worker's prefetch leaves room).
 const LINGER: Duration = Duration::from_millis(20);
+/// Transactions awaiting their commit at once: one. An SQLite file takes
+/// one writer at a time and the PostgreSQL store writes on one connection,
+/// so a second would only queue, and both would be smaller; meanwhile the
+/// next batch gathers everything that arrives (group commit).
+const IN_FLIGHT: usize = 1;
 /// Attempts to commit one batch before its records count as dropped: a
 /// store that fails three times over ~2 s is not coming back soon, and the
 /// callers waiting on the batch must not wait forever.
@@ -81,12 +86,17 @@ impl Recorder {
         if records.is_empty() {
             return true;
         }
-        let (committed, answer) = oneshot::channel();
-        let handed = async {
-            self.tx.send(Entry { records, committed: Some(committed) }).await.ok()?;
-            answer.await.ok()
+        let deadline = tokio::time::Instant::now() + wait;
+        // A slot first: records that never reach the buffer (full for the
+        // whole wait, or the recorder gone) are dropped here, and counted.
+        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.tx.reserve()).await else {
+            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records.len() as u64);
+            return false;
         };
-        matches!(tokio::time::timeout(wait, handed).await, Ok(Some(true)))
+        let (committed, answer) = oneshot::channel();
+        slot.send(Entry { records, committed: Some(committed) });
+        // Handed over: from here the recorder counts them if they fail.
+        matches!(tokio::time::timeout_at(deadline, answer).await, Ok(Ok(true)))
     }
 }
 
@@ -94,8 +104,8 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
     let mut flying = FuturesUnordered::new();
     let mut closed = false;
     loop {
-        // With as many batches out as the store takes, wait for one first.
-        let first = if flying.len() >= store.parallel_writes() || closed {
+        // With IN_FLIGHT batches out, wait for one to be committed first.
+        let first = if flying.len() >= IN_FLIGHT || closed {
             if flying.next().await.is_none() {
                 break; // closed and nothing left in flight
             }
@@ -103,7 +113,7 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
         } else {
             tokio::select! {
                 entry = rx.recv() => entry,
-                Some(()) = flying.next(), if !flying.is_empty() => continue,
+                Some(_) = flying.next(), if !flying.is_empty() => continue,
                 _ = token.cancelled() => { rx.close(); rx.recv().await }
             }
         };
@@ -126,7 +136,9 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
             }
         }
         let store = store.clone();
-        flying.push(async move {
+        // A task of its own, so the commit makes progress (PostgreSQL's
+        // round trips need polling) while this loop lingers for the next.
+        flying.push(tokio::spawn(async move {
             let mut waiting = Vec::with_capacity(batch.len());
             let mut all = Vec::with_capacity(records);
             for entry in batch {
@@ -147,7 +159,7 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
             for waiting in waiting {
                 let _ = waiting.send(committed);
             }
-        });
+        }));
     }
 }
 

@@ -122,7 +122,11 @@ impl Store {
 
     fn write_locked(inner: &mut Inner, records: &[Record]) -> Result<(), rusqlite::Error> {
         let Inner { connection, days } = inner;
-        let transaction = connection.transaction()?;
+        // IMMEDIATE: take the write lock up front, waiting `busy_timeout`
+        // for another process's commit. A deferred transaction that starts
+        // with a read (`CREATE TABLE IF NOT EXISTS` of a table that exists)
+        // and then writes gets SQLITE_BUSY at once, without waiting.
+        let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut created = Vec::new();
         for record in records {
             let day = day(record.at_ms);

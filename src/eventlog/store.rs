@@ -117,17 +117,6 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Store {
-    /// Transactions worth running at once. An SQLite file takes one writer
-    /// at a time: a second transaction would only wait for the lock, and
-    /// each would be smaller. PostgreSQL commits them side by side (each a
-    /// round trip and a WAL flush).
-    pub fn parallel_writes(&self) -> usize {
-        match self {
-            Store::Sqlite(_) => 1,
-            Store::Postgres(_) => 4,
-        }
-    }
-
     /// Stores `records` in one transaction.
     pub async fn write(&self, records: std::sync::Arc<[Record]>) -> Result<(), StoreError> {
         match self {
