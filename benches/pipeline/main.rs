@@ -14,6 +14,9 @@
 //! by default; `--no-event-log` turns it off;
 //! `--compare-event-log [--rounds N]` runs only (c) with the log off and on,
 //! alternated N times (default 3), and prints the medians side by side.
+//! `--baseline PATH [--fan-out N] [--rounds N]` does the same with another
+//! hookwire binary (e.g. main's, built in a worktree) against this build,
+//! with N subscriptions (default 1): a change measured side by side.
 //! Every end-to-end phase also reports the CPU hookwire, RabbitMQ and the
 //! bench itself (load generator and sink) used per delivery.
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
@@ -63,6 +66,8 @@ static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
 /// Whether hookwire runs with the event log on (unless `--no-event-log`;
 /// flipped by `--compare-event-log`).
 static EVENT_LOG: AtomicBool = AtomicBool::new(false);
+/// The hookwire binary the phases run: this build's, or `--baseline`'s.
+static BINARY: Mutex<Option<String>> = Mutex::new(None);
 
 fn main() {
     // `cargo test` runs harness-less benches without `--bench`: do nothing then.
@@ -85,9 +90,17 @@ fn main() {
         runtime.block_on(soak(Duration::from_secs(minutes * 60), scrape));
         return;
     }
+    let rounds = value_of("--rounds").map_or(3, |n| n.parse().expect("--rounds N"));
     if args.iter().any(|a| a == "--compare-event-log") {
-        let rounds = value_of("--rounds").map_or(3, |n| n.parse().expect("--rounds N"));
-        runtime.block_on(compare_event_log(Duration::from_secs(seconds), rounds));
+        let set = |on: bool| EVENT_LOG.store(on, Ordering::Relaxed);
+        runtime.block_on(compare(Duration::from_secs(seconds), rounds, 1, ["log off", "log on"], set));
+        return;
+    }
+    if let Some(baseline) = value_of("--baseline") {
+        let subscriptions = value_of("--fan-out").map_or(1, |n| n.parse().expect("--fan-out N"));
+        let set = |this: bool| *BINARY.lock().unwrap() = (!this).then(|| baseline.clone());
+        let labels = ["baseline", "this build"];
+        runtime.block_on(compare(Duration::from_secs(seconds), rounds, subscriptions, labels, set));
         return;
     }
     if let Some(counts) = value_of("--fan-out") {
@@ -217,49 +230,53 @@ async fn raw_ceiling(duration: Duration) -> f64 {
 /// (`sync`): a saturated phase leaves tens of MiB of dirty pages (the
 /// log's file, RabbitMQ's segments) whose writeback would otherwise land
 /// in the next phase's latencies.
-async fn compare_event_log(duration: Duration, rounds: usize) {
+/// Two variants of hookwire (`set(false)`, `set(true)`) alternated `rounds`
+/// times, paced then saturated, with `subscriptions` subscriptions; prints
+/// the medians side by side.
+async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels: [&str; 2], set: impl Fn(bool)) {
     println!(
-        "event log off vs on: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} per phase, {rounds} rounds"
+        "{} vs {}: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {subscriptions} subscription(s), {duration:?} per phase, {rounds} rounds",
+        labels[0], labels[1]
     );
-    let phase = |on: bool, rate: Option<f64>| async move {
-        EVENT_LOG.store(on, Ordering::Relaxed);
+    let phase = |second: bool, rate: Option<f64>| {
+        set(second);
         let _ = Command::new("sync").status();
-        end_to_end(duration, rate, BODY_BYTES, None, 1).await
+        end_to_end(duration, rate, BODY_BYTES, None, subscriptions)
     };
     let mut paced: [Vec<EndToEnd>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        for on in [false, true] {
-            let run = phase(on, Some(PACED_RATE)).await;
+        for second in [false, true] {
+            let run = phase(second, Some(PACED_RATE)).await;
             println!(
-                "round {round}, log {}: at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
-                if on { "on " } else { "off" },
+                "round {round}, {:<10}: at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
+                labels[usize::from(second)],
                 run.p50_ms,
                 run.p99_ms
             );
-            paced[usize::from(on)].push(run);
+            paced[usize::from(second)].push(run);
         }
     }
     let mut saturated: [Vec<EndToEnd>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        for on in [false, true] {
-            let run = phase(on, None).await;
+        for second in [false, true] {
+            let run = phase(second, None).await;
             println!(
-                "round {round}, log {}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB",
-                if on { "on " } else { "off" },
+                "round {round}, {:<10}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB",
+                labels[usize::from(second)],
                 run.delivered_rate,
                 run.accepted_rate,
                 run.rss_mib
             );
             println!("    {}", run.cpu_line());
-            saturated[usize::from(on)].push(run);
+            saturated[usize::from(second)].push(run);
         }
     }
     let results: [Vec<(EndToEnd, EndToEnd)>; 2] =
         [0, 1].map(|i| std::mem::take(&mut saturated[i]).into_iter().zip(std::mem::take(&mut paced[i])).collect());
     /// One number out of a round's (saturated, paced) pair.
     type Pick<'a> = &'a dyn Fn(&(EndToEnd, EndToEnd)) -> f64;
-    let median = |on: bool, value: Pick| {
-        let mut values: Vec<f64> = results[usize::from(on)].iter().map(value).collect();
+    let median = |second: bool, value: Pick| {
+        let mut values: Vec<f64> = results[usize::from(second)].iter().map(value).collect();
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
@@ -271,10 +288,10 @@ async fn compare_event_log(duration: Duration, rounds: usize) {
         ("p50 ms at 1,000/s", &|r| r.1.p50_ms),
         ("p99 ms at 1,000/s", &|r| r.1.p99_ms),
     ];
-    println!("medians of {rounds} rounds:        log off     log on     change");
+    println!("medians of {rounds} rounds:     {:>10} {:>10}     change", labels[0], labels[1]);
     for (label, value) in rows {
-        let (off, on) = (median(false, value), median(true, value));
-        println!("  {label:<26} {off:>10.2} {on:>10.2} {:>+9.1}%", 100.0 * (on - off) / off);
+        let (first, second) = (median(false, value), median(true, value));
+        println!("  {label:<26} {first:>10.2} {second:>10.2} {:>+9.1}%", 100.0 * (second - first) / first);
     }
 }
 
@@ -366,7 +383,8 @@ secrets = ["{SECRET}"]
         };
         let path = dir.path().join("hookwire.toml");
         std::fs::write(&path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        let binary = BINARY.lock().unwrap().clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_hookwire").to_owned());
+        let child = Command::new(binary)
             .args(["serve", "--config", path.to_str().unwrap(), "--role", role])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -292,15 +292,26 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
                 }
                 subscriptions.insert(subscription.clone(), sub);
             }
+            // The `received` before it was answered `503`; a retry that was
+            // accepted brings a `received` of its own after this.
+            What::Refused { reason } => {
+                if let Some(received) = received.as_object_mut() {
+                    received.insert("refused".into(), json!({ "at": at(record.at_ms), "reason": reason }));
+                }
+            }
             What::Outcome { subscription, outcome, reason } => {
                 if !visible(subscription) {
                     continue;
                 }
                 let mut sub = entry(&mut subscriptions, subscription);
-                sub["outcome"] = json!(outcome);
-                sub["history"].as_array_mut().expect("an array").push(json!({
-                    "at": at(record.at_ms), "outcome": outcome, "reason": reason,
-                }));
+                let step = json!({ "at": at(record.at_ms), "outcome": outcome, "reason": reason });
+                let history = sub["history"].as_array_mut().expect("an array");
+                // A copy delivered twice (its process died before the ack)
+                // records its `replayed` twice: the same step, shown once.
+                if !history.contains(&step) {
+                    history.push(step);
+                    sub["outcome"] = json!(outcome);
+                }
                 subscriptions.insert(subscription.clone(), sub);
             }
         }
@@ -353,13 +364,16 @@ pub async fn resend(
             format!("the event log has nothing about {id:?} (not received, or older than its retention)"),
         )
     };
-    let (at_ms, source, event_type) = records
-        .iter()
-        .find_map(|r| match &r.what {
-            What::Received { source, event_type, .. } => Some((r.at_ms, source, event_type)),
-            _ => None,
-        })
-        .ok_or_else(not_found)?;
+    // The newest `received` that was not refused: the copy in the archive.
+    let mut accepted = None;
+    for record in &records {
+        match &record.what {
+            What::Received { source, event_type, .. } => accepted = Some((record.at_ms, source, event_type)),
+            What::Refused { .. } => accepted = None,
+            _ => {}
+        }
+    }
+    let (at_ms, source, event_type) = accepted.ok_or_else(not_found)?;
     let routing_key = format!("{source}.{}", routing_word(event_type));
     if !queues.topics.iter().any(|topic| topic_matches(topic, &routing_key)) {
         return Err(ApiError::new(

@@ -27,6 +27,10 @@ pub const ATTEMPTS: &str = "hookwire-attempts";
 pub const HISTORY: &str = "hookwire-history";
 /// Why a message is in a dead-letter queue.
 pub const DEAD_LETTER_REASON: &str = "hookwire-dead-letter-reason";
+/// On a replayed copy: `"{millis} {reason}"`, when and why an operator
+/// sent it again. The worker that takes the copy records `replayed` in the
+/// event's story from it, in the commit its ack waits for.
+pub const REPLAYED: &str = "hookwire-replayed";
 
 /// Attempt records kept in the history header (oldest dropped first), and
 /// the longest error text kept per record: the header must stay small.
@@ -73,6 +77,22 @@ pub struct DeliveryState {
     /// Failed attempts, oldest first (capped at the most recent ones).
     pub history: Vec<Attempt>,
     pub dead_letter_reason: Option<String>,
+    /// Set on a copy an operator replayed; not carried into retries.
+    pub replayed: Option<Replayed>,
+}
+
+/// Why and when an operator sent an event again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    /// `dead_letters`, `archive` or `resend`.
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+impl Replayed {
+    pub fn now(reason: &str) -> Self {
+        Self { reason: reason.to_owned(), at_ms: crate::eventlog::now_ms() }
+    }
 }
 
 impl DeliveryState {
@@ -135,6 +155,9 @@ pub fn encode(envelope: &Envelope, state: &DeliveryState) -> BasicProperties {
     }
     if let Some(reason) = &state.dead_letter_reason {
         put(DEAD_LETTER_REASON, reason);
+    }
+    if let Some(Replayed { reason, at_ms }) = &state.replayed {
+        put(REPLAYED, &format!("{at_ms} {reason}"));
     }
     headers.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(state.attempts)));
     let mut properties = BasicProperties::default()
@@ -207,6 +230,11 @@ pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<(Envelope, De
         attempts,
         history,
         dead_letter_reason: headers.inner().get(DEAD_LETTER_REASON).and_then(string),
+        // Malformed is ignored rather than refused: it only feeds the story.
+        replayed: headers.inner().get(REPLAYED).and_then(string).and_then(|value| {
+            let (at_ms, reason) = value.split_once(' ')?;
+            Some(Replayed { reason: reason.to_owned(), at_ms: at_ms.parse().ok()? })
+        }),
     };
     Ok((envelope, state))
 }
@@ -233,11 +261,22 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_replay_mark_is_ignored_not_refused() {
+        let mut props = encode(&envelope(), &DeliveryState::default());
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert(REPLAYED.into(), AMQPValue::LongString("soon dead_letters".into()));
+        props = props.with_headers(headers);
+        let (_, state) = decode(&props, Bytes::new()).unwrap();
+        assert_eq!(state.replayed, None);
+    }
+
+    #[test]
     fn round_trips_envelope_and_state() {
         let mut state = DeliveryState::default();
         state.record_failure(Attempt::new(SystemTime::now(), Some(503), "HTTP 503"));
         state.record_failure(Attempt::new(SystemTime::now(), None, &"x".repeat(1000)));
         state.dead_letter_reason = Some("retries_exhausted".into());
+        state.replayed = Some(Replayed { reason: "dead_letters".into(), at_ms: 1_700_000_000_456 });
         let props = encode(&envelope(), &state);
         let (decoded, decoded_state) = decode(&props, Bytes::from_static(b"{\"a\": 1}")).unwrap();
         assert_eq!(decoded, envelope());

@@ -339,6 +339,10 @@ impl Worker {
         story: &mut Vec<Record>,
     ) -> Result<(), crate::broker::PublishError> {
         let attempt = state.attempts + 1;
+        // Taken, so a retry or dead letter of this copy does not carry it.
+        if let Some(replayed) = state.replayed.take() {
+            self.record_replayed(story, &envelope.id, replayed);
+        }
         let (body, content_type) = match &self.jq {
             None => (envelope.body.clone(), envelope.content_type.as_deref()),
             Some(jq) => match jq.decide(&envelope).await {
@@ -457,6 +461,23 @@ impl Worker {
             reason: None,
         };
         story.push(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
+    }
+
+    /// Records that an operator sent this copy again (when the log is on),
+    /// dated when it was sent: here rather than by the operator, so it is
+    /// committed before the copy's ack like the rest of the story, and a
+    /// crash of either process cannot lose it. (A copy delivered twice
+    /// after a crash records it twice; the story shows it once.)
+    fn record_replayed(&self, story: &mut Vec<Record>, event: &str, replayed: message::Replayed) {
+        if self.recorder.is_none() {
+            return;
+        }
+        let what = crate::eventlog::What::Outcome {
+            subscription: self.name.clone(),
+            outcome: "replayed".to_owned(),
+            reason: Some(replayed.reason),
+        };
+        story.push(Record { event: event.to_owned(), at_ms: replayed.at_ms, what });
     }
 
     /// Records where the event stands for this subscription (when the log

@@ -9,16 +9,23 @@
 //!               for its records' commit)
 //! ```
 //!
-//! A worker acks a delivery only after its records are committed
-//! ([`Recorder::commit`], group commit, bounded by the operation timeout;
-//! it gives back its attempt slot first), so no process crash loses an
-//! attempt or outcome record: RabbitMQ redelivers what was not acked, and
-//! the attempt is recorded again. (SQLite is written without fsync: an OS
-//! crash or power loss can lose the last records; see `sqlite`.) The ingress hands its `received` record over without
-//! waiting (its answer would wait a commit): an ingress killed right after
-//! answering `202` can lose the `received` records of its last few
-//! milliseconds (docs/DECISIONS.md). What the pipeline never does is stop
-//! for the log: records not committed in time are counted as dropped
+//! No process crash loses a record: each is committed before the step it
+//! records is acknowledged to anyone.
+//! - A worker acks a delivery only after its records are committed
+//!   ([`Recorder::commit`], group commit, bounded by the operation timeout;
+//!   it gives back its attempt slot first): RabbitMQ redelivers what was not
+//!   acked, and the attempt is recorded again.
+//! - The ingress answers `202` only after the event's `received` record is
+//!   committed ([`Recorder::commit_now`]: no linger, at most one batch every
+//!   5 ms). The commit runs alongside the publish, so the answer waits for
+//!   whichever takes longer; a publish that fails after all adds `refused`.
+//! - A replayed copy carries when and why it was replayed, and the worker
+//!   that takes it records `replayed` with its attempt; a purge acks each
+//!   removal only after its `purged` record is committed.
+//!
+//! (SQLite is written without fsync: an OS crash or power loss can lose the
+//! last records; see `sqlite`.) What the pipeline never does is stop for
+//! the log: records not committed in time are counted as dropped
 //! (`hookwire_event_log_dropped_total`) and the event goes on.
 //!
 //! Bodies are never recorded (the archive has them), nor are headers.
@@ -51,6 +58,11 @@ pub enum What {
     /// `routed`: the subscriptions whose topics matched (in this process's
     /// view); empty: unrouted.
     Received { source: String, event_type: String, bytes: usize, process: String, routed: Vec<String> },
+    /// The broker did not confirm an event whose `received` record was
+    /// committed alongside its publish: the sender was answered `503` and
+    /// will send it again (a `received` after this one). `reason`: why
+    /// (`unavailable`, `blocked`, `nack`, `timeout`, ...).
+    Refused { reason: String },
     /// One HTTP attempt to a subscription's destination.
     Attempt {
         subscription: String,
@@ -87,6 +99,7 @@ impl What {
     pub fn kind(&self) -> &'static str {
         match self {
             What::Received { .. } => "received",
+            What::Refused { .. } => "refused",
             What::Attempt { .. } => "attempt",
             What::Outcome { .. } => "outcome",
         }
@@ -95,7 +108,7 @@ impl What {
     /// The outcome this record gives its subscription, if any.
     pub fn outcome(&self) -> Option<&str> {
         match self {
-            What::Received { .. } => None,
+            What::Received { .. } | What::Refused { .. } => None,
             What::Attempt { outcome, .. } => outcome.as_deref(),
             What::Outcome { outcome, .. } => Some(outcome),
         }
@@ -103,7 +116,7 @@ impl What {
 
     pub fn subscription(&self) -> Option<&str> {
         match self {
-            What::Received { .. } => None,
+            What::Received { .. } | What::Refused { .. } => None,
             What::Attempt { subscription, .. } | What::Outcome { subscription, .. } => Some(subscription),
         }
     }

@@ -4,20 +4,30 @@
 //! Group commit: a batch gathers for [`LINGER`] once it has a record, then
 //! goes as soon as the previous batch is committed ([`IN_FLIGHT`]), with up
 //! to [`BATCH`] records per transaction. A record waits about the linger
-//! plus one or two commits.
+//! plus one or two commits; one somebody's answer waits on, one or two
+//! commits and at most [`URGENT_PERIOD`].
 //!
-//! Two ways in: [`Recorder::commit`] returns once the records are committed
-//! (a worker acks its delivery only then, so a crash cannot lose them);
-//! [`Recorder::record`] hands a record over and returns at once (for
-//! records nothing waits on, e.g. an attempt whose delivery goes back to the
-//! queue anyway).
+//! Three ways in: [`Recorder::commit`] returns once the records are
+//! committed (a worker acks its delivery only then, so a crash cannot lose
+//! them); [`Recorder::commit_now`] does too but cuts the linger short, for a
+//! caller whose answer waits on it (the ingress's `202`, an operator's ack);
+//! [`Recorder::record`] hands a record over and returns at once (for records
+//! nothing waits on, e.g. an attempt whose delivery goes back to the queue
+//! anyway).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +47,11 @@ const BATCH: usize = 2_000;
 /// a commit share those. Nothing on the delivery path waits for it; a
 /// settled delivery's ack does (the worker's prefetch leaves room).
 const LINGER: Duration = Duration::from_millis(20);
+/// How often batches go, at most, while answers wait on them
+/// ([`Recorder::commit_now`]): without it a saturated ingress keeps one
+/// commit going after another, each small, and the log's CPU cost grew by
+/// a third (measured in docs/BENCHMARKS.md).
+const URGENT_PERIOD: Duration = Duration::from_millis(5);
 /// Transactions awaiting their commit at once: one. An SQLite file takes
 /// one writer at a time and the PostgreSQL store writes on one connection,
 /// so a second would only queue, and both would be smaller; meanwhile the
@@ -51,6 +66,10 @@ const ATTEMPTS: u32 = 3;
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Entry>,
+    /// Whether the newest batch was committed: while the store fails,
+    /// [`Self::commit_now`] stops waiting (its records are still counted
+    /// if they are dropped), so a store outage does not hold every answer.
+    store_ok: Arc<AtomicBool>,
     /// `host:pid`, named in `received` records.
     pub process: String,
 }
@@ -59,6 +78,8 @@ pub struct Recorder {
 struct Entry {
     records: Vec<Record>,
     committed: Option<oneshot::Sender<bool>>,
+    /// Its batch goes without waiting out the linger.
+    urgent: bool,
 }
 
 impl Recorder {
@@ -68,21 +89,46 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(BUFFER);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
         let process = format!("{host}:{}", std::process::id());
-        (Self { tx, process }, tokio::spawn(commit_batches(store, rx, token)))
+        let store_ok = Arc::new(AtomicBool::new(true));
+        (Self { tx, process, store_ok: store_ok.clone() }, tokio::spawn(commit_batches(store, rx, store_ok, token)))
     }
 
     /// Hands `record` over without waiting; drops it (counted) when the
     /// buffer is full.
     pub fn record(&self, record: Record) {
-        if self.tx.try_send(Entry { records: vec![record], committed: None }).is_err() {
-            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(1);
-        }
+        self.record_all(vec![record]);
     }
 
     /// Hands `records` over and returns `true` once the store has committed
     /// them, `false` if that did not happen within `wait` (they may still be
     /// committed; if they are not, they are counted as dropped).
     pub async fn commit(&self, records: Vec<Record>, wait: Duration) -> bool {
+        self.hand_over(records, wait, false).await
+    }
+
+    /// [`Self::commit`] for a caller whose answer waits on it: the batch
+    /// goes as soon as the one before it is committed, without lingering,
+    /// taking whatever gathered meanwhile. It waits one or two commits, or
+    /// not at all while the store is failing.
+    pub async fn commit_now(&self, records: Vec<Record>, wait: Duration) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        if !self.store_ok.load(Ordering::Relaxed) {
+            self.record_all(records);
+            return false;
+        }
+        self.hand_over(records, wait, true).await
+    }
+
+    fn record_all(&self, records: Vec<Record>) {
+        let len = records.len() as u64;
+        if self.tx.try_send(Entry { records, committed: None, urgent: false }).is_err() {
+            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(len);
+        }
+    }
+
+    async fn hand_over(&self, records: Vec<Record>, wait: Duration, urgent: bool) -> bool {
         if records.is_empty() {
             return true;
         }
@@ -94,15 +140,21 @@ impl Recorder {
             return false;
         };
         let (committed, answer) = oneshot::channel();
-        slot.send(Entry { records, committed: Some(committed) });
+        slot.send(Entry { records, committed: Some(committed), urgent });
         // Handed over: from here the recorder counts them if they fail.
         matches!(tokio::time::timeout_at(deadline, answer).await, Ok(Ok(true)))
     }
 }
 
-async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: CancellationToken) {
+async fn commit_batches(
+    store: Store,
+    mut rx: mpsc::Receiver<Entry>,
+    store_ok: Arc<AtomicBool>,
+    token: CancellationToken,
+) {
     let mut flying = FuturesUnordered::new();
     let mut closed = false;
+    let mut last_went = Instant::now();
     loop {
         // With IN_FLIGHT batches out, wait for one to be committed first.
         let first = if flying.len() >= IN_FLIGHT || closed {
@@ -122,20 +174,30 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
             continue;
         };
         let mut records = first.records.len();
+        let mut urgent = first.urgent;
         let mut batch = vec![first];
-        // A moment for more to gather, and everything that gathered
-        // meanwhile and while earlier batches were in flight.
-        tokio::time::sleep(LINGER).await;
+        // Everything that gathered while earlier batches were in flight,
+        // then a moment for more: the linger, or, once somebody's answer
+        // waits on the batch, until URGENT_PERIOD after the previous batch
+        // went, so a stream of urgent entries still shares commits.
+        let deadline = Instant::now() + LINGER;
         while records < BATCH {
-            match rx.try_recv() {
-                Ok(entry) => {
-                    records += entry.records.len();
-                    batch.push(entry);
-                }
-                Err(_) => break,
-            }
+            let until = if urgent { deadline.min(last_went + URGENT_PERIOD) } else { deadline };
+            let entry = match rx.try_recv() {
+                Ok(entry) => entry,
+                Err(_) if Instant::now() >= until => break,
+                Err(_) => tokio::select! {
+                    Some(entry) = rx.recv() => entry,
+                    _ = tokio::time::sleep_until(until) => break,
+                },
+            };
+            records += entry.records.len();
+            urgent |= entry.urgent;
+            batch.push(entry);
         }
+        last_went = Instant::now();
         let store = store.clone();
+        let store_ok = store_ok.clone();
         // A task of its own, so the commit makes progress (PostgreSQL's
         // round trips need polling) while this loop lingers for the next.
         flying.push(tokio::spawn(async move {
@@ -147,6 +209,7 @@ async fn commit_batches(store: Store, mut rx: mpsc::Receiver<Entry>, token: Canc
             }
             let oldest = all.iter().map(|r| r.at_ms).min();
             let committed = write(&store, all).await;
+            store_ok.store(committed, Ordering::Relaxed);
             if committed {
                 metrics::counter!(metric::EVENT_LOG_WRITTEN).increment(records as u64);
                 if let Some(oldest) = oldest {
@@ -180,4 +243,41 @@ async fn write(store: &Store, records: Vec<Record>) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventlog::{What, sqlite};
+
+    fn refused(id: &str) -> Record {
+        Record { event: id.into(), at_ms: super::now_ms(), what: What::Refused { reason: "test".into() } }
+    }
+
+    /// Each way in leaves its records in the store by the time it returns
+    /// `true`, an urgent one among lingering ones included; and the task
+    /// flushes what it holds when cancelled.
+    #[tokio::test]
+    async fn committed_means_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Sqlite(sqlite::Store::open(&dir.path().join("events.db")).unwrap());
+        let token = CancellationToken::new();
+        let (recorder, task) = Recorder::spawn(store.clone(), token.clone());
+        let wait = Duration::from_secs(5);
+
+        let lingering = tokio::spawn({
+            let recorder = recorder.clone();
+            async move { recorder.commit(vec![refused("evt-linger")], wait).await }
+        });
+        assert!(recorder.commit_now(vec![refused("evt-urgent")], wait).await);
+        assert_eq!(store.timeline("evt-urgent".into()).await.unwrap().len(), 1);
+        assert!(lingering.await.unwrap());
+        assert_eq!(store.timeline("evt-linger".into()).await.unwrap().len(), 1);
+        assert!(recorder.commit_now(Vec::new(), wait).await, "nothing to commit is committed");
+
+        recorder.record(refused("evt-handed-over"));
+        token.cancel();
+        task.await.unwrap();
+        assert_eq!(store.timeline("evt-handed-over".into()).await.unwrap().len(), 1);
+    }
 }

@@ -229,7 +229,7 @@ impl<'a> Columns<'a> {
             What::Received { source, event_type, .. } => {
                 (columns.source, columns.event_type) = (Some(source.as_str()), Some(event_type.as_str()))
             }
-            What::Outcome { .. } => {}
+            What::Outcome { .. } | What::Refused { .. } => {}
         }
         columns.outcome = record.what.outcome();
         columns

@@ -38,6 +38,7 @@ use crate::{
     config::Cidr,
     envelope::{Envelope, topic_matches},
     error::ApiError,
+    eventlog::{Record, What},
     telemetry::metric,
 };
 
@@ -76,6 +77,11 @@ fn reject(source: &str, reason: &'static str, error: ApiError) -> ApiError {
     tracing::info!(reason, status = error.status.as_u16(), "rejected webhook");
     error
 }
+
+/// Longest an accepted event's `202` waits for its `received` record's
+/// commit: the store's usual one or two commits take milliseconds, and a
+/// store that fails stops being waited for at all (see `Recorder`).
+const RECORD_WAIT: Duration = Duration::from_secs(1);
 
 #[tracing::instrument(skip_all, fields(source = %source_name, event_id))]
 async fn receive(
@@ -139,34 +145,54 @@ async fn receive(
     };
     tracing::Span::current().record("event_id", envelope.id.as_str());
     let routing_key = envelope.routing_key();
-    publish(&state, &envelope, &routing_key).await?;
-    count(name, "accepted");
     let topology = state.broker.topology();
     let matches =
         |s: &&crate::broker::topology::SubscriptionQueues| s.topics.iter().any(|t| topic_matches(t, &routing_key));
     // The event log wants the names; without it, whether any matches is enough.
-    let unrouted = if let Some(recorder) = &state.recorder {
-        let routed: Vec<String> =
-            topology.subscriptions.iter().filter(matches).map(|s| s.subscription.clone()).collect();
-        let unrouted = routed.is_empty();
-        let what = crate::eventlog::What::Received {
-            source: name.to_owned(),
-            event_type: envelope.event_type.clone(),
-            bytes: envelope.body.len(),
-            process: recorder.process.clone(),
-            routed,
-        };
-        // The event's own `received_at`: `resend` finds it in the archive by it.
-        let at_ms = envelope.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        // Handed over, not waited for: waiting for its confirm (even
-        // alongside the event's own) cost 20% of saturated throughput. So
-        // this is the record an ingress killed right after its 202 can
-        // lose; see docs/DECISIONS.md.
-        recorder.record(crate::eventlog::Record { event: envelope.id.clone(), at_ms, what });
-        unrouted
-    } else {
-        !topology.subscriptions.iter().any(|s| matches(&s))
+    let (unrouted, received) = match &state.recorder {
+        Some(recorder) => {
+            let routed: Vec<String> =
+                topology.subscriptions.iter().filter(matches).map(|s| s.subscription.clone()).collect();
+            let unrouted = routed.is_empty();
+            let what = What::Received {
+                source: name.to_owned(),
+                event_type: envelope.event_type.clone(),
+                bytes: envelope.body.len(),
+                process: recorder.process.clone(),
+                routed,
+            };
+            // The event's own `received_at`: `resend` finds it in the archive by it.
+            let at_ms = envelope.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            (unrouted, Some(Record { event: envelope.id.clone(), at_ms, what }))
+        }
+        None => (!topology.subscriptions.iter().any(|s| matches(&s)), None),
     };
+    // The `received` record is committed before the answer, so an ingress
+    // killed right after its `202` has lost nothing; alongside the publish,
+    // so the answer waits for whichever takes longer rather than for both
+    // in turn (the senders are latency-bound: docs/BENCHMARKS.md). An
+    // accepted event is answered `202` even if its record is not committed
+    // in time: the event is stored, the record counted as dropped.
+    let commit = async {
+        match (&state.recorder, received) {
+            (Some(recorder), Some(record)) => recorder.commit_now(vec![record], RECORD_WAIT).await,
+            _ => true,
+        }
+    };
+    let (published, committed) = tokio::join!(publish(&state, &envelope, &routing_key), commit);
+    if !committed {
+        tracing::debug!("received record not committed in time; answering anyway");
+    }
+    if let Err((reason, error)) = published {
+        // The story says the `received` above was answered `503`.
+        if let Some(recorder) = &state.recorder {
+            let what = What::Refused { reason: reason.to_owned() };
+            let record = Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what };
+            recorder.commit_now(vec![record], RECORD_WAIT).await;
+        }
+        return Err(error);
+    }
+    count(name, "accepted");
     if unrouted {
         metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
         tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");
@@ -189,7 +215,9 @@ fn rejection_error(rejection: &Rejection) -> ApiError {
     ApiError::new(status, slug, title, rejection.to_string())
 }
 
-async fn publish(state: &IngressState, envelope: &Envelope, routing_key: &str) -> Result<(), ApiError> {
+/// Publishes the event and waits for its confirm; on failure, the reason
+/// (for the event log) and the `503`.
+async fn publish(state: &IngressState, envelope: &Envelope, routing_key: &str) -> Result<(), (&'static str, ApiError)> {
     let properties = message::encode(envelope, &Default::default());
     state.publisher.publish(&state.accepted_exchange, routing_key, properties, &envelope.body).await.map_err(|error| {
         count(&envelope.source, "unavailable");
@@ -203,13 +231,14 @@ async fn publish(state: &IngressState, envelope: &Envelope, routing_key: &str) -
             }
             _ => tracing::warn!(%error, reason = error.reason(), "publish failed; answering 503"),
         }
-        ApiError::new(
+        let answer = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker-unavailable",
             "Event not stored",
             "the event could not be stored durably; retry later",
         )
-        .retry_after(state.retry_after)
+        .retry_after(state.retry_after);
+        (error.reason(), answer)
     })
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::{OpError, Operator, Report, bounded};
 use crate::{
     broker::{
-        message::{self, DeliveryState},
+        message::{self, DeliveryState, Replayed},
         publisher::open_confirm_channel,
     },
     envelope::{routing_word, topic_matches},
@@ -125,7 +125,7 @@ impl Operator {
         let result = async {
             loop {
                 while pending.len() >= MAX_PENDING {
-                    self.settle(pending.next().await, name, reason, progress);
+                    settle(pending.next().await, progress);
                 }
                 let delivery = match tokio::time::timeout(IDLE, events.next()).await {
                     Err(_) | Ok(None) => break,
@@ -159,9 +159,8 @@ impl Operator {
                 if window.dry_run {
                     continue;
                 }
-                let properties = message::encode(&envelope, &DeliveryState::default());
-                // The story's `replayed` is dated before its copy's delivery.
-                let published_ms = crate::eventlog::now_ms();
+                let replayed = DeliveryState { replayed: Some(Replayed::now(reason)), ..Default::default() };
+                let properties = message::encode(&envelope, &replayed);
                 let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let confirm = bounded(
                     timeout,
@@ -174,8 +173,7 @@ impl Operator {
                     ),
                 )
                 .await?;
-                let id = envelope.id.clone();
-                pending.push(async move { (id, published_ms, tokio::time::timeout(timeout, confirm).await) });
+                pending.push(async move { tokio::time::timeout(timeout, confirm).await });
                 if window.event_id.is_some() {
                     break; // the one event asked for
                 }
@@ -184,7 +182,7 @@ impl Operator {
         }
         .await;
         while let Some(confirmed) = pending.next().await {
-            self.settle(Some(confirmed), name, reason, progress);
+            settle(Some(confirmed), progress);
         }
         let _ = tokio::time::timeout(timeout, publisher.close(200, "replay done".into())).await;
         let _ = tokio::time::timeout(timeout, channel.close(200, "replay done".into())).await;
@@ -192,18 +190,14 @@ impl Operator {
     }
 }
 
-type Confirmed = (String, u64, Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>);
+type Confirmed = Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>;
 
-impl Operator {
-    /// Counts a confirmed (or failed) copy, and records it in the event's story.
-    fn settle(&self, confirmed: Option<Confirmed>, name: &str, reason: &str, progress: &watch::Sender<Report>) {
-        match confirmed {
-            Some((id, published_ms, Ok(Ok(Confirmation::Ack(None))))) => {
-                progress.send_modify(|r| r.replayed += 1);
-                self.record(&id, published_ms, name, "replayed", reason);
-            }
-            Some(_) => progress.send_modify(|r| r.failed += 1),
-            None => {}
-        }
+/// Counts a confirmed (or failed) copy. (Its story's `replayed` is recorded
+/// by the worker that takes it.)
+fn settle(confirmed: Option<Confirmed>, progress: &watch::Sender<Report>) {
+    match confirmed {
+        Some(Ok(Ok(Confirmation::Ack(None)))) => progress.send_modify(|r| r.replayed += 1),
+        Some(_) => progress.send_modify(|r| r.failed += 1),
+        None => {}
     }
 }

@@ -28,7 +28,7 @@ use self::{
 use crate::{
     broker::{
         Broker, PublishError, Topology,
-        message::{self, DeliveryState},
+        message::{self, DeliveryState, Replayed},
     },
     envelope::topic_matches,
 };
@@ -93,31 +93,15 @@ pub struct Page {
 pub struct Operator {
     pub broker: Broker,
     pub control: Arc<control::Control>,
-    /// The event log's recorder (when the log is on): replays and purges
-    /// show in the stories of the events they touch.
+    /// The event log's recorder (when the log is on): purges show in the
+    /// stories of the events they touch. (Replays do too, recorded by the
+    /// worker that takes the copy: see `message::Replayed`.)
     pub recorder: Option<crate::eventlog::Recorder>,
 }
 
 impl Operator {
     fn topology(&self) -> std::sync::Arc<Topology> {
         self.broker.topology()
-    }
-
-    /// Records `outcome` for `subscription` in the story of `event` (when
-    /// the log is on), dated `at_ms`. Not waited for: the event's next steps
-    /// (its delivery) are recorded by the worker, losslessly.
-    pub(crate) fn record(&self, event: &str, at_ms: u64, subscription: &str, outcome: &str, reason: &str) {
-        if let Some(recorder) = &self.recorder {
-            recorder.record(crate::eventlog::Record {
-                event: event.to_owned(),
-                at_ms,
-                what: crate::eventlog::What::Outcome {
-                    subscription: subscription.to_owned(),
-                    outcome: outcome.to_owned(),
-                    reason: Some(reason.to_owned()),
-                },
-            });
-        }
     }
 
     /// The dead-letter queue of subscription `name`, if it exists.
@@ -156,7 +140,7 @@ impl Operator {
                 items.push(select::summary(message));
                 (Decision::Keep, Flow::Continue)
             },
-            |_, _| {},
+            None,
         )
         .await?;
         if !found {
@@ -182,7 +166,7 @@ impl Operator {
                 }
                 (Decision::Keep, Flow::Continue)
             },
-            |_, _| {},
+            None,
         )
         .await?;
         Ok(found)
@@ -219,7 +203,12 @@ impl Operator {
                 if dry_run {
                     return (Decision::Keep, Flow::Continue);
                 }
-                let fresh = DeliveryState { attempts: 0, history: state.history.clone(), dead_letter_reason: None };
+                let fresh = DeliveryState {
+                    attempts: 0,
+                    history: state.history.clone(),
+                    dead_letter_reason: None,
+                    replayed: Some(Replayed::now("dead_letters")),
+                };
                 let properties = message::encode(envelope, &fresh);
                 (
                     Decision::Move {
@@ -230,7 +219,7 @@ impl Operator {
                     Flow::Continue,
                 )
             },
-            |id, at_ms| self.record(id, at_ms, name, "replayed", "dead_letters"),
+            None,
         )
         .await
     }
@@ -282,7 +271,7 @@ impl Operator {
                     Flow::Continue,
                 )
             },
-            |_, _| {},
+            None,
         )
         .await
     }
@@ -311,11 +300,7 @@ impl Operator {
                 let decision = if dry_run { Decision::Keep } else { Decision::Remove };
                 (decision, Flow::Continue)
             },
-            |id, at_ms| {
-                if let Some(name) = subscription {
-                    self.record(id, at_ms, name, "purged", "operator");
-                }
-            },
+            self.recorder.as_ref().zip(subscription),
         )
         .await
     }

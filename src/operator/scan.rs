@@ -7,7 +7,9 @@
 //!   queues, which requeue a message at its original position, so kept
 //!   messages end up exactly where they were. (A quorum queue would append
 //!   them to its back: measured on RabbitMQ 3.10, see docs/DECISIONS.md.)
-//! - [`Decision::Remove`]: acked (purge).
+//! - [`Decision::Remove`]: acked (purge), in batches, each once the event
+//!   log has committed the batch's `purged` records: a crash between the two
+//!   leaves the messages in place, never gone without their record.
 //! - [`Decision::Move`]: published to its new place with a publisher confirm,
 //!   and acked only once confirmed. A crash between the two leaves a copy in
 //!   both places (the same event id, so the destination can dedup), never in
@@ -47,6 +49,7 @@ use crate::{
         publisher::open_confirm_channel,
     },
     envelope::Envelope,
+    eventlog::{Record, Recorder, What},
 };
 
 /// Publishes awaiting their confirm at once during a move: enough to keep the
@@ -92,19 +95,21 @@ pub enum Flow {
     Stop,
 }
 
+/// Removals acked at once, at most: one commit of their records each.
+const REMOVE_BATCH: usize = 256;
+
 /// Scans `queue` from its head. `prefetch` bounds how many messages the broker
 /// sends ahead per consumer (a small page asks for few). Progress (scanned,
 /// replayed, purged, failed) is written to `progress` as it happens;
-/// `settled` hears of each message moved or removed, by event id, once it
-/// is, with when: for a move, the time its copy was published, so a record
-/// of it sorts before whatever the copy's consumer does next.
+/// `removals`: the recorder and the subscription in whose stories each
+/// removal is recorded as `purged`, committed before the removal's ack.
 pub async fn scan(
     broker: &Broker,
     queue: &str,
     prefetch: u16,
     progress: &watch::Sender<Report>,
     mut visit: impl FnMut(&Message) -> (Decision, Flow),
-    mut settled: impl FnMut(&str, u64),
+    removals: Option<(&Recorder, &str)>,
 ) -> Result<(), OpError> {
     let session = broker.session().ok_or(OpError::Unavailable)?;
     let timeout = broker.operation_timeout;
@@ -136,8 +141,9 @@ pub async fn scan(
         tags: Vec::new(),
         unsettled: Vec::new(),
         held: Vec::new(),
+        removing: Vec::new(),
     };
-    let result = scan.run(&publisher, depth, progress, &mut visit, &mut settled).await;
+    let result = scan.run(&publisher, depth, progress, &mut visit, removals).await;
     scan.finish().await;
     // The queue takes handed-back messages asynchronously (the nack goes
     // from the channel process to the queue process), so wait until it holds
@@ -169,12 +175,21 @@ type Deliveries = futures_util::stream::Map<
     >,
 >;
 
-/// A move awaiting its copy's confirm: the consumer that holds the
-/// original, and the event id and publish time for `settled`.
-struct Moving {
+/// The story's record of a message purged from `subscription`'s queue.
+fn purged(event: &str, subscription: &str) -> Option<Record> {
+    let what = What::Outcome {
+        subscription: subscription.to_owned(),
+        outcome: "purged".to_owned(),
+        reason: Some("operator".to_owned()),
+    };
+    Some(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what })
+}
+
+/// A removal awaiting its ack: the consumer that holds it, and its record.
+struct Removing {
+    tag: u64,
     index: usize,
-    id: Option<String>,
-    published_ms: u64,
+    record: Option<Record>,
 }
 
 struct Scanner<'a> {
@@ -189,6 +204,8 @@ struct Scanner<'a> {
     unsettled: Vec<u16>,
     /// Delivery tags to hand back when the scan ends.
     held: Vec<u64>,
+    /// Removals whose records are not committed yet.
+    removing: Vec<Removing>,
 }
 
 impl Scanner<'_> {
@@ -217,12 +234,13 @@ impl Scanner<'_> {
         depth: u32,
         progress: &watch::Sender<Report>,
         visit: &mut impl FnMut(&Message) -> (Decision, Flow),
-        settled: &mut impl FnMut(&str, u64),
+        removals: Option<(&Recorder, &str)>,
     ) -> Result<(), OpError> {
+        let recorder = removals.map(|(recorder, _)| recorder);
         let mut scanned = 0u32;
         let mut moving = FuturesUnordered::new();
-        // tag → the move awaiting its confirm.
-        let mut owners: HashMap<u64, Moving> = HashMap::new();
+        // tag → the consumer holding the original of a move awaiting its confirm.
+        let mut owners: HashMap<u64, usize> = HashMap::new();
         let mut stop = false;
         // On an error the loop stops taking deliveries, but the moves in
         // flight are still settled below: abandoning them would hand their
@@ -234,18 +252,25 @@ impl Scanner<'_> {
             }
             if moving.len() >= MAX_PENDING_MOVES {
                 if let Some(confirmed) = moving.next().await {
-                    self.settle_move(confirmed, &mut owners, progress, settled).await;
+                    self.settle_move(confirmed, &mut owners, progress).await;
                 }
                 continue;
             }
-            if self.unsettled.iter().all(|&n| n >= self.prefetch)
-                && let Err(error) = self.add_consumer().await
-            {
-                break Err(error);
+            if self.unsettled.iter().all(|&n| n >= self.prefetch) {
+                // Acking what is removed may be enough to make room.
+                if !self.removing.is_empty() {
+                    if let Err(error) = self.ack_removed(recorder, progress).await {
+                        break Err(error);
+                    }
+                    continue;
+                }
+                if let Err(error) = self.add_consumer().await {
+                    break Err(error);
+                }
             }
             let delivery = tokio::select! {
                 Some(confirmed) = moving.next(), if !moving.is_empty() => {
-                    self.settle_move(confirmed, &mut owners, progress, settled).await;
+                    self.settle_move(confirmed, &mut owners, progress).await;
                     continue;
                 }
                 next = tokio::time::timeout(IDLE, self.consumers.next()) => match next {
@@ -269,19 +294,15 @@ impl Scanner<'_> {
             match decision {
                 Decision::Keep => self.held.push(tag),
                 Decision::Remove => {
-                    if let Err(error) =
-                        bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await
+                    let record = removals.and_then(|(_, subscription)| purged(message.id()?, subscription));
+                    self.removing.push(Removing { tag, index, record });
+                    if self.removing.len() >= REMOVE_BATCH
+                        && let Err(error) = self.ack_removed(recorder, progress).await
                     {
                         break Err(error);
                     }
-                    self.unsettled[index] -= 1;
-                    progress.send_modify(|r| r.purged += 1);
-                    if let Some(id) = message.id() {
-                        settled(id, crate::eventlog::now_ms());
-                    }
                 }
                 Decision::Move { exchange, routing_key, properties } => {
-                    let published_ms = crate::eventlog::now_ms();
                     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                     let confirm = bounded(
                         self.timeout,
@@ -296,8 +317,7 @@ impl Scanner<'_> {
                     .await;
                     match confirm {
                         Ok(confirm) => {
-                            let id = message.id().map(str::to_owned);
-                            owners.insert(tag, Moving { index, id, published_ms });
+                            owners.insert(tag, index);
                             let timeout = self.timeout;
                             moving.push(async move { (tag, tokio::time::timeout(timeout, confirm).await) });
                         }
@@ -312,7 +332,41 @@ impl Scanner<'_> {
             progress.send_modify(|r| r.scanned += 1);
         };
         while let Some(confirmed) = moving.next().await {
-            self.settle_move(confirmed, &mut owners, progress, settled).await;
+            self.settle_move(confirmed, &mut owners, progress).await;
+        }
+        let acked = self.ack_removed(recorder, progress).await;
+        result.and(acked)
+    }
+
+    /// Acks the removals gathered so far, once their records are committed
+    /// (or not in time: then they are counted as dropped, and the purge an
+    /// operator asked for still happens). A failed ack leaves the rest in
+    /// place, handed back at the end.
+    async fn ack_removed(
+        &mut self,
+        recorder: Option<&Recorder>,
+        progress: &watch::Sender<Report>,
+    ) -> Result<(), OpError> {
+        let mut removing = std::mem::take(&mut self.removing);
+        let records: Vec<Record> = removing.iter_mut().filter_map(|r| r.record.take()).collect();
+        if let Some(recorder) = recorder
+            && !recorder.commit_now(records, self.timeout).await
+        {
+            tracing::warn!(queue = %self.queue, "purge records not committed in time; removing anyway");
+        }
+        let mut result = Ok(());
+        for Removing { tag, index, .. } in removing {
+            if result.is_ok() {
+                match bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await {
+                    Ok(()) => {
+                        self.unsettled[index] -= 1;
+                        progress.send_modify(|r| r.purged += 1);
+                        continue;
+                    }
+                    Err(error) => result = Err(error),
+                }
+            }
+            self.held.push(tag);
         }
         result
     }
@@ -322,19 +376,15 @@ impl Scanner<'_> {
     async fn settle_move(
         &mut self,
         (tag, confirmed): (u64, Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>),
-        owners: &mut HashMap<u64, Moving>,
+        owners: &mut HashMap<u64, usize>,
         progress: &watch::Sender<Report>,
-        settled: &mut impl FnMut(&str, u64),
     ) {
-        let Moving { index, id, published_ms } = owners.remove(&tag).expect("every move has an owner");
+        let index = owners.remove(&tag).expect("every move has an owner");
         if let Ok(Ok(Confirmation::Ack(None))) = confirmed
             && let Ok(()) = bounded(self.timeout, self.channel.basic_ack(tag, BasicAckOptions::default())).await
         {
             self.unsettled[index] -= 1;
             progress.send_modify(|r| r.replayed += 1);
-            if let Some(id) = id {
-                settled(&id, published_ms);
-            }
             return;
         }
         tracing::warn!(queue = %self.queue, "a moved message was not confirmed; it stays where it was");

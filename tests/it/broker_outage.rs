@@ -11,9 +11,13 @@ const T: Duration = Duration::from_secs(30);
 async fn outage_gives_503_and_both_sides_recover() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let sink = Sink::start(Behavior::Ok).await;
-    let app = TestApp::start_with(
+    let app = TestApp::start_adjusted(
         &proxy.url(),
         &format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/")),
+        |c| {
+            let token = hookwire::config::Secret::new(TestApp::TOKEN);
+            c.admin.tokens = vec![hookwire::config::AccessToken::full("operator", token)];
+        },
     )
     .await;
     assert_eq!(app.post_acme("before", r#"{"type":"a"}"#).await.status(), 202);
@@ -54,6 +58,19 @@ async fn outage_gives_503_and_both_sides_recover() {
     let metrics = app.metrics().await;
     assert!(metrics.contains("hookwire_ingress_requests_total{source=\"acme\",outcome=\"unavailable\"}"));
     assert!(metrics.contains("hookwire_broker_reconnects_total"));
+
+    // The event log committed each `received` alongside its publish; the
+    // story says it was refused, until the sender's retry is accepted.
+    let story = |id: &'static str| {
+        let request = app.api(reqwest::Method::GET, &format!("/api/v1/events/{id}"));
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let refused = story("during-0").await;
+    assert_eq!(refused["received"]["refused"]["reason"], "unavailable", "{refused}");
+    assert_eq!(app.post_acme("during-0", r#"{"type":"a"}"#).await.status(), 202);
+    let accepted = story("during-0").await;
+    assert!(accepted["received"]["refused"].is_null(), "{accepted}");
+    assert_eq!(accepted["received"]["routed"], serde_json::json!(["billing"]), "{accepted}");
 }
 
 #[tokio::test]

@@ -350,6 +350,82 @@ async fn a_worker_killed_mid_load_leaves_every_story_complete(backend: Backend) 
     }
 }
 
+both!(an_ingress_killed_right_after_its_202s_has_recorded_them);
+/// An ingress process killed (SIGKILL) while it answers `202`s has
+/// committed the `received` record of every event it answered: the record
+/// is committed before the answer. Requests go 16 at a time, so the kill
+/// lands among answers just given.
+async fn an_ingress_killed_right_after_its_202s_has_recorded_them(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Behavior::Ok).await;
+    let subscription = format!("[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
+    let app = with_event_log(backend, &dir, &subscription).await;
+
+    // A second process, ingress only, on the same namespace and store.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = crate::helpers::config_text(
+        &app.config.rabbitmq.namespace,
+        AMQP_URL,
+        &format!("{subscription}\n{}", section(backend, &dir)),
+    )
+    .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+    let config = dir.path().join("ingress.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["serve", "--role", "ingress", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/webhooks/acme");
+    let post = |id: String| {
+        let body = r#"{"type":"i.x"}"#;
+        let mut request = app.http.post(&url).header("content-type", "application/json").body(body);
+        for (name, value) in app.sign("acme", body.as_bytes(), &id) {
+            request = request.header(name, value);
+        }
+        async move { (id, request.send().await.map(|r| r.status().as_u16()).unwrap_or(0)) }
+    };
+    crate::helpers::eventually(Duration::from_secs(15), "the second ingress answering", || {
+        let post = post("evt-i-probe".to_owned());
+        async move { post.await.1 == 202 }
+    })
+    .await;
+
+    // 16 requests in flight at a time; the kill comes right after the
+    // 200th answer, with the others still in flight.
+    let mut accepted = vec!["evt-i-probe".to_owned()];
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    let mut next = 0;
+    let mut killed = false;
+    use futures_util::StreamExt;
+    while !killed || !pending.is_empty() {
+        while !killed && pending.len() < 16 {
+            pending.push(post(format!("evt-i{next:04}")));
+            next += 1;
+        }
+        let Some((id, status)) = pending.next().await else { break };
+        if status == 202 {
+            accepted.push(id);
+        }
+        if !killed && accepted.len() > 200 {
+            child.start_kill().unwrap();
+            killed = true;
+        }
+    }
+    child.wait().await.unwrap();
+    assert!(accepted.len() > 200, "{}", accepted.len());
+
+    // Every answered event's story starts with its `received` record.
+    for id in &accepted {
+        let story = timeline(&app, id, |t| !t["received"].is_null()).await;
+        assert_eq!(story["received"]["routed"], json!(["steady"]), "{story}");
+    }
+    sink.wait_for_ids(&accepted, Duration::from_secs(30)).await;
+}
+
 both!(retention_drops_days_past_max_age);
 /// `max_age` drops whole days: an event recorded ten days ago is gone after
 /// a restart (retention runs at start, then every 10 minutes); one from
