@@ -252,7 +252,8 @@ pub async fn show(
 
 /// Folds records (oldest first) into the answer.
 fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Value {
-    let mut received = Value::Null;
+    // Every time the event was received (a sender may send it again).
+    let mut receptions: Vec<(u64, Value)> = Vec::new();
     let mut subscriptions: BTreeMap<String, Value> = BTreeMap::new();
     let entry = |subscriptions: &mut BTreeMap<String, Value>, name: &str| {
         subscriptions
@@ -269,10 +270,13 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
                 for name in &routed {
                     entry(&mut subscriptions, name);
                 }
-                received = json!({
-                    "at": at(record.at_ms), "source": source, "type": event_type, "bytes": bytes,
-                    "process": process, "routed": routed, "unrouted": unrouted,
-                });
+                receptions.push((
+                    record.at_ms,
+                    json!({
+                        "at": at(record.at_ms), "source": source, "type": event_type, "bytes": bytes,
+                        "process": process, "routed": routed, "unrouted": unrouted,
+                    }),
+                ));
             }
             What::Attempt { subscription, attempt, duration_ms, status, error, response, outcome, reason } => {
                 if !visible(subscription) {
@@ -292,11 +296,10 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
                 }
                 subscriptions.insert(subscription.clone(), sub);
             }
-            // The `received` before it was answered `503`; a retry that was
-            // accepted brings a `received` of its own after this.
+            // Its `received` (same `at_ms`) was answered `503`.
             What::Refused { reason } => {
-                if let Some(received) = received.as_object_mut() {
-                    received.insert("refused".into(), json!({ "at": at(record.at_ms), "reason": reason }));
+                if let Some((_, received)) = receptions.iter_mut().rev().find(|(at_ms, _)| *at_ms == record.at_ms) {
+                    received["refused"] = json!({ "reason": reason });
                 }
             }
             What::Outcome { subscription, outcome, reason } => {
@@ -316,6 +319,13 @@ fn timeline(id: &str, records: &[Record], visible: impl Fn(&str) -> bool) -> Val
             }
         }
     }
+    // The newest accepted reception; else the newest, refused.
+    let received = receptions
+        .iter()
+        .rev()
+        .find(|(_, r)| r.get("refused").is_none())
+        .or(receptions.last())
+        .map_or(Value::Null, |(_, r)| r.clone());
     json!({ "id": id, "received": received, "subscriptions": subscriptions })
 }
 
@@ -365,14 +375,16 @@ pub async fn resend(
         )
     };
     // The newest `received` that was not refused: the copy in the archive.
-    let mut accepted = None;
-    for record in &records {
-        match &record.what {
-            What::Received { source, event_type, .. } => accepted = Some((record.at_ms, source, event_type)),
-            What::Refused { .. } => accepted = None,
-            _ => {}
-        }
-    }
+    // (Else the newest refused one: a publish that timed out may have been
+    // stored after all.)
+    let refused: Vec<u64> =
+        records.iter().filter(|r| matches!(r.what, What::Refused { .. })).map(|r| r.at_ms).collect();
+    let receptions = records.iter().rev().filter_map(|r| match &r.what {
+        What::Received { source, event_type, .. } => Some((r.at_ms, source, event_type)),
+        _ => None,
+    });
+    let accepted =
+        receptions.clone().find(|(at_ms, _, _)| !refused.contains(at_ms)).or_else(|| receptions.clone().next());
     let (at_ms, source, event_type) = accepted.ok_or_else(not_found)?;
     let routing_key = format!("{source}.{}", routing_word(event_type));
     if !queues.topics.iter().any(|topic| topic_matches(topic, &routing_key)) {

@@ -17,7 +17,7 @@
 //!   acked, and the attempt is recorded again.
 //! - The ingress answers `202` only after the event's `received` record is
 //!   committed ([`Recorder::commit_now`]: no linger, at most one batch every
-//!   5 ms). The commit runs alongside the publish, so the answer waits for
+//!   20 ms). The commit runs alongside the publish, so the answer waits for
 //!   whichever takes longer; a publish that fails after all adds `refused`.
 //! - A replayed copy carries when and why it was replayed, and the worker
 //!   that takes it records `replayed` with its attempt; a purge acks each
@@ -60,8 +60,9 @@ pub enum What {
     Received { source: String, event_type: String, bytes: usize, process: String, routed: Vec<String> },
     /// The broker did not confirm an event whose `received` record was
     /// committed alongside its publish: the sender was answered `503` and
-    /// will send it again (a `received` after this one). `reason`: why
-    /// (`unavailable`, `blocked`, `nack`, `timeout`, ...).
+    /// will send it again. Dated like that `received` (same event, same
+    /// `at_ms`), which pairs them; search leaves such a `received` out.
+    /// `reason`: why (`unavailable`, `blocked`, `nack`, `timeout`, ...).
     Refused { reason: String },
     /// One HTTP attempt to a subscription's destination.
     Attempt {

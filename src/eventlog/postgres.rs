@@ -193,7 +193,7 @@ impl Store {
         let mut values: Vec<&(dyn ToSql + Sync)> = vec![&from, &to, &before_at, &before_row];
         let mut sql = format!(
             "SELECT r.at_ms, r.id, r.record FROM {} r \
-             WHERE r.kind = 'received' AND r.at_ms >= $1 AND r.at_ms < $2 AND (r.at_ms, r.id) < ($3, $4)",
+             WHERE r.kind = 'received' AND r.at_ms >= $1 AND r.at_ms < $2 AND (r.at_ms, r.id) < ($3, $4)              AND NOT EXISTS (SELECT 1 FROM {0} x WHERE x.event_id = r.event_id AND x.at_ms = r.at_ms                              AND x.kind = 'refused')",
             self.table
         );
         if let Some(source) = &query.source {

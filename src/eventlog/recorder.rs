@@ -113,10 +113,12 @@ impl Recorder {
         self.hand_over(records, wait, false).await
     }
 
-    /// [`Self::commit`] for a caller whose answer waits on it: the batch
-    /// goes as soon as the one before it is committed, without lingering,
-    /// taking whatever gathered meanwhile. It waits one or two commits, or
-    /// not at all while the store is failing.
+    /// [`Self::commit`] for a caller whose answer waits on it: its batch
+    /// goes at once if no batch went in the last [`URGENT_PERIOD`], else
+    /// that long after the last one, taking whatever gathered meanwhile.
+    /// It waits that and one or two commits, or not at all while the store
+    /// is failing (the newest batch was not committed): then the records
+    /// are handed over as by [`Self::record`].
     pub async fn commit_now(&self, records: Vec<Record>, wait: Duration) -> bool {
         if records.is_empty() {
             return true;
@@ -139,15 +141,16 @@ impl Recorder {
         if records.is_empty() {
             return true;
         }
-        let len = records.len() as u64;
         let (committed, answer) = oneshot::channel();
-        let mut entry = Some(Entry { records, committed: Some(committed), urgent });
+        // Counts the records as dropped unless they reach the buffer, also
+        // when the caller is dropped while waiting (a sender hung up).
+        let mut entry = Unsent(Some(Entry { records, committed: Some(committed), urgent }));
         // One timer for the whole wait.
         let handed_over = tokio::time::timeout(wait, async {
             // A slot first: records that never reach the buffer (full for
             // the whole wait, or the recorder gone) are dropped, and counted.
             let slot = self.tx.reserve().await.ok()?;
-            slot.send(entry.take().expect("sent once"));
+            slot.send(entry.0.take().expect("sent once"));
             if urgent {
                 self.wake.notify_one();
             }
@@ -155,10 +158,19 @@ impl Recorder {
             answer.await.ok()
         })
         .await;
-        if entry.is_some() {
-            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(len);
-        }
         matches!(handed_over, Ok(Some(true)))
+    }
+}
+
+/// An entry not yet in the buffer; its records count as dropped if it
+/// never gets there.
+struct Unsent(Option<Entry>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if let Some(entry) = &self.0 {
+            metrics::counter!(metric::EVENT_LOG_DROPPED).increment(entry.records.len() as u64);
+        }
     }
 }
 

@@ -235,8 +235,9 @@ impl Store {
             let mut sql = format!(
                 "SELECT at_ms, rowid, record FROM {} \
                  WHERE kind = 'received' AND at_ms >= ?1 AND at_ms < ?2 \
-                 AND (at_ms < ?3 OR (at_ms = ?3 AND rowid < ?4))",
-                table(day)
+                 AND (at_ms < ?3 OR (at_ms = ?3 AND rowid < ?4))                  AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.event_id = {t}.event_id                                  AND x.at_ms = {t}.at_ms AND x.kind = 'refused')",
+                table(day),
+                t = table(day)
             );
             let from = query.from_ms as i64;
             let to = query.to_ms.min(i64::MAX as u64) as i64;

@@ -173,6 +173,7 @@ async fn receive(
     // in turn (the senders are latency-bound: docs/BENCHMARKS.md). An
     // accepted event is answered `202` even if its record is not committed
     // in time: the event is stored, the record counted as dropped.
+    let received_ms = received.as_ref().map(|r| r.at_ms);
     let commit = async {
         match (&state.recorder, received) {
             (Some(recorder), Some(record)) => recorder.commit_now(vec![record], RECORD_WAIT).await,
@@ -184,10 +185,12 @@ async fn receive(
         tracing::debug!("received record not committed in time; answering anyway");
     }
     if let Err((reason, error)) = published {
-        // The story says the `received` above was answered `503`.
-        if let Some(recorder) = &state.recorder {
+        // The story says the `received` above was answered `503`: dated
+        // like it, which pairs the two (a sender may send the same id again
+        // meanwhile, accepted or not).
+        if let (Some(recorder), Some(at_ms)) = (&state.recorder, received_ms) {
             let what = What::Refused { reason: reason.to_owned() };
-            let record = Record { event: envelope.id.clone(), at_ms: crate::eventlog::now_ms(), what };
+            let record = Record { event: envelope.id.clone(), at_ms, what };
             recorder.commit_now(vec![record], RECORD_WAIT).await;
         }
         return Err(error);

@@ -334,8 +334,13 @@ impl Scanner<'_> {
         while let Some(confirmed) = moving.next().await {
             self.settle_move(confirmed, &mut owners, progress).await;
         }
-        let acked = self.ack_removed(recorder, progress).await;
-        result.and(acked)
+        if result.is_err() {
+            // The channel failed: their acks would too, and their records
+            // would say they are gone. Handed back with the rest.
+            self.held.extend(self.removing.drain(..).map(|r| r.tag));
+            return result;
+        }
+        self.ack_removed(recorder, progress).await
     }
 
     /// Acks the removals gathered so far, once their records are committed

@@ -71,6 +71,11 @@ async fn outage_gives_503_and_both_sides_recover() {
     let accepted = story("during-0").await;
     assert!(accepted["received"]["refused"].is_null(), "{accepted}");
     assert_eq!(accepted["received"]["routed"], serde_json::json!(["billing"]), "{accepted}");
+    // Search lists what was accepted, each once: not the refused requests.
+    let found = app.api_get("/api/v1/events?source=acme&limit=100").await;
+    let mut ids: Vec<&str> = found["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["after", "before", "during-0"], "{found}");
 }
 
 #[tokio::test]
