@@ -463,6 +463,19 @@ secrets = ["{SECRET}"]
     }
 }
 
+/// A run that fails (a panic, e.g. "did not become ready") must not leave its
+/// hookwire running: a stray process keeps redeclaring its namespace and
+/// takes CPU from every later run. Its queues stay; the message says which.
+impl Drop for Hookwire {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            eprintln!("bench: killed hookwire; namespace {} is left in RabbitMQ", self.namespace);
+        }
+    }
+}
+
 /// User + system CPU seconds process `pid` has used so far (0 if it is gone).
 fn cpu_seconds_of(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };

@@ -3,11 +3,14 @@
 //! queue at the end.
 //!
 //! - `worker` — the consumer loop and the settle rules.
+//! - `acks` — a consumer channel's acks, one `multiple` ack per run of
+//!   settled deliveries.
 //! - `http` — one attempt against a destination.
 //! - `retry` — what follows an attempt (`is_retriable`, `next`).
 //! - `set` — the process's workers by subscription name, reconciled toward
 //!   the desired subscriptions.
 
+pub mod acks;
 pub mod breaker;
 pub mod http;
 pub mod retry;

@@ -9,6 +9,9 @@
 //! - if the ack itself fails → nothing to do: the broker redelivers it
 //!   (a duplicate is possible, a loss is not).
 //!
+//! "Ack" means handing the tag to the channel's [`Acks`], which acks runs of
+//! settled deliveries with one `multiple` ack each.
+//!
 //! Must not: share its consumer channel, HTTP client or concurrency budget
 //! with any other subscription.
 
@@ -21,7 +24,7 @@ use futures_util::StreamExt;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::{
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
+    acks::Acks,
     breaker::{Breaker, Health},
     http::{Destination, Outgoing},
     retry::{self, Next, Outcome},
@@ -172,6 +176,7 @@ impl Worker {
         )
         .await?;
         tracing::info!(subscription = %self.name, queue = %self.queues.work, "consuming");
+        let (acks, acking) = Acks::start(channel.clone(), self.name.clone(), timeout);
         let mut paused = self.paused.clone();
         let ended = loop {
             while tasks.try_join_next().is_some() {}
@@ -231,7 +236,8 @@ impl Worker {
                 Some(Ok(delivery)) => {
                     let this = self.clone();
                     let session = session.clone();
-                    tasks.spawn(async move { this.handle(session, delivery, permit, probe).await });
+                    let acks = acks.clone();
+                    tasks.spawn(async move { this.handle(session, delivery, &acks, permit, probe).await });
                 }
                 Some(Err(error)) => {
                     release();
@@ -254,6 +260,10 @@ impl Worker {
             if abandoned > 0 {
                 tracing::warn!(subscription = %self.name, abandoned, "drain deadline passed; unfinished deliveries return to the queue");
             }
+            // The settled deliveries' acks go out before the close, which
+            // would hand them back to the queue.
+            drop(acks);
+            let _ = tokio::time::timeout(timeout, acking).await;
             let _ = tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into())).await;
         }
         Ok(ended)
@@ -261,12 +271,19 @@ impl Worker {
 
     /// Delivers one event and settles it. `probe`: this delivery is the
     /// circuit breaker's probe, released if it ends without an attempt.
-    async fn handle(self: Arc<Self>, session: Session, delivery: Delivery, permit: OwnedSemaphorePermit, probe: bool) {
+    async fn handle(
+        self: Arc<Self>,
+        session: Session,
+        delivery: Delivery,
+        acks: &Acks,
+        permit: OwnedSemaphorePermit,
+        probe: bool,
+    ) {
         let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
         gauge.increment(1.0);
         // What happened, for the event log (empty when it is off).
         let mut story = Vec::new();
-        let Delivery { properties, data, acker, .. } = delivery;
+        let Delivery { properties, data, delivery_tag, .. } = delivery;
         // Bytes: keeping the body for the undecodable path costs a reference
         // count, not a copy of every delivery's body.
         let data = bytes::Bytes::from(data);
@@ -307,19 +324,13 @@ impl Worker {
             }
         }
         match settle {
-            Ok(()) => match tokio::time::timeout(timeout, acker.ack(BasicAckOptions::default())).await {
-                Ok(Ok(_)) => {}
-                _ => {
-                    tracing::warn!(subscription = %self.name, "ack failed; the broker will redeliver (a duplicate, not a loss)")
-                }
-            },
+            Ok(()) => acks.ack(delivery_tag),
             Err(error) => {
                 tracing::warn!(%error, "could not store the outcome; handing the delivery back");
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued")
                     .increment(1);
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                let _ = tokio::time::timeout(timeout, acker.nack(requeue)).await;
+                acks.requeue(delivery_tag);
             }
         }
         if let (true, Some(breaker)) = (probe, &self.breaker) {

@@ -113,3 +113,70 @@ async fn unreachable_destination_counts_as_a_failure() {
     assert_eq!(letters[0].1.history[0].status, None);
     assert!(letters[0].1.history[0].error.starts_with("connection failed"), "{:?}", letters[0].1.history);
 }
+
+/// The worker acks runs of settled deliveries with one `multiple` ack
+/// (`delivery::acks`). Against the real broker: a delivery still running is
+/// never covered by a neighbour's ack, a settled one behind it is acked on
+/// its own after a short wait, and the ack that later closes the gap names a
+/// tag the broker still holds unacked (naming an acked one would close the
+/// channel, handing everything back).
+#[tokio::test]
+async fn batched_acks_ack_only_what_settled() {
+    use futures_util::StreamExt;
+    use hookwire::delivery::acks::{Acks, STRAGGLER_WAIT};
+    use lapin::{options::*, types::FieldTable};
+
+    let connection = lapin::Connection::connect(crate::helpers::AMQP_URL, Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let queue = format!("it-acks-{}", uuid::Uuid::now_v7().simple());
+    let declare = QueueDeclareOptions { durable: false, ..Default::default() };
+    channel.queue_declare(queue.as_str().into(), declare, FieldTable::default()).await.unwrap();
+    for i in 1..=10 {
+        let body = i.to_string();
+        channel
+            .basic_publish("".into(), queue.as_str().into(), Default::default(), body.as_bytes(), Default::default())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consuming = connection.create_channel().await.unwrap();
+    consuming.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consuming
+        .basic_consume(queue.as_str().into(), "it".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..10 {
+        let delivery = tokio::time::timeout(T, consumer.next()).await.unwrap().unwrap().unwrap();
+        // Body i arrived with tag i.
+        assert_eq!(String::from_utf8_lossy(&delivery.data), delivery.delivery_tag.to_string());
+        tags.push(delivery.delivery_tag);
+    }
+    assert_eq!(tags, (1..=10).collect::<Vec<u64>>(), "one consumer per channel: tags count up from 1");
+
+    let (acks, _task) = Acks::start(consuming.clone(), "it".into(), T);
+    // 1 and 6 are still running; 8 could not be stored and goes back.
+    for tag in [2, 3, 4, 5, 7, 9, 10] {
+        acks.ack(tag);
+    }
+    acks.requeue(8);
+    tokio::time::sleep(STRAGGLER_WAIT * 4).await;
+    // 1 settles: the run 1..=5 is closed by an ack naming 1 (2..=5 went on
+    // their own), which must not upset the channel.
+    acks.ack(1);
+    tokio::time::sleep(STRAGGLER_WAIT * 2).await;
+    assert!(consuming.status().connected(), "an ack named a tag the broker did not hold");
+    // Closing hands back what is unacked: only 6 (running) and 8 (requeued).
+    consuming.close(200, "test".into()).await.unwrap();
+    let mut back = Vec::new();
+    while let Some(message) =
+        channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+    {
+        back.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+    }
+    back.sort();
+    assert_eq!(back, ["6", "8"]);
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
