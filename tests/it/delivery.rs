@@ -171,8 +171,7 @@ async fn batched_acks_ack_only_what_settled() {
     // Closing hands back what is unacked: only 6 (running) and 8 (requeued).
     consuming.close(200, "test".into()).await.unwrap();
     let mut back = Vec::new();
-    while let Some(message) =
-        channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+    while let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
     {
         back.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
     }
