@@ -12,12 +12,13 @@
 //! tags (tags on a channel with one consumer count up from 1, one per
 //! delivery). Its target is itself still unacked: RabbitMQ closes the
 //! channel on an ack of an unknown tag. A delivery settled behind one that
-//! is still running (a hanging destination) waits at most [`STRAGGLER_WAIT`]
-//! and is then acked on its own, so a slow head never holds the others'
-//! prefetch slots for long.
+//! is still running (a slow destination) is acked on its own after
+//! [`STRAGGLER_WAIT`], or at once when half the prefetch is waiting so: a
+//! slow head must not hold the others' prefetch slots, or the subscription
+//! would stall behind it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -48,41 +49,60 @@ pub struct Acks {
 
 /// A tag above the acked run.
 enum Tag {
-    /// Settled, not acked yet (since when).
-    Settled(Instant),
+    /// Settled, not acked yet (since when: see `State::order`).
+    Settled,
     /// Acked on its own, or requeued: no longer unacked at the broker.
     Done,
 }
 
 impl Acks {
-    /// Starts acking for `channel`, whose first delivery has tag 1. Every
-    /// broker operation is bounded by `timeout`.
-    pub fn start(channel: Channel, subscription: String, timeout: Duration) -> (Self, JoinHandle<()>) {
+    /// Starts acking for `channel`, whose first delivery has tag 1 and
+    /// which holds at most `prefetch` unacked deliveries. Every broker
+    /// operation is bounded by `timeout`.
+    pub fn start(channel: Channel, prefetch: u16, subscription: String, timeout: Duration) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(channel, rx, subscription, timeout));
+        let crowd = usize::from(prefetch / 2).max(1);
+        let task = tokio::spawn(run(channel, rx, crowd, subscription, timeout));
         (Self { tx }, task)
     }
 
     /// Acks `tag` (its outcome is stored). If the channel is gone the broker
     /// redelivers it: a duplicate, not a loss.
     pub fn ack(&self, tag: u64) {
-        let _ = self.tx.send(Settled::Ack(tag));
+        self.send(Settled::Ack(tag));
     }
 
     /// Hands `tag` back to the queue.
     pub fn requeue(&self, tag: u64) {
-        let _ = self.tx.send(Settled::Requeue(tag));
+        self.send(Settled::Requeue(tag));
+    }
+
+    fn send(&self, settled: Settled) {
+        // The task ends only once every handle is gone, so this fails only
+        // if it panicked: the delivery is redelivered when the channel
+        // closes, but until then the consumer may stall at its prefetch.
+        if self.tx.send(settled).is_err() {
+            tracing::error!("the ack task is gone; deliveries stay unacked until the channel closes");
+        }
     }
 }
 
-async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settled>, subscription: String, timeout: Duration) {
+/// `crowd`: this many settled deliveries waiting behind a gap are acked at
+/// once, without waiting out [`STRAGGLER_WAIT`].
+async fn run(
+    channel: Channel,
+    mut rx: mpsc::UnboundedReceiver<Settled>,
+    crowd: usize,
+    subscription: String,
+    timeout: Duration,
+) {
     let mut state = State::default();
     loop {
         let deadline = state.oldest_straggler().map(|since| since + STRAGGLER_WAIT);
         let next = tokio::select! {
             next = rx.recv() => next,
             _ = sleep_until(deadline) => {
-                let lone = state.take_stragglers(Instant::now() - STRAGGLER_WAIT);
+                let lone = state.take_stragglers(Instant::now(), STRAGGLER_WAIT);
                 ack_each(&channel, &lone, timeout, &subscription).await;
                 continue;
             }
@@ -113,22 +133,31 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settled>, subscri
                 tracing::warn!(%subscription, "ack failed; the broker will redeliver (a duplicate, not a loss)");
             }
         }
+        if state.waiting >= crowd {
+            let lone = state.take_stragglers(Instant::now(), Duration::ZERO);
+            ack_each(&channel, &lone, timeout, &subscription).await;
+        }
     }
     // Every sender is gone: ack what settled, the run at once and the rest
     // one by one, before the caller closes the channel.
     if let Some(upto) = state.advance() {
         let _ = bounded(timeout, channel.basic_ack(upto, BasicAckOptions { multiple: true })).await;
     }
-    let lone = state.take_stragglers(Instant::now());
+    let lone = state.take_stragglers(Instant::now(), Duration::ZERO);
     ack_each(&channel, &lone, timeout, &subscription).await;
 }
 
+/// Acks each of `tags` on its own. One failing does not stop the others
+/// (they were marked done and no run will name them).
 async fn ack_each(channel: &Channel, tags: &[u64], timeout: Duration, subscription: &str) {
+    let mut failed = 0;
     for &tag in tags {
         if !bounded(timeout, channel.basic_ack(tag, BasicAckOptions { multiple: false })).await {
-            tracing::warn!(%subscription, "ack failed; the broker will redeliver (a duplicate, not a loss)");
-            return;
+            failed += 1;
         }
+    }
+    if failed > 0 {
+        tracing::warn!(%subscription, failed, "acks failed; the broker will redeliver (duplicates, not losses)");
     }
 }
 
@@ -138,18 +167,25 @@ struct State {
     /// Every tag up to this one is acked or requeued.
     acked: u64,
     above: BTreeMap<u64, Tag>,
+    /// Settled tags in the order they settled, oldest first; entries whose
+    /// tag has been acked since are skipped when met.
+    order: VecDeque<(Instant, u64)>,
+    /// How many tags in `above` are settled and unacked.
+    waiting: usize,
 }
 
 impl State {
     fn settle(&mut self, tag: u64, now: Instant) {
-        if tag > self.acked {
-            self.above.insert(tag, Tag::Settled(now));
+        if tag > self.acked && !self.above.contains_key(&tag) {
+            self.above.insert(tag, Tag::Settled);
+            self.order.push_back((now, tag));
+            self.waiting += 1;
         }
     }
 
     fn done(&mut self, tag: u64) {
-        if tag > self.acked {
-            self.above.insert(tag, Tag::Done);
+        if tag > self.acked && matches!(self.above.insert(tag, Tag::Done), Some(Tag::Settled)) {
+            self.waiting -= 1;
         }
     }
 
@@ -163,8 +199,9 @@ impl State {
                 break;
             }
             let (tag, what) = entry.remove_entry();
-            if let Tag::Settled(_) = what {
+            if let Tag::Settled = what {
                 target = Some(tag);
+                self.waiting -= 1;
             }
             self.acked = tag;
         }
@@ -172,18 +209,29 @@ impl State {
     }
 
     /// When the longest-waiting settled tag behind a gap settled.
-    fn oldest_straggler(&self) -> Option<Instant> {
-        self.above.values().filter_map(|t| if let Tag::Settled(at) = t { Some(*at) } else { None }).min()
+    fn oldest_straggler(&mut self) -> Option<Instant> {
+        while let Some(&(at, tag)) = self.order.front() {
+            if matches!(self.above.get(&tag), Some(Tag::Settled)) {
+                return Some(at);
+            }
+            self.order.pop_front();
+        }
+        None
     }
 
-    /// The settled tags behind a gap that settled at or before `before`,
-    /// marked done: the caller acks each on its own.
-    fn take_stragglers(&mut self, before: Instant) -> Vec<u64> {
+    /// The settled tags behind a gap that have waited at least `wait` by
+    /// `now`, marked done: the caller acks each on its own.
+    fn take_stragglers(&mut self, now: Instant, wait: Duration) -> Vec<u64> {
         let mut lone = Vec::new();
-        for (tag, what) in &mut self.above {
-            if matches!(what, Tag::Settled(at) if *at <= before) {
+        while let Some(&(at, tag)) = self.order.front() {
+            if at + wait > now {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(what @ Tag::Settled) = self.above.get_mut(&tag) {
                 *what = Tag::Done;
-                lone.push(*tag);
+                self.waiting -= 1;
+                lone.push(tag);
             }
         }
         lone
@@ -222,7 +270,9 @@ mod tests {
         state.settle(6, now);
         assert_eq!(state.advance(), None);
         assert_eq!(state.oldest_straggler(), Some(now));
-        assert_eq!(state.take_stragglers(now), [5, 6]);
+        assert_eq!(state.waiting, 2);
+        assert_eq!(state.take_stragglers(now, Duration::ZERO), [5, 6]);
+        assert_eq!(state.waiting, 0);
         assert_eq!(state.oldest_straggler(), None);
         // 7 settles; then 4: the run reaches 7, and the ack names 7, not 6
         // (already acked: naming it would close the channel).
@@ -246,7 +296,10 @@ mod tests {
         let mut state = State::default();
         state.settle(2, start);
         state.settle(3, later);
-        assert_eq!(state.take_stragglers(start), [2], "3 has not waited as long");
+        let wait = Duration::from_millis(20);
+        assert_eq!(state.take_stragglers(start + wait, wait), [2], "3 has not waited as long");
         assert_eq!(state.oldest_straggler(), Some(later));
+        assert_eq!(state.take_stragglers(later + wait, wait), [3]);
+        assert_eq!(state.oldest_straggler(), None);
     }
 }

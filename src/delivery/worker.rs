@@ -97,6 +97,9 @@ impl Worker {
         // lost session still hold their permits until they finish, so a
         // reconnect never runs more than `concurrency` deliveries at once.
         let permits = Arc::new(Semaphore::new(usize::from(this.concurrency)));
+        // The ack tasks of sessions that ended without a shutdown: their
+        // deliveries may still be settling, and are acked before exit.
+        let mut ackers = Vec::new();
         let mut paused = this.paused.clone();
         loop {
             // While paused (or before this process knows), hold no consumer at
@@ -116,7 +119,8 @@ impl Worker {
                     Err(_) => break, // the supervisor is gone
                 },
             };
-            match this.clone().consume(&session, &token, &permits, &mut tasks).await {
+            ackers.retain(|acking: &tokio::task::JoinHandle<()>| !acking.is_finished());
+            match this.clone().consume(&session, &token, &permits, &mut tasks, &mut ackers).await {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Paused) => {
                     tracing::info!(subscription = %this.name, "paused: stopped consuming");
@@ -146,6 +150,10 @@ impl Worker {
         if abandoned > 0 {
             tracing::warn!(subscription = %this.name, abandoned, "drain deadline passed; unfinished deliveries return to the queue");
         }
+        // Every task is gone, so each ack task acks what settled and ends.
+        for acking in ackers {
+            let _ = tokio::time::timeout(this.broker.operation_timeout, acking).await;
+        }
     }
 
     async fn consume(
@@ -154,6 +162,7 @@ impl Worker {
         token: &CancellationToken,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
+        ackers: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<Ended, lapin::Error> {
         let timeout = self.broker.operation_timeout;
         let channel = bounded(timeout, session.connection.create_channel()).await?;
@@ -176,7 +185,7 @@ impl Worker {
         )
         .await?;
         tracing::info!(subscription = %self.name, queue = %self.queues.work, "consuming");
-        let (acks, acking) = Acks::start(channel.clone(), self.name.clone(), timeout);
+        let (acks, acking) = Acks::start(channel.clone(), prefetch, self.name.clone(), timeout);
         let mut paused = self.paused.clone();
         let ended = loop {
             while tasks.try_join_next().is_some() {}
@@ -265,6 +274,8 @@ impl Worker {
             drop(acks);
             let _ = tokio::time::timeout(timeout, acking).await;
             let _ = tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into())).await;
+        } else {
+            ackers.push(acking);
         }
         Ok(ended)
     }

@@ -117,9 +117,9 @@ async fn unreachable_destination_counts_as_a_failure() {
 /// The worker acks runs of settled deliveries with one `multiple` ack
 /// (`delivery::acks`). Against the real broker: a delivery still running is
 /// never covered by a neighbour's ack, a settled one behind it is acked on
-/// its own after a short wait, and the ack that later closes the gap names a
-/// tag the broker still holds unacked (naming an acked one would close the
-/// channel, handing everything back).
+/// its own after a short wait, a requeue goes back at once, and the ack that
+/// later closes a gap names a tag the broker still holds unacked (naming an
+/// acked one would close the channel, handing everything back).
 #[tokio::test]
 async fn batched_acks_ack_only_what_settled() {
     use futures_util::StreamExt;
@@ -156,19 +156,24 @@ async fn batched_acks_ack_only_what_settled() {
     }
     assert_eq!(tags, (1..=10).collect::<Vec<u64>>(), "one consumer per channel: tags count up from 1");
 
-    let (acks, _task) = Acks::start(consuming.clone(), "it".into(), T);
-    // 1 and 6 are still running; 8 could not be stored and goes back.
-    for tag in [2, 3, 4, 5, 7, 9, 10] {
+    let (acks, _task) = Acks::start(consuming.clone(), 100, "it".into(), T);
+    // 4 and 6 are still running; 1..=3 settle (one ack names 3); 5, 7, 9
+    // and 10 settle behind the gaps (each acked alone after a while); 8
+    // could not be stored and goes back to the queue.
+    for tag in [1, 2, 3, 5, 7, 9, 10] {
         acks.ack(tag);
     }
     acks.requeue(8);
+    // The requeued 8 comes straight back to this consumer, marked redelivered.
+    let again = tokio::time::timeout(T, consumer.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((String::from_utf8_lossy(&again.data).as_ref(), again.redelivered), ("8", true));
     tokio::time::sleep(STRAGGLER_WAIT * 4).await;
-    // 1 settles: the run 1..=5 is closed by an ack naming 1 (2..=5 went on
-    // their own), which must not upset the channel.
-    acks.ack(1);
+    // 4 settles: its run is 4 alone (5 went on its own), so the ack names
+    // 4, never 5, which the broker no longer holds, nor 6, still running.
+    acks.ack(4);
     tokio::time::sleep(STRAGGLER_WAIT * 2).await;
     assert!(consuming.status().connected(), "an ack named a tag the broker did not hold");
-    // Closing hands back what is unacked: only 6 (running) and 8 (requeued).
+    // Closing hands back what is unacked: 6 (running) and the redelivered 8.
     consuming.close(200, "test".into()).await.unwrap();
     let mut back = Vec::new();
     while let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()

@@ -85,6 +85,9 @@ pub enum Behavior {
     Status(u16),
     /// Answer 200 after a delay.
     Delay(Duration),
+    /// Answer the first request after a delay, every later one at once.
+    #[allow(dead_code)] // only tests/timing uses it
+    HangFirst(Duration),
     /// Answer `status` with these headers and body this many more times, then 200.
     Respond {
         times: usize,
@@ -201,6 +204,7 @@ async fn record(
             Behavior::FailTimes(n, status) => {
                 *guard = if *n <= 1 { Behavior::Ok } else { Behavior::FailTimes(n - 1, *status) };
             }
+            Behavior::HangFirst(_) => *guard = Behavior::Ok,
             Behavior::Respond { times, status, headers, body } => {
                 *guard = if *times <= 1 {
                     Behavior::Ok
@@ -217,7 +221,7 @@ async fn record(
         Behavior::FailTimes(_, status) | Behavior::Status(status) => {
             StatusCode::from_u16(status).unwrap().into_response()
         }
-        Behavior::Delay(d) => {
+        Behavior::Delay(d) | Behavior::HangFirst(d) => {
             tokio::time::sleep(d).await;
             StatusCode::OK.into_response()
         }

@@ -1,6 +1,7 @@
 //! Integration tests that measure time or rates: the subscription rate limit
-//! at the destination, the circuit breaker's pause, and the isolation of a
-//! healthy subscription from a hanging one.
+//! at the destination, the circuit breaker's pause, the isolation of a
+//! healthy subscription from a hanging one, and of a subscription from one
+//! of its own deliveries that hangs.
 //!
 //! They live in their own test binary because measurements are only
 //! meaningful on a quiet machine: cargo runs test binaries one after another,

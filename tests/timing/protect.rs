@@ -1,6 +1,7 @@
 //! Protecting destinations and isolating failures: the subscription rate
-//! limit as measured at the destination, the circuit breaker's cycle, and a
-//! hanging destination that must not slow a healthy neighbour.
+//! limit as measured at the destination, the circuit breaker's cycle, a
+//! hanging destination that must not slow a healthy neighbour, and one slow
+//! delivery that must not stall the rest of its own subscription.
 
 use std::time::{Duration, Instant};
 
@@ -129,4 +130,45 @@ async fn a_hanging_destination_does_not_slow_a_healthy_one() {
         beside_hanging >= 0.7 * alone,
         "a hanging neighbour cut the healthy rate from {alone:.0}/s to {beside_hanging:.0}/s"
     );
+}
+
+/// Acks go out in runs of settled deliveries (`delivery::acks`); one that
+/// hangs must not hold the prefetch slots of those settled after it. With
+/// the event log off the prefetch is the concurrency (8 here), so this is
+/// where a stalled run would show: with only a 50 ms wait per straggler the
+/// subscription fell to 10% of its rate (121/s against 1,231/s). The hanging
+/// delivery holds one of the 8 attempt slots, so 7/8 is the most to expect.
+#[tokio::test]
+async fn a_hanging_delivery_does_not_stall_its_own_subscription() {
+    let _serial = crate::serial().await;
+    let alone = own_rate(false).await;
+    let behind_hanging = own_rate(true).await;
+    eprintln!("subscription: {alone:.0}/s alone, {behind_hanging:.0}/s while one of its deliveries hangs");
+    assert!(
+        behind_hanging >= 0.5 * alone,
+        "one hanging delivery cut its subscription from {alone:.0}/s to {behind_hanging:.0}/s"
+    );
+}
+
+async fn own_rate(with_a_hanging_delivery: bool) -> f64 {
+    const EVENTS: usize = 400;
+    let behavior = if with_a_hanging_delivery { Behavior::HangFirst(Duration::from_secs(20)) } else { Behavior::Ok };
+    let sink = Sink::start(behavior).await;
+    let app = TestApp::start(&format!(
+        "[event_log]\nenabled = false\n[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nconcurrency = 8\ntimeout = \"30s\"\n",
+        sink.url("/")
+    ))
+    .await;
+    if with_a_hanging_delivery {
+        assert_eq!(app.post_acme("hang", r#"{"type":"invoice.paid"}"#).await.status(), 202);
+        sink.wait_for(1, T).await;
+    }
+    post_many(&app, EVENTS, 16, "own").await;
+    let skip = usize::from(with_a_hanging_delivery);
+    let got = sink.wait_for(EVENTS + skip, T).await;
+    if with_a_hanging_delivery {
+        assert_eq!(got[0].header("webhook-id"), "hang");
+    }
+    let (first, last) = (got[skip].at, got.last().unwrap().at);
+    (EVENTS - 1) as f64 / (last - first).as_secs_f64()
 }
