@@ -52,9 +52,13 @@ const LINGER: Duration = Duration::from_millis(20);
 /// batch went in the last `URGENT_PERIOD`, so a quiet ingress answers
 /// after one commit; a busy one shares a commit every `URGENT_PERIOD`
 /// among everything that arrived, and its answers, which wait for the
-/// publisher confirm anyway, wait for that too. The same as [`LINGER`]:
-/// a saturated ingress commits no more often than the workers do.
-const URGENT_PERIOD: Duration = Duration::from_millis(20);
+/// publisher confirm anyway, wait for that too. Senders are latency-bound
+/// (each connection waits for its answer), so this period caps the
+/// ingress at connections / period: 20 ms held 64 senders to 3,000
+/// events/s on a machine whose pipeline moves 6,700 (docs/BENCHMARKS.md).
+/// 5 ms leaves that cap above what the ingress can take and still
+/// commits at most 200 batches a second.
+const URGENT_PERIOD: Duration = Duration::from_millis(5);
 /// Transactions awaiting their commit at once: one. An SQLite file takes
 /// one writer at a time and the PostgreSQL store writes on one connection,
 /// so a second would only queue, and both would be smaller; meanwhile the
