@@ -4,12 +4,15 @@
 # until the AMQP port accepts connections. Safe to run any number of times.
 #
 # File descriptors: every quorum queue keeps files open, and a broker started
-# by hand inherits the login's soft limit (1024 here). With it, about 30
+# by hand inherits the login's soft limit (often 1024). With that, about 30
 # subscriptions (a work queue and 5 retry queues each, all quorum) exhaust
 # the broker, and declares hang until hookwire's operation timeout
 # (docs/BENCHMARKS.md, fan-out 100). So before starting the broker this
-# raises the rabbitmq user's limit (pam_limits applies it when the scripts
-# `su` to that user), and it warns about a running broker with fewer.
+# raises the rabbitmq user's limit (pam_limits applies it when Debian's
+# scripts `su` to that user; under systemd the unit's LimitNOFILE applies
+# instead), and it warns about a running broker with fewer. The warning
+# checks the first RabbitMQ node it finds: the machine's own, normally,
+# though deploy/rabbitmq-node.sh's extra nodes run as the same user.
 set -euo pipefail
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
@@ -27,8 +30,10 @@ warn_if_few_fds() {
   pid=$(pgrep -u rabbitmq -f 'beam.smp.*-s rabbit' 2>/dev/null | head -1 || true)
   [ -n "$pid" ] || pid=$(pgrep -f 'beam.smp.*rabbit' 2>/dev/null | head -1 || true)
   [ -n "$pid" ] && [ -r "/proc/$pid/limits" ] || return 0
-  limit=$(awk '/^Max open files/ {print $4}' "/proc/$pid/limits")
-  if [ "$limit" != unlimited ] && [ "$limit" -lt "$ENOUGH_FDS" ]; then
+  limit=$(awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null || true)
+  # Gone meanwhile, or "unlimited": nothing to warn about.
+  case $limit in '' | *[!0-9]*) return 0 ;; esac
+  if [ "$limit" -lt "$ENOUGH_FDS" ]; then
     echo "rabbitmq: WARNING: the broker may open only $limit files; about 30 subscriptions exhaust 1024." >&2
     echo "rabbitmq: restart it with a higher limit (this script sets one for brokers it starts; README, RabbitMQ topology)." >&2
   fi
@@ -50,7 +55,9 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
 fi
 
 if [ -d /etc/security/limits.d ] && [ ! -e /etc/security/limits.d/rabbitmq.conf ]; then
-  echo "rabbitmq - nofile $WANTED_FDS" | $SUDO tee /etc/security/limits.d/rabbitmq.conf >/dev/null
+  if ! echo "rabbitmq - nofile $WANTED_FDS" | $SUDO tee /etc/security/limits.d/rabbitmq.conf >/dev/null 2>&1; then
+    echo "rabbitmq: could not write /etc/security/limits.d/rabbitmq.conf; the broker keeps the limit it inherits" >&2
+  fi
 fi
 
 if ! port_open; then

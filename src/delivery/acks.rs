@@ -41,7 +41,7 @@ enum Settled {
 
 /// Where a worker's tasks hand their settled deliveries; cheap to clone.
 /// When every handle is dropped, what is settled is acked and the task ends
-/// ([`Acks::finished`]).
+/// (the `JoinHandle` [`Acks::start`] returned completes).
 #[derive(Clone)]
 pub struct Acks {
     tx: mpsc::UnboundedSender<Settled>,

@@ -97,7 +97,7 @@ impl Worker {
         // lost session still hold their permits until they finish, so a
         // reconnect never runs more than `concurrency` deliveries at once.
         let permits = Arc::new(Semaphore::new(usize::from(this.concurrency)));
-        // The ack tasks of sessions that ended without a shutdown: their
+        // The ack tasks of sessions whose connection was lost: their
         // deliveries may still be settling, and are acked before exit.
         let mut ackers = Vec::new();
         let mut paused = this.paused.clone();

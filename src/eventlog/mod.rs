@@ -17,7 +17,7 @@
 //!   acked, and the attempt is recorded again.
 //! - The ingress answers `202` only after the event's `received` record is
 //!   committed ([`Recorder::commit_now`]: no linger, at most one batch every
-//!   20 ms). The commit runs alongside the publish, so the answer waits for
+//!   5 ms). The commit runs alongside the publish, so the answer waits for
 //!   whichever takes longer; a publish that fails after all adds `refused`.
 //! - A replayed copy carries when and why it was replayed, and the worker
 //!   that takes it records `replayed` with its attempt; a purge acks each

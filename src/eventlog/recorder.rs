@@ -55,7 +55,7 @@ const LINGER: Duration = Duration::from_millis(20);
 /// publisher confirm anyway, wait for that too. Senders are latency-bound
 /// (each connection waits for its answer), so this period caps the
 /// ingress at connections / period: 20 ms held 64 senders to 3,000
-/// events/s on a machine whose pipeline moves 6,700 (docs/BENCHMARKS.md).
+/// events/s on a machine that moves 7,300 with 5 ms (docs/BENCHMARKS.md).
 /// 5 ms leaves that cap above what the ingress can take and still
 /// commits at most 200 batches a second.
 const URGENT_PERIOD: Duration = Duration::from_millis(5);
