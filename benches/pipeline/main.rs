@@ -2,7 +2,9 @@
 //!
 //! In one run, on this machine, against the real RabbitMQ on 127.0.0.1:5672:
 //! (a) the raw RabbitMQ ceiling: persistent 1 KiB messages published with
-//!     confirms to a quorum queue by 64 concurrent publishers (lapin directly);
+//!     confirms to a quorum queue by 64 concurrent publishers (lapin directly),
+//!     then the same through a fanout exchange to a stream and a quorum
+//!     queue: the two writes of an event the ingress accepts;
 //! (b) hookwire's ingress alone (`serve --role ingress`, a child process),
 //!     driven by 64 concurrent connections of signed 1 KiB webhooks: accepted/s,
 //!     request latency p50/p99, peak RSS, and the ratio to (a);
@@ -126,15 +128,23 @@ async fn run(duration: Duration) {
         rabbitmq_version()
     );
 
-    let raw = raw_ceiling(duration).await;
+    let raw = raw_ceiling(duration, false).await;
     println!("(a) raw RabbitMQ ceiling: {raw:.0} msg/s (confirmed, persistent, quorum queue)");
+    let raw_both = raw_ceiling(duration, true).await;
+    println!(
+        "(a) raw, an accepted event's two writes: {raw_both:.0} msg/s (a fanout exchange to a stream and a quorum queue)"
+    );
 
     let ingress = ingress_only(duration).await;
     println!(
         "(b) ingress: {:.0} accepted/s, latency p50 {:.2} ms p99 {:.2} ms, peak RSS {:.1} MiB, hookwire CPU {:.0} µs/request, errors {}",
         ingress.rate, ingress.p50_ms, ingress.p99_ms, ingress.rss_mib, ingress.cpu_us_per_request, ingress.errors
     );
-    println!("    ingress / raw = {:.0}%", 100.0 * ingress.rate / raw);
+    println!(
+        "    ingress / raw = {:.0}%; ingress / raw with the same two writes = {:.0}%",
+        100.0 * ingress.rate / raw,
+        100.0 * ingress.rate / raw_both
+    );
 
     let e2e = end_to_end(duration, None, BODY_BYTES, None, 1).await;
     println!(
@@ -185,7 +195,12 @@ const TRANSFORM: &str = "{id, kind: .type, amount: .body.data.object.amount, cur
 
 // ---------------------------------------------------------------- (a) raw
 
-async fn raw_ceiling(duration: Duration) -> f64 {
+/// Persistent 1 KiB messages published with confirms by 64 publishers to a
+/// quorum queue; with `archive`, to a fanout exchange bound to a stream and
+/// to that queue: what RabbitMQ does for each event the ingress accepts
+/// (its `ns.accepted` feeds the archive stream and, through the topic
+/// exchange, a subscription's quorum queue).
+async fn raw_ceiling(duration: Duration, archive: bool) -> f64 {
     let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
     let setup = conn.create_channel().await.unwrap();
     let queue = format!("bench-raw-{}", uuid::Uuid::now_v7().simple());
@@ -193,6 +208,23 @@ async fn raw_ceiling(duration: Duration) -> f64 {
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     setup.queue_declare(queue.as_str().into(), durable, args).await.unwrap();
+    let (exchange, stream) = (format!("{queue}.accepted"), format!("{queue}.archive"));
+    if archive {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+        setup.queue_declare(stream.as_str().into(), durable, args).await.unwrap();
+        let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let kind = lapin::ExchangeKind::Fanout;
+        setup.exchange_declare(exchange.as_str().into(), kind, options, FieldTable::default()).await.unwrap();
+        for target in [&queue, &stream] {
+            let bind = lapin::options::QueueBindOptions::default();
+            setup
+                .queue_bind(target.as_str().into(), exchange.as_str().into(), "".into(), bind, FieldTable::default())
+                .await
+                .unwrap();
+        }
+    }
+    let (to_exchange, key) = if archive { (exchange.clone(), String::new()) } else { (String::new(), queue.clone()) };
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let payload = body(0);
@@ -200,12 +232,14 @@ async fn raw_ceiling(duration: Duration) -> f64 {
     for _ in 0..CONCURRENCY {
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let (sent, stop, queue, payload) = (sent.clone(), stop.clone(), queue.clone(), payload.clone());
+        let (sent, stop, payload) = (sent.clone(), stop.clone(), payload.clone());
+        let (to_exchange, key) = (to_exchange.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let props = BasicProperties::default().with_delivery_mode(2);
+                let options = BasicPublishOptions::default();
                 let confirm = channel
-                    .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &payload, props)
+                    .basic_publish(to_exchange.as_str().into(), key.as_str().into(), options, &payload, props)
                     .await
                     .unwrap();
                 assert!(confirm.await.unwrap().is_ack());
@@ -219,6 +253,11 @@ async fn raw_ceiling(duration: Duration) -> f64 {
     join_all(tasks).await;
     let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    if archive {
+        setup.queue_delete(stream.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+        let options = lapin::options::ExchangeDeleteOptions::default();
+        setup.exchange_delete(exchange.as_str().into(), options).await.unwrap();
+    }
     rate
 }
 
