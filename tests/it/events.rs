@@ -293,6 +293,39 @@ async fn an_events_story_holds_every_attempt_filter_unrouted_and_dead_letter(bac
     assert!(metrics.contains("hookwire_event_log_written_total"), "{metrics}");
 }
 
+/// `hookwire serve --role ROLE` as a child process on `app`'s namespace and
+/// event log store (the same SQLite file, or PostgreSQL), with
+/// `subscription`; its ingress listens on `ingress_port` when given. Killed
+/// when dropped.
+fn second_process(
+    app: &TestApp,
+    backend: Backend,
+    dir: &tempfile::TempDir,
+    subscription: &str,
+    role: &str,
+    ingress_port: Option<u16>,
+) -> tokio::process::Child {
+    let mut text = crate::helpers::config_text(
+        &app.config.rabbitmq.namespace,
+        AMQP_URL,
+        &format!("{subscription}\n{}", section(backend, dir)),
+    );
+    if let Some(port) = ingress_port {
+        // The first listener in the text is the ingress's.
+        text = text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+    }
+    let config = dir.path().join(format!("{role}.toml"));
+    std::fs::write(&config, text).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
+        .args(["serve", "--role", role, "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 both!(a_worker_killed_mid_load_leaves_every_story_complete);
 /// A worker process killed (SIGKILL) mid-load leaves no hole: every
 /// accepted event's story ends `delivered`, with the attempt that delivered
@@ -306,24 +339,9 @@ async fn a_worker_killed_mid_load_leaves_every_story_complete(backend: Backend) 
     let subscription = format!("[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
     let app = with_event_log(backend, &dir, &subscription).await;
 
-    // A second process, workers only, on the same namespace and the same
-    // store (the same SQLite file, or PostgreSQL): it takes its share of
-    // the deliveries and commits its own records.
-    let text = crate::helpers::config_text(
-        &app.config.rabbitmq.namespace,
-        AMQP_URL,
-        &format!("{subscription}\n{}", section(backend, &dir)),
-    );
-    let config = dir.path().join("worker.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
-        .args(["serve", "--role", "worker", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // A second process, workers only: it takes its share of the deliveries
+    // and commits its own records.
+    let mut child = second_process(&app, backend, &dir, &subscription, "worker", None);
     let work = app.topology.subscription("steady").unwrap().work.clone();
     crate::helpers::eventually(Duration::from_secs(15), "both processes consuming", || {
         let app = &app;
@@ -361,24 +379,9 @@ async fn an_ingress_killed_right_after_its_202s_has_recorded_them(backend: Backe
     let subscription = format!("[subscriptions.steady]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
     let app = with_event_log(backend, &dir, &subscription).await;
 
-    // A second process, ingress only, on the same namespace and store.
+    // A second process, ingress only.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = crate::helpers::config_text(
-        &app.config.rabbitmq.namespace,
-        AMQP_URL,
-        &format!("{subscription}\n{}", section(backend, &dir)),
-    )
-    .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
-    let config = dir.path().join("ingress.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwire"))
-        .args(["serve", "--role", "ingress", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = second_process(&app, backend, &dir, &subscription, "ingress", Some(port));
     let url = format!("http://127.0.0.1:{port}/webhooks/acme");
     let post = |id: String| {
         let body = r#"{"type":"i.x"}"#;
