@@ -128,10 +128,7 @@ async fn run(
             }
         }
         if let Some(upto) = state.advance() {
-            let multiple = BasicAckOptions { multiple: true };
-            if !bounded(timeout, channel.basic_ack(upto, multiple)).await {
-                tracing::warn!(%subscription, "ack failed; the broker will redeliver (a duplicate, not a loss)");
-            }
+            ack_run(&channel, upto, timeout, &subscription).await;
         }
         if state.waiting >= crowd {
             let lone = state.take_stragglers(Instant::now(), Duration::ZERO);
@@ -141,10 +138,17 @@ async fn run(
     // Every sender is gone: ack what settled, the run at once and the rest
     // one by one, before the caller closes the channel.
     if let Some(upto) = state.advance() {
-        let _ = bounded(timeout, channel.basic_ack(upto, BasicAckOptions { multiple: true })).await;
+        ack_run(&channel, upto, timeout, &subscription).await;
     }
     let lone = state.take_stragglers(Instant::now(), Duration::ZERO);
     ack_each(&channel, &lone, timeout, &subscription).await;
+}
+
+/// Acks every unacked delivery up to `upto` with one `multiple` ack.
+async fn ack_run(channel: &Channel, upto: u64, timeout: Duration, subscription: &str) {
+    if !bounded(timeout, channel.basic_ack(upto, BasicAckOptions { multiple: true })).await {
+        tracing::warn!(%subscription, "ack failed; the broker will redeliver (a duplicate, not a loss)");
+    }
 }
 
 /// Acks each of `tags` on its own. One failing does not stop the others

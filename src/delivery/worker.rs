@@ -99,7 +99,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(usize::from(this.concurrency)));
         // The ack tasks of sessions whose connection was lost: their
         // deliveries may still be settling, and are acked before exit.
-        let mut ackers = Vec::new();
+        let mut ackers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut paused = this.paused.clone();
         loop {
             // While paused (or before this process knows), hold no consumer at
@@ -119,7 +119,7 @@ impl Worker {
                     Err(_) => break, // the supervisor is gone
                 },
             };
-            ackers.retain(|acking: &tokio::task::JoinHandle<()>| !acking.is_finished());
+            ackers.retain(|acking| !acking.is_finished());
             match this.clone().consume(&session, &token, &permits, &mut tasks, &mut ackers).await {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Paused) => {
