@@ -2,13 +2,13 @@
 //!
 //! Against the real RabbitMQ on 127.0.0.1:5672, in a throwaway namespace:
 //! N dead letters (1 KiB bodies, five failed attempts of history each) are
-//! seeded into a subscription's dead-letter queue, then through the operator
+//! seeded into the letters stream as a subscription's, then through the operator
 //! API of an in-process hookwire (`--role ingress`: no worker drains the work
 //! queue, so the move itself is what is timed):
 //! - the first page of a listing (50),
 //! - a dry-run count of everything (a full scan that changes nothing),
 //! - replay all: every dead letter published to the work queue with a
-//!   confirm, then removed; checked by the queue depths afterwards,
+//!   confirm, then settled; checked by the counts afterwards,
 //! - purge all, after seeding again.
 //!
 //! Target (issue 5): replaying 10,000 dead letters takes under 10 s.
@@ -102,7 +102,7 @@ url = "http://127.0.0.1:9/"
     };
 
     for run in 1..=runs {
-        seed(&queues.dead, count).await;
+        seed(&topology.letters, count).await;
         let started = Instant::now();
         let page = call(reqwest::Method::GET, "/dead-letters?limit=50", None).await;
         let list_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -118,12 +118,13 @@ url = "http://127.0.0.1:9/"
         let replayed = call(reqwest::Method::POST, "/dead-letters/replay", Some(json!({"all": true}))).await;
         let replay_s = started.elapsed().as_secs_f64();
         assert_eq!(replayed["replayed"], count, "{replayed}");
-        assert_eq!(depth(&queues.dead).await, 0);
+        let status = call(reqwest::Method::GET, "", None).await;
+        assert_eq!(status["status"]["dead"]["messages"], 0, "{status}");
         assert_eq!(depth(&queues.work).await as usize, count);
 
         // Empty the work queue for the next run, then time a purge.
         purge_queue(&queues.work).await;
-        seed(&queues.dead, count).await;
+        seed(&topology.letters, count).await;
         let started = Instant::now();
         let purged = call(reqwest::Method::DELETE, "/dead-letters", Some(json!({"all": true}))).await;
         let purge_s = started.elapsed().as_secs_f64();
@@ -143,7 +144,8 @@ url = "http://127.0.0.1:9/"
     let _ = conn.close(200, "".into()).await;
 }
 
-/// Publishes `count` realistic dead letters into `queue`, confirmed.
+/// Publishes `count` realistic dead letters of subscription `bench` into the
+/// letters stream `queue`, confirmed.
 async fn seed(queue: &str, count: usize) {
     let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
     let channel = conn.create_channel().await.unwrap();
@@ -166,7 +168,10 @@ async fn seed(queue: &str, count: usize) {
             state.record_failure(Attempt::new(now, Some(503), "HTTP 503 Service Unavailable"));
         }
         state.dead_letter_reason = Some("retries_exhausted".into());
-        let properties = message::encode(&envelope, &state);
+        let mut properties = message::encode(&envelope, &state);
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(message::DEAD_LETTER_OF.into(), lapin::types::AMQPValue::LongString("bench".into()));
+        properties = properties.with_headers(headers);
         let confirm = channel
             .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.body, properties)
             .await

@@ -35,7 +35,7 @@ use crate::{
     delivery::{http::Destination, set::WorkerSet},
     eventlog::{self, Recorder},
     ingress::{self, IngressState, Sources},
-    operator::{Operator, control::Control},
+    operator::{Operator, control::Control, letters::Letters},
     telemetry,
 };
 
@@ -93,6 +93,7 @@ pub struct App {
     /// The audit log (writes, and the newest records of every process).
     pub audit: Audit,
     audit_task: JoinHandle<()>,
+    letters_task: JoinHandle<()>,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
     http_token: CancellationToken,
@@ -138,6 +139,9 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let (catalog, catalog_task) =
         Catalog::spawn(broker.clone(), topology.catalog_stream.clone(), control_token.clone());
     let (audit, audit_task) = Audit::spawn(broker.clone(), topology.audit_stream.clone(), control_token.clone());
+    // Every process follows the letters stream: any process answers the
+    // operator API and exports the dead-letter gauges.
+    let (letters, letters_task) = Letters::spawn(broker.clone(), control_token.clone());
     // The event log: every process commits its own records straight to the
     // store (an SQLite file shared by the processes of one host, or
     // PostgreSQL) and answers queries. Stopped after the ingress and
@@ -188,7 +192,12 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let api = Arc::new(admin::api::ApiState {
         broker: broker.clone(),
         breakers,
-        operator: Operator { broker: broker.clone(), control: control.clone(), recorder: recorder.clone() },
+        operator: Operator {
+            broker: broker.clone(),
+            control: control.clone(),
+            letters: letters.clone(),
+            recorder: recorder.clone(),
+        },
         catalog: catalog.clone(),
         audit: audit.clone(),
         desired: desired.clone(),
@@ -233,6 +242,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         catalog,
         audit,
         audit_task,
+        letters_task,
         draining,
         drain_timeout: config.shutdown.drain_timeout,
         http_token,
@@ -377,6 +387,7 @@ impl App {
         join_within(self.control_task, Duration::from_secs(5), "operator control listener").await;
         join_within(self.catalog_task, Duration::from_secs(5), "catalog follower").await;
         join_within(self.audit_task, Duration::from_secs(5), "audit follower").await;
+        join_within(self.letters_task, Duration::from_secs(5), "letters follower").await;
         self.broker_token.cancel();
         join_within(self.broker_task, Duration::from_secs(15), "broker connection").await;
         self.admin_token.cancel();

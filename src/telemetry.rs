@@ -41,6 +41,11 @@ pub mod metric {
     pub const CIRCUIT_OPEN: &str = "hookwire_circuit_open";
     /// Counter; labels `subscription`, `state` (`open`, `closed`).
     pub const CIRCUIT_TRANSITIONS: &str = "hookwire_circuit_transitions_total";
+    /// Gauge; label `subscription`: dead letters not yet replayed or purged
+    /// (as this process has read the letters stream).
+    pub const DEAD_LETTERS: &str = "hookwire_dead_letters";
+    /// Gauge: unrouted events not yet replayed or purged.
+    pub const UNROUTED_HELD: &str = "hookwire_unrouted_held";
     /// Gauge per subscription: 1 while an operator has it paused.
     pub const PAUSED: &str = "hookwire_subscription_paused";
     /// Counter: audit records that could not be stored.
@@ -132,6 +137,8 @@ fn describe() {
     metrics::describe_gauge!(BROKER_BLOCKED, "1 while RabbitMQ blocks publishing (memory or disk alarm)");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
+    metrics::describe_gauge!(DEAD_LETTERS, "Dead letters not yet replayed or purged, per subscription");
+    metrics::describe_gauge!(UNROUTED_HELD, "Unrouted events not yet replayed or purged");
     metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a subscription's circuit breaker is open");
     metrics::describe_counter!(CIRCUIT_TRANSITIONS, "Circuit breaker state changes");
 }

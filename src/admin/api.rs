@@ -47,6 +47,7 @@ use crate::{
     operator::{
         DEFAULT_LIMIT, MAX_LIMIT, OpError, Operator, Page, Report,
         archive::Window,
+        letters::Pile,
         select::{Filter, Selector},
     },
     telemetry::metric,
@@ -341,20 +342,20 @@ fn list_query(uri: &Uri) -> Result<ListQuery, ApiError> {
     Ok(query)
 }
 
-async fn list(state: &ApiState, queue: &str, uri: &Uri) -> Result<Json<Page>, ApiError> {
+async fn list(state: &ApiState, pile: &Pile, uri: &Uri) -> Result<Json<Page>, ApiError> {
     let query = list_query(uri)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    Ok(Json(state.operator.page(queue, limit, query.after.as_deref()).await?))
+    Ok(Json(state.operator.page(pile, limit, query.after.as_deref()).await?))
 }
 
-async fn show(state: &ApiState, queue: &str, id: &str) -> Result<Response, ApiError> {
-    match state.operator.find(queue, id).await? {
+async fn show(state: &ApiState, pile: &Pile, id: &str) -> Result<Response, ApiError> {
+    match state.operator.find(pile, id).await? {
         Some(detail) => Ok(Json(detail).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "event-not-found",
             "Event not found",
-            format!("no event {id:?} in {queue}"),
+            format!("no event {id:?} in the {pile}"),
         )),
     }
 }
@@ -364,26 +365,24 @@ async fn list_dead_letters(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Result<Json<Page>, ApiError> {
-    let queue = known(&state, &name)?.dead.clone();
-    list(&state, &queue, &uri).await
+    known(&state, &name)?;
+    list(&state, &Pile::Dead(name), &uri).await
 }
 
 async fn show_dead_letter(
     State(state): State<Arc<ApiState>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let queue = known(&state, &name)?.dead.clone();
-    show(&state, &queue, &id).await
+    known(&state, &name)?;
+    show(&state, &Pile::Dead(name), &id).await
 }
 
 async fn list_unrouted(State(state): State<Arc<ApiState>>, uri: Uri) -> Result<Json<Page>, ApiError> {
-    let queue = state.operator.unrouted_queue();
-    list(&state, &queue, &uri).await
+    list(&state, &Pile::Unrouted, &uri).await
 }
 
 async fn show_unrouted(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let queue = state.operator.unrouted_queue();
-    show(&state, &queue, &id).await
+    show(&state, &Pile::Unrouted, &id).await
 }
 
 /// A replay's or purge's selector body, checked.
@@ -431,8 +430,8 @@ async fn purge_dead_letters(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let queue = known(&state, &name)?.dead.clone();
-    purge(&state, &caller, queue, "purge_dead_letters", Some(name), &headers, &body).await
+    known(&state, &name)?;
+    purge(&state, &caller, Pile::Dead(name.clone()), "purge_dead_letters", Some(name), &headers, &body).await
 }
 
 async fn purge_unrouted(
@@ -441,14 +440,13 @@ async fn purge_unrouted(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let queue = state.operator.unrouted_queue();
-    purge(&state, &caller, queue, "purge_unrouted", None, &headers, &body).await
+    purge(&state, &caller, Pile::Unrouted, "purge_unrouted", None, &headers, &body).await
 }
 
 async fn purge(
     state: &ApiState,
     caller: &AccessToken,
-    queue: String,
+    pile: Pile,
     operation: &'static str,
     subscription: Option<String>,
     headers: &HeaderMap,
@@ -457,9 +455,8 @@ async fn purge(
     let (filter, dry_run) = selection(body)?;
     let operator = state.operator.clone();
     let audit = (state.audit.clone(), caller.name.clone());
-    let target = subscription.clone();
     Ok(run(headers, audit, operation, subscription, move |progress| async move {
-        operator.purge(&queue, target.as_deref(), &filter, dry_run, &progress).await
+        operator.purge(&pile, &filter, dry_run, &progress).await
     })
     .await)
 }

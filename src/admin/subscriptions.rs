@@ -37,6 +37,7 @@ use crate::{
     config::{AccessToken, SubscriptionConfig},
     delivery::{http::Destination, transform::Jq},
     error::ApiError,
+    operator::{OpError, letters::Pile},
 };
 
 /// How long a write waits for this process to apply it.
@@ -207,7 +208,7 @@ pub async fn remove(
     let channel = open_channel(&state).await?;
     let held = match topology.subscription(&name) {
         Some(queues) => {
-            let mut names = vec![queues.work.clone(), queues.dead.clone()];
+            let mut names = vec![queues.work.clone()];
             names.extend(queues.retries.iter().map(|r| r.name.clone()));
             let mut held = serde_json::Map::new();
             for queue in names {
@@ -215,6 +216,10 @@ pub async fn remove(
                 if stats.messages > 0 {
                     held.insert(stats.name, json!(stats.messages));
                 }
+            }
+            let dead = dead_letters(&state, &name).await?;
+            if dead > 0 {
+                held.insert(DEAD_LETTERS_KEY.to_owned(), json!(dead));
             }
             for queue in &queues.retired {
                 let messages = retired_depth(&state, &queue.name).await?;
@@ -255,7 +260,16 @@ pub async fn remove(
             // for the consumers to leave first.
             let gone = wait_applied(&state, &name, |w| w.is_none()).await;
             wait_for_no_consumers(&state, &channel, &topology, &name).await?;
-            let deleted = topology.delete_subscription(&name, &channel, state.broker.operation_timeout).await;
+            let mut deleted = topology
+                .delete_subscription(&name, &channel, state.broker.operation_timeout)
+                .await
+                .map_err(|e| e.to_string());
+            if deleted.is_ok() {
+                // Its dead letters go with it (counted in `discarded`); left
+                // unsettled they would return with a subscription of the same
+                // name.
+                deleted = discard_dead_letters(&state, &name).await;
+            }
             match (gone, deleted) {
                 (Ok(()), Ok(())) => {
                     tracing::info!(subscription = %name, by = %caller.name, discarded = total, "subscription deleted");
@@ -376,8 +390,7 @@ async fn start_drain(
     expected: u64,
     held: serde_json::Map<String, Value>,
 ) -> Result<Response, ApiError> {
-    let topology = state.broker.topology();
-    let dead = topology.subscription(&name).and_then(|q| held.get(&q.dead)).and_then(Value::as_u64).unwrap_or(0);
+    let dead = held.get(DEAD_LETTERS_KEY).and_then(Value::as_u64).unwrap_or(0);
     if dead > 0 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -445,7 +458,9 @@ async fn finish_drain(state: Arc<ApiState>, caller: Arc<AccessToken>, name: Stri
         let channel = open_channel(&state).await?;
         let left = wait_for_no_consumers(&state, &channel, &topology, &name).await;
         let left = match left {
-            Ok(()) => queued_on(&state, &channel, &topology, &name).await?,
+            // Dead letters written while it drained keep it too: deleting
+            // would leave them listed under no subscription.
+            Ok(()) => queued_on(&state, &channel, &topology, &name).await? + dead_letters(&state, &name).await?,
             Err(error) => return Err(error),
         };
         if left > 0 {
@@ -750,6 +765,29 @@ async fn depth(state: &ApiState, channel: &Channel, name: String) -> Result<Queu
     Ok(QueueStats { name, messages: declared.message_count(), consumers: declared.consumer_count() })
 }
 
+/// The key of a subscription's dead letters in a `409`'s `messages` (the
+/// others are queue names; dead letters live in the shared letters stream).
+const DEAD_LETTERS_KEY: &str = "dead_letters";
+
+/// Dead letters of `name` not yet replayed or purged, with everything any
+/// process wrote before the call (a delete must not miss one).
+async fn dead_letters(state: &ApiState, name: &str) -> Result<u64, ApiError> {
+    let letters = &state.operator.letters;
+    letters.sync().await?;
+    Ok(letters.count(&Pile::Dead(name.to_owned())).await?)
+}
+
+/// Settles what is left of a deleted subscription's dead letters as
+/// `discarded` (`?discard=true`).
+async fn discard_dead_letters(state: &ApiState, name: &str) -> Result<(), String> {
+    let letters = &state.operator.letters;
+    let settle = async {
+        letters.sync().await?;
+        letters.settle(&letters.unsettled(&Pile::Dead(name.to_owned())), "discarded").await
+    };
+    settle.await.map_err(|error: OpError| format!("discarding the dead letters of {name}: {error}"))
+}
+
 /// Events waiting in a retired retry queue; 0 once it is gone (another
 /// process may have swept it before this one noticed). On a channel of its
 /// own, since asking about a missing queue closes the channel.
@@ -802,7 +840,12 @@ async fn status_of(
             .unwrap_or_default(),
         work: depth(state, channel, queues.work.clone()).await?,
         retry,
-        dead: depth(state, channel, queues.dead.clone()).await?,
+        dead: QueueStats {
+            name: topology.letters.clone(),
+            messages: u32::try_from(state.operator.letters.count(&Pile::Dead(name.to_owned())).await?)
+                .unwrap_or(u32::MAX),
+            consumers: 0,
+        },
         circuit,
         paused: state.operator.control.is_paused(name).await?,
     })

@@ -17,21 +17,23 @@
 //! - `ns.audit` — stream of audit records (who changed what), up to 1 GB.
 //! - `ns.control` — fanout exchange for operator commands (pause/resume) to
 //!   every hookwire process; each process binds its own exclusive queue.
-//! - `ns.unrouted` — fanout exchange and classic queue holding unmatched events.
+//! - `ns.unrouted` — fanout exchange that catches unmatched events and puts
+//!   them in `ns.letters`.
+//! - `ns.letters` — stream of everything hookwire could not deliver: every
+//!   subscription's dead letters and the unrouted events, with markers that
+//!   settle what operators replayed or purged (`operator::letters`). A
+//!   stream, so it is replicated and browsing it moves nothing; no
+//!   retention, since it would drop unsettled letters.
 //! - `ns.sub.NAME` — a subscription's quorum work queue, bound to `ns.events`
 //!   with each topic pattern.
 //! - `ns.sub.NAME.retry.DELAY` — one quorum queue per distinct retry delay; a
 //!   message waits out the queue's TTL and is dead-lettered back to the work
 //!   queue. At-least-once dead-lettering makes that move itself confirmed.
-//! - `ns.sub.NAME.dead` — the subscription's dead-letter queue. Classic, not
-//!   quorum, because operators browse it: a classic queue puts a browsed
-//!   (requeued) message back where it was; a quorum queue moves it to the
-//!   back. Durable, persistent messages, publisher confirms: a message is on
-//!   disk before anyone acks its previous copy. Not replicated across a
-//!   cluster's nodes (docs/DECISIONS.md).
-//! - `ns.sub.NAME.paused` — the durable pause flag: it holds one message
-//!   while the subscription is paused and none otherwise (max length 1). A
-//!   process reads it (a passive declare's message count) when it connects.
+//!   The work queue dead-letters to `ns.letters` (delivery limit exceeded).
+//! - `ns.sub.NAME.paused` — the durable pause flag, a quorum queue (so it is
+//!   replicated): it holds one message while the subscription is paused and
+//!   none otherwise (max length 1). A process reads it (a passive declare's
+//!   message count) when it connects.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -58,7 +60,7 @@ const REPLICAS_STREAM: &str = "x-initial-cluster-size";
 /// and only if that too is refused over the count (the queue has one of its
 /// own) is it taken as it stands, with a warning. A refusal closes the
 /// channel, so it is opened again.
-async fn declare_queue(
+pub(crate) async fn declare_queue(
     connection: &Connection,
     channel: &mut Channel,
     queue: &QueueSpec,
@@ -79,6 +81,12 @@ async fn declare_queue(
     let first = declare(channel, field_table(&queue.args)).await;
     match first {
         Err(error) if is_count(&error) => {}
+        Err(TopologyError::Conflict { reason, .. })
+            if queue.name.ends_with(".paused") && reason.contains("x-queue-type") =>
+        {
+            *channel = bounded("a channel", timeout, connection.create_channel()).await?;
+            return replicate_pause_flag(connection, channel, queue, timeout).await;
+        }
         other => return other.map(drop),
     }
     *channel = bounded("a channel", timeout, connection.create_channel()).await?;
@@ -103,6 +111,40 @@ async fn declare_queue(
         }
         Err(error) => Err(error),
     }
+}
+
+/// Replaces a pause flag made as a classic queue (before issue 11) with the
+/// replicated one, keeping its state: a subscription paused before an
+/// upgrade stays paused. Two processes doing it at once read the same
+/// state, so whichever deletes last still leaves it right.
+async fn replicate_pause_flag(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &QueueSpec,
+    timeout: Duration,
+) -> Result<(), TopologyError> {
+    let object = format!("queue {}", queue.name);
+    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    let old =
+        bounded(&object, timeout, channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()))
+            .await?;
+    let paused = old.message_count() > 0;
+    bounded(&object, timeout, channel.queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())).await?;
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    bounded(&object, timeout, channel.queue_declare(queue.name.as_str().into(), options, field_table(&queue.args)))
+        .await?;
+    if paused {
+        let publisher = super::publisher::open_confirm_channel(connection, timeout).await.map_err(|e| {
+            TopologyError::Publish { object: object.clone(), reason: format!("setting the flag again: {e}") }
+        })?;
+        let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+        let set =
+            super::publisher::publish_confirmed(&publisher, "", &queue.name, properties, b"paused", timeout).await;
+        let _ = tokio::time::timeout(timeout, publisher.close(200, "flag set".into())).await;
+        set.map_err(|e| TopologyError::Publish { object, reason: format!("setting the flag again: {e}") })?;
+    }
+    tracing::info!(queue = %queue.name, paused, "pause flag moved to a replicated queue");
+    Ok(())
 }
 
 /// `(exchange, queue, key)` as [`Topology::bindings`] lists them.
@@ -144,6 +186,8 @@ pub enum TopologyError {
     },
     #[error("declaring {object} timed out")]
     Timeout { object: String },
+    #[error("{object}: {reason}")]
+    Publish { object: String, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +215,6 @@ pub struct SubscriptionQueues {
     pub work: String,
     /// Sorted by delay, one per distinct delay in the schedule.
     pub retries: Vec<RetryQueue>,
-    pub dead: String,
     /// Holds a message exactly while the subscription is paused.
     pub paused_marker: String,
     /// Retry queues of an earlier schedule ([`Topology::retire_from`]).
@@ -202,7 +245,8 @@ pub struct Topology {
     /// Routes by topic to the subscriptions' work queues.
     pub events_exchange: String,
     pub unrouted_exchange: String,
-    pub unrouted_queue: String,
+    /// Dead letters and unrouted events (a stream).
+    pub letters: String,
     pub subscriptions: Vec<SubscriptionQueues>,
     /// The archive stream, when enabled.
     pub archive: Option<ArchiveStream>,
@@ -265,7 +309,6 @@ impl Topology {
                         .into_iter()
                         .map(|delay| RetryQueue { name: format!("{work}.retry.{}", format_duration(delay)), delay })
                         .collect(),
-                    dead: format!("{work}.dead"),
                     paused_marker: format!("{work}.paused"),
                     work,
                     retired: Vec::new(),
@@ -278,7 +321,7 @@ impl Topology {
             accepted_exchange: format!("{ns}.accepted"),
             events_exchange: format!("{ns}.events"),
             unrouted_exchange: format!("{ns}.unrouted"),
-            unrouted_queue: format!("{ns}.unrouted"),
+            letters: format!("{ns}.letters"),
             subscriptions,
             archive: enabled.then(|| ArchiveStream { name: format!("{ns}.archive"), max_age, max_bytes: max_bytes.0 }),
             control_exchange: format!("{ns}.control"),
@@ -307,12 +350,8 @@ impl Topology {
     }
 
     pub fn queues(&self) -> Vec<QueueSpec> {
-        // Queues operators browse are classic: a classic queue puts a
-        // requeued message back at its original position, where a quorum
-        // queue (3.10+) appends it to the back, so browsing would reorder.
-        let classic = || vec![("x-queue-type", Arg::Str("classic".into()))];
         let mut out = vec![
-            QueueSpec { name: self.unrouted_queue.clone(), args: classic() },
+            QueueSpec { name: self.letters.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
             QueueSpec { name: self.catalog_stream.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
             QueueSpec {
                 name: self.audit_stream.clone(),
@@ -327,7 +366,7 @@ impl Topology {
             out.push(QueueSpec { name: archive.name.clone(), args: archive.args() });
         }
         for sub in &self.subscriptions {
-            let mut work = Self::dead_lettering_to(&sub.dead);
+            let mut work = Self::dead_lettering_to(&self.letters);
             work.push(("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit))));
             out.push(QueueSpec { name: sub.work.clone(), args: work });
             for retry in &sub.retries {
@@ -335,14 +374,12 @@ impl Topology {
                 args.push(("x-message-ttl", Arg::Int(retry.delay.as_millis() as i64)));
                 out.push(QueueSpec { name: retry.name.clone(), args });
             }
-            out.push(QueueSpec { name: sub.dead.clone(), args: classic() });
-            let mut flag = classic();
-            flag.push(("x-max-length", Arg::Int(1)));
+            let flag = vec![("x-queue-type", Arg::Str("quorum".into())), ("x-max-length", Arg::Int(1))];
             out.push(QueueSpec { name: sub.paused_marker.clone(), args: flag });
         }
         if let Some(replicas) = self.replicas {
-            // Replicated queue types take their size when created; classic
-            // queues are not replicated at all (issue 11, open).
+            // Replicated queue types take their size when created (every
+            // queue hookwire makes is a quorum queue or a stream).
             for spec in &mut out {
                 let size = match spec.args.iter().find(|(key, _)| *key == "x-queue-type") {
                     Some((_, Arg::Str(kind))) if kind == "quorum" => REPLICAS_QUORUM,
@@ -357,7 +394,7 @@ impl Topology {
 
     /// `(exchange, queue, binding key)`.
     pub fn bindings(&self) -> Vec<(String, String, String)> {
-        let mut out = vec![(self.unrouted_exchange.clone(), self.unrouted_queue.clone(), String::new())];
+        let mut out = vec![(self.unrouted_exchange.clone(), self.letters.clone(), String::new())];
         if let Some(archive) = &self.archive {
             out.push((self.accepted_exchange.clone(), archive.name.clone(), String::new()));
         }
@@ -534,7 +571,8 @@ impl Topology {
     }
 
     /// Deletes subscription `name`'s queues (work, retries, retired retries,
-    /// dead letters, pause flag), messages included.
+    /// pause flag), messages included. Its dead letters are settled by the
+    /// caller (they live in the shared letters stream).
     pub async fn delete_subscription(
         &self,
         name: &str,
@@ -542,7 +580,7 @@ impl Topology {
         timeout: Duration,
     ) -> Result<(), TopologyError> {
         let Some(sub) = self.subscription(name) else { return Ok(()) };
-        let mut queues = vec![sub.work.clone(), sub.dead.clone(), sub.paused_marker.clone()];
+        let mut queues = vec![sub.work.clone(), sub.paused_marker.clone()];
         queues.extend(sub.retries.iter().map(|r| r.name.clone()));
         queues.extend(sub.retired.iter().map(|r| r.name.clone()));
         for queue in queues {
@@ -686,15 +724,18 @@ retry = ["1s"]
             let spec = queues.iter().find(|q| q.name == name).unwrap();
             spec.args.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
         };
-        for quorum in ["t.sub.billing", "t.sub.billing.retry.1s"] {
+        // Everything hookwire keeps is replicated: no classic queue is left.
+        for quorum in ["t.sub.billing", "t.sub.billing.retry.1s", "t.sub.billing.paused"] {
             assert_eq!(arg(quorum, "x-quorum-initial-group-size"), Some(Arg::Int(3)), "{quorum}");
         }
-        for stream in ["t.archive", "t.catalog", "t.audit"] {
+        for stream in ["t.archive", "t.catalog", "t.audit", "t.letters"] {
             assert_eq!(arg(stream, "x-initial-cluster-size"), Some(Arg::Int(3)), "{stream}");
         }
-        for classic in ["t.sub.billing.dead", "t.unrouted"] {
-            assert_eq!(arg(classic, "x-quorum-initial-group-size"), None, "{classic}");
-        }
+        assert!(queues.iter().all(|q| {
+            q.args.iter().any(|(k, v)| {
+                *k == "x-queue-type" && matches!(v, Arg::Str(kind) if kind == "quorum" || kind == "stream")
+            })
+        }));
         let unset = Config::from_toml("[rabbitmq]\nnamespace = \"t\"\n", &|_| None).unwrap();
         assert!(
             Topology::from_config(&unset)
@@ -725,11 +766,18 @@ retry = ["1s", "5s", "1s", "2m"]
         let t = Topology::from_config(&config);
         let sub = t.subscription("billing").unwrap();
         assert_eq!(sub.work, "t.sub.billing");
-        assert_eq!(sub.dead, "t.sub.billing.dead");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        // unrouted, catalog, audit, archive, work, three retries, dead, paused flag
-        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
+        // letters, catalog, audit, archive, work, three retries, paused flag
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 3 + 1);
+        let letters = t.queues().into_iter().find(|q| q.name == "t.letters").unwrap();
+        assert_eq!(
+            letters.args,
+            [("x-queue-type", Arg::Str("stream".into()))],
+            "no retention: it holds unsettled letters"
+        );
+        let work = t.queues().into_iter().find(|q| q.name == "t.sub.billing").unwrap();
+        assert!(work.args.contains(&("x-dead-letter-routing-key", Arg::Str("t.letters".into()))));
         let catalog = t.queues().into_iter().find(|q| q.name == "t.catalog").unwrap();
         assert_eq!(catalog.args, [("x-queue-type", Arg::Str("stream".into()))], "kept forever: no retention");
         let archive = t.queues().into_iter().find(|q| q.name == "t.archive").unwrap();
@@ -744,6 +792,7 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(t.bindings().len(), 4);
         let text = t.describe();
         assert!(text.contains("t.events (topic, durable, alternate-exchange=t.unrouted)"));
+        assert!(text.contains("t.unrouted -> t.letters  (any)"));
         assert!(text.contains("t.events -> t.sub.billing  acme.customer.#"));
     }
 }

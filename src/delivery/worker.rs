@@ -312,7 +312,7 @@ impl Worker {
                     lapin::types::AMQPValue::LongString("malformed".into()),
                 );
                 let properties = properties.with_headers(headers);
-                self.store(&session, &self.queues.dead, properties, &data).await.map(|()| {
+                self.store_dead(&session, properties, &data).await.map(|()| {
                     metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => "malformed").increment(1);
                 })
             }
@@ -451,7 +451,7 @@ impl Worker {
         story: &mut Vec<Record>,
     ) -> Result<(), crate::broker::PublishError> {
         state.dead_letter_reason = Some(reason.to_owned());
-        self.store(session, &self.queues.dead, message::encode(envelope, &state), &envelope.body).await?;
+        self.store_dead(session, message::encode(envelope, &state), &envelope.body).await?;
         metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered")
             .increment(1);
         metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
@@ -536,6 +536,20 @@ impl Worker {
     ) -> Result<(), crate::broker::PublishError> {
         let channel: Channel = session.publish_channels.get().await?;
         publish_confirmed(&channel, "", queue, properties, body, self.broker.operation_timeout).await
+    }
+
+    /// Stores a dead letter of this subscription in the letters stream
+    /// (shared by every subscription, so it is tagged with whose it is).
+    async fn store_dead(
+        &self,
+        session: &Session,
+        properties: lapin::BasicProperties,
+        body: &[u8],
+    ) -> Result<(), crate::broker::PublishError> {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(message::DEAD_LETTER_OF.into(), lapin::types::AMQPValue::LongString(self.name.as_str().into()));
+        let letters = self.broker.topology().letters.clone();
+        self.store(session, &letters, properties.with_headers(headers), body).await
     }
 }
 

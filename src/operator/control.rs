@@ -39,7 +39,7 @@ use crate::{
     broker::{
         Broker, PublishError, Topology,
         publisher::{open_confirm_channel, publish_confirmed},
-        topology::field_table,
+        topology::declare_queue,
     },
     telemetry::metric,
 };
@@ -106,10 +106,7 @@ impl Control {
         let topology = self.broker.topology();
         let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         let session = self.broker.session().ok_or(OpError::Unavailable)?;
-        let channel = bounded(self.broker.operation_timeout, session.connection.create_channel()).await?;
-        let paused = flag_set(&channel, &topology, &queues.paused_marker, self.broker.operation_timeout).await;
-        let _ = tokio::time::timeout(self.broker.operation_timeout, channel.close(200, "checked".into())).await;
-        paused
+        flag_set(&session.connection, &topology, &queues.paused_marker, self.broker.operation_timeout).await
     }
 
     /// Pauses or resumes subscription `name` everywhere.
@@ -203,7 +200,7 @@ impl Control {
             bounded(timeout, channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()))
                 .await?;
         for subscription in &topology.subscriptions {
-            let paused = flag_set(&channel, &topology, &subscription.paused_marker, timeout).await?;
+            let paused = flag_set(connection, &topology, &subscription.paused_marker, timeout).await?;
             self.apply(&subscription.subscription, paused);
         }
         loop {
@@ -214,7 +211,7 @@ impl Control {
                     let topology = self.broker.topology();
                     for name in self.unread() {
                         if let Some(queues) = topology.subscription(&name) {
-                            let paused = flag_set(&channel, &topology, &queues.paused_marker, timeout).await?;
+                            let paused = flag_set(connection, &topology, &queues.paused_marker, timeout).await?;
                             self.apply(&name, paused);
                         }
                     }
@@ -227,7 +224,7 @@ impl Control {
                     Ok(command) => {
                         let topology = self.broker.topology();
                         let Some(queues) = topology.subscription(&command.subscription) else { continue };
-                        let paused = flag_set(&channel, &topology, &queues.paused_marker, timeout).await?;
+                        let paused = flag_set(connection, &topology, &queues.paused_marker, timeout).await?;
                         self.apply(&command.subscription, paused);
                     }
                     Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
@@ -241,17 +238,26 @@ impl Control {
     }
 }
 
-/// Whether a pause flag queue holds its message. Declared (not passively:
-/// one deleted by hand must not stop every worker of the process until the
-/// next reconnect) with the topology's own arguments.
+/// Whether a pause flag queue holds its message. Declared (not only
+/// passively: one deleted by hand must not stop every worker of the process
+/// until the next reconnect) the way the topology declares it, which keeps
+/// a flag made with another replica count; then counted. On a channel of
+/// its own, since a refused declare closes its channel.
 async fn flag_set(
-    channel: &lapin::Channel,
+    connection: &Connection,
     topology: &Topology,
     flag: &str,
     timeout: Duration,
 ) -> Result<bool, OpError> {
     let spec = topology.queues().into_iter().find(|q| q.name == flag).expect("flags are part of the topology");
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    let declared = bounded(timeout, channel.queue_declare(flag.into(), durable, field_table(&spec.args))).await?;
-    Ok(declared.message_count() > 0)
+    let mut channel = bounded(timeout, connection.create_channel()).await?;
+    let result = async {
+        declare_queue(connection, &mut channel, &spec, timeout).await.map_err(|e| OpError::Broker(e.to_string()))?;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        let declared = bounded(timeout, channel.queue_declare(flag.into(), passive, FieldTable::default())).await?;
+        Ok(declared.message_count() > 0)
+    }
+    .await;
+    let _ = tokio::time::timeout(timeout, channel.close(200, "flag read".into())).await;
+    result
 }

@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod control;
+pub mod letters;
 pub mod scan;
 pub mod select;
 
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use self::{
+    letters::{Letters, Pile},
     scan::{Decision, Flow, Message},
     select::{Detail, Filter, Summary},
 };
@@ -77,11 +79,13 @@ pub struct Report {
     pub failed: u64,
 }
 
-/// One page of a queue listing.
+/// One page of a listing of dead letters or unrouted events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Page {
+    /// Where they are kept: the letters stream.
     pub queue: String,
-    /// Messages ready in the queue when the listing started.
+    /// Letters on the pile (not yet replayed or purged) when the listing
+    /// started.
     pub depth: u64,
     pub items: Vec<Summary>,
     /// Pass as `after` for the next page; `null` on the last page.
@@ -93,6 +97,8 @@ pub struct Page {
 pub struct Operator {
     pub broker: Broker,
     pub control: Arc<control::Control>,
+    /// Dead letters and unrouted events, as this process follows them.
+    pub letters: Letters,
     /// The event log's recorder (when the log is on): purges show in the
     /// stories of the events they touch. (Replays do too, recorded by the
     /// worker that takes the copy: see `message::Replayed`.)
@@ -104,18 +110,9 @@ impl Operator {
         self.broker.topology()
     }
 
-    /// The dead-letter queue of subscription `name`, if it exists.
-    pub fn dead_letter_queue(&self, name: &str) -> Option<String> {
-        self.topology().subscription(name).map(|s| s.dead.clone())
-    }
-
-    pub fn unrouted_queue(&self) -> String {
-        self.topology().unrouted_queue.clone()
-    }
-
-    /// Up to `limit` messages from the head of `queue`, or after the event
-    /// `after`. Every message goes back exactly where it was.
-    pub async fn page(&self, queue: &str, limit: usize, after: Option<&str>) -> Result<Page, OpError> {
+    /// Up to `limit` letters from the start of `pile`, or after the event
+    /// `after`. Reading moves nothing.
+    pub async fn page(&self, pile: &Pile, limit: usize, after: Option<&str>) -> Result<Page, OpError> {
         let limit = limit.clamp(1, MAX_LIMIT);
         let mut items = Vec::new();
         let mut found = after.is_none();
@@ -124,8 +121,8 @@ impl Operator {
         let prefetch = if after.is_none() { limit as u16 + 1 } else { BULK_PREFETCH };
         let (progress, _) = watch::channel(Report::default());
         scan::scan(
-            &self.broker,
-            queue,
+            &self.letters,
+            pile,
             prefetch,
             &progress,
             |message| {
@@ -147,16 +144,17 @@ impl Operator {
             return Err(OpError::CursorNotFound(after.unwrap_or_default().to_owned()));
         }
         let next_after = if more { items.last().map(|s| s.event_id.clone()) } else { None };
-        Ok(Page { queue: queue.to_owned(), depth: progress.borrow().total, items, next_after })
+        let queue = self.topology().letters.clone();
+        Ok(Page { queue, depth: progress.borrow().total, items, next_after })
     }
 
-    /// The message with event id `id` in `queue`, whole.
-    pub async fn find(&self, queue: &str, id: &str) -> Result<Option<Detail>, OpError> {
+    /// The letter with event id `id` on `pile`, whole.
+    pub async fn find(&self, pile: &Pile, id: &str) -> Result<Option<Detail>, OpError> {
         let mut found = None;
         let (progress, _) = watch::channel(Report::default());
         scan::scan(
-            &self.broker,
-            queue,
+            &self.letters,
+            pile,
             BULK_PREFETCH,
             &progress,
             |message| {
@@ -186,8 +184,8 @@ impl Operator {
         let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
         progress.send_modify(|r| r.dry_run = dry_run);
         scan::scan(
-            &self.broker,
-            &queues.dead,
+            &self.letters,
+            &Pile::Dead(name.to_owned()),
             BULK_PREFETCH,
             progress,
             |message| {
@@ -236,8 +234,8 @@ impl Operator {
         let topology = self.topology();
         progress.send_modify(|r| r.dry_run = dry_run);
         scan::scan(
-            &self.broker,
-            &topology.unrouted_queue,
+            &self.letters,
+            &Pile::Unrouted,
             BULK_PREFETCH,
             progress,
             |message| {
@@ -276,20 +274,23 @@ impl Operator {
         .await
     }
 
-    /// Removes the matching messages from `queue`; `subscription`: whose
-    /// dead-letter queue it is (the event log records `purged` for it).
+    /// Removes the matching letters from `pile` (for dead letters, the event
+    /// log records `purged` in their subscription's stories).
     pub async fn purge(
         &self,
-        queue: &str,
-        subscription: Option<&str>,
+        pile: &Pile,
         filter: &Filter,
         dry_run: bool,
         progress: &watch::Sender<Report>,
     ) -> Result<(), OpError> {
         progress.send_modify(|r| r.dry_run = dry_run);
+        let subscription = match pile {
+            Pile::Dead(name) => Some(name.as_str()),
+            Pile::Unrouted => None,
+        };
         scan::scan(
-            &self.broker,
-            queue,
+            &self.letters,
+            pile,
             BULK_PREFETCH,
             progress,
             |message: &Message| {

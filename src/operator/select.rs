@@ -211,16 +211,22 @@ pub fn summary(message: &Message) -> Summary {
 /// (`delivery_limit`: a worker kept crashing on the message). The broker's
 /// is the newest `x-death` entry's (it lists the most recent first;
 /// `x-first-death-reason` would say `expired` for anything that once waited
-/// in a retry queue).
+/// in a retry queue). The letters stream does not keep the nested `x-death`
+/// table, only the flat `x-first-death-*`; and the one thing RabbitMQ
+/// dead-letters into it is a work queue's message over its delivery limit.
 fn reason(message: &Message, state: &crate::broker::message::DeliveryState) -> Option<String> {
     use lapin::types::AMQPValue;
     state.dead_letter_reason.clone().or_else(|| {
         let headers = message.properties.headers().as_ref()?;
-        let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
-        let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else { return None };
-        match newest.inner().get("reason")? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            _ => None,
+        match headers.inner().get("x-death") {
+            Some(AMQPValue::FieldArray(deaths)) => {
+                let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else { return None };
+                match newest.inner().get("reason")? {
+                    AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                    _ => None,
+                }
+            }
+            _ => headers.inner().contains_key("x-first-death-queue").then(|| "delivery_limit".to_owned()),
         }
     })
 }

@@ -36,14 +36,14 @@ async fn replicas_size_new_queues_and_a_later_change_keeps_the_existing_ones() {
     let billing = app.topology.subscription("billing").unwrap().clone();
     let archive = app.topology.archive.clone().unwrap().name;
     let args = queue_arguments();
-    for quorum in [&billing.work, &billing.retries[0].name] {
+    // Everything that holds events or state is replicated: the pause flag
+    // too, and the letters stream that holds dead letters and unrouted events.
+    for quorum in [&billing.work, &billing.retries[0].name, &billing.paused_marker] {
         assert_eq!(args[quorum.as_str()]["x-quorum-initial-group-size"], 1, "{quorum}: {}", args[quorum.as_str()]);
     }
-    for stream in [&archive, &app.topology.catalog_stream] {
+    for stream in [&archive, &app.topology.catalog_stream, &app.topology.letters] {
         assert_eq!(args[stream.as_str()]["x-initial-cluster-size"], 1, "{stream}: {}", args[stream.as_str()]);
     }
-    // Classic queues have no replicas to size.
-    assert!(args[billing.dead.as_str()].get("x-quorum-initial-group-size").is_none());
 
     // The broker refuses a redeclare with another count: the queues made
     // with 1 are kept, and the process starts and delivers.
@@ -59,4 +59,48 @@ async fn replicas_size_new_queues_and_a_later_change_keeps_the_existing_ones() {
     app.restart().await;
     assert_eq!(app.post_acme("evt-without-key", r#"{"type":"invoice.paid"}"#).await.status(), 202);
     sink.wait_for(2, T).await;
+}
+
+/// A subscription paused before the upgrade to replicated pause flags stays
+/// paused after it: the classic flag queue is replaced by a quorum one that
+/// holds the same state.
+#[tokio::test]
+async fn a_classic_pause_flag_becomes_a_replicated_one_and_keeps_the_pause() {
+    use lapin::{
+        BasicProperties,
+        options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    let sink = Sink::start(Behavior::Ok).await;
+    let extra = format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
+    let mut app = TestApp::operator(&extra).await;
+    let flag = app.topology.subscription("billing").unwrap().paused_marker.clone();
+    app.stop().await;
+    // The flag as hookwire made it before: classic, max length 1, set.
+    app.delete_queue(&flag).await;
+    let conn = app.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(flag.as_str().into(), durable, args).await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    let publish =
+        channel.basic_publish("".into(), flag.as_str().into(), BasicPublishOptions::default(), b"", persistent);
+    assert!(publish.await.unwrap().await.unwrap().is_ack());
+    let _ = conn.close(200, "".into()).await;
+
+    app.restart().await;
+    assert_eq!(app.api_get("/api/v1/subscriptions/billing").await["status"]["paused"], true);
+    assert_eq!(queue_arguments()[flag.as_str()]["x-queue-type"], "quorum");
+    assert_eq!(app.post_acme("evt-while-paused", r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.received().is_empty(), "paused: nothing is delivered");
+    // And it resumes as before.
+    let (status, _) =
+        app.api_send(reqwest::Method::POST, "/api/v1/subscriptions/billing/resume", serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    sink.wait_for(1, T).await;
 }

@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{Behavior, Sink, TestApp, dead_letter};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -22,11 +23,11 @@ fn ids(page: &serde_json::Value) -> Vec<String> {
 async fn browsing_twice_returns_the_same_page_and_changes_nothing() {
     let sink = Sink::start(Behavior::Ok).await;
     let app = TestApp::operator(&subscription(&sink)).await;
-    let dead = app.topology.subscription("billing").unwrap().dead.clone();
+    let dead = Pile::Dead("billing".into());
     let failed_at = SystemTime::now();
     let letters: Vec<_> =
         (0..150).map(|i| dead_letter(&format!("evt_{i:03}"), "invoice.paid", 503, 3, failed_at)).collect();
-    app.seed(&dead, letters).await;
+    app.seed_letters(&dead, letters).await;
 
     let path = "/api/v1/subscriptions/billing/dead-letters?limit=100";
     let first = app.api_get(path).await;
@@ -64,8 +65,8 @@ async fn browsing_twice_returns_the_same_page_and_changes_nothing() {
     assert_eq!(gone_cursor.unwrap().status(), 404);
 
     // Nothing was lost, duplicated, reordered or delivered.
-    assert_eq!(app.depth(&dead).await, 150);
-    let order: Vec<String> = app.drain_queue(&dead).await.into_iter().map(|(e, _)| e.id).collect();
+    assert_eq!(app.letter_count(&dead).await, 150);
+    let order: Vec<String> = app.letters(&dead).await.into_iter().map(|(e, _)| e.id).collect();
     assert_eq!(order, (0..150).map(|i| format!("evt_{i:03}")).collect::<Vec<_>>());
     assert!(sink.received().is_empty());
 }
@@ -74,7 +75,7 @@ async fn browsing_twice_returns_the_same_page_and_changes_nothing() {
 async fn failed_deliveries_replay_by_id_filter_and_all_once_the_destination_is_fixed() {
     let sink = Sink::start(Behavior::Status(500)).await;
     let app = TestApp::operator(&subscription(&sink)).await;
-    let dead = app.topology.subscription("billing").unwrap().dead.clone();
+    let dead = Pile::Dead("billing".into());
     let events = [
         ("evt_a", "invoice.paid"),
         ("evt_b", "invoice.paid"),
@@ -86,7 +87,7 @@ async fn failed_deliveries_replay_by_id_filter_and_all_once_the_destination_is_f
         let body = format!(r#"{{"type":"{kind}"}}"#);
         assert_eq!(app.post_acme(id, &body).await.status(), 202);
     }
-    app.wait_depth(&dead, 5, T).await;
+    app.wait_letters(&dead, 5, T).await;
     sink.wait_for(5, T).await;
 
     // The history says what happened.
@@ -109,7 +110,7 @@ async fn failed_deliveries_replay_by_id_filter_and_all_once_the_destination_is_f
     );
     let (_, dry_all) = app.api_send(Method::POST, replay, json!({"all": true, "dry_run": true})).await;
     assert_eq!(dry_all["matched"], 5);
-    assert_eq!(app.depth(&dead).await, 5);
+    assert_eq!(app.letter_count(&dead).await, 5);
 
     let (_, by_id) = app.api_send(Method::POST, replay, json!({"ids": ["evt_c"]})).await;
     assert_eq!((by_id["matched"].as_u64(), by_id["replayed"].as_u64()), (Some(1), Some(1)), "{by_id}");
@@ -120,7 +121,7 @@ async fn failed_deliveries_replay_by_id_filter_and_all_once_the_destination_is_f
     let (_, rest) = app.api_send(Method::POST, replay, json!({"all": true})).await;
     assert_eq!(rest["replayed"], 2, "{rest}");
     sink.wait_for(10, T).await;
-    app.wait_depth(&dead, 0, T).await;
+    app.wait_letters(&dead, 0, T).await;
 
     // Each event failed once and was then delivered exactly once.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -137,7 +138,7 @@ async fn failed_deliveries_replay_by_id_filter_and_all_once_the_destination_is_f
 async fn purge_removes_only_what_matches() {
     let sink = Sink::start(Behavior::Ok).await;
     let app = TestApp::operator(&subscription(&sink)).await;
-    let dead = app.topology.subscription("billing").unwrap().dead.clone();
+    let dead = Pile::Dead("billing".into());
     let now = SystemTime::now();
     let hour_ago = now - Duration::from_secs(3600);
     let mut letters = Vec::new();
@@ -145,14 +146,14 @@ async fn purge_removes_only_what_matches() {
         letters.push(dead_letter(&format!("old_{i}"), "invoice.paid", 410, 1, hour_ago));
         letters.push(dead_letter(&format!("new_{i}"), "invoice.paid", 500, 2, now));
     }
-    app.seed(&dead, letters).await;
+    app.seed_letters(&dead, letters).await;
     let purge = "/api/v1/subscriptions/billing/dead-letters";
     let cutoff = humantime::format_rfc3339(now - Duration::from_secs(60)).to_string();
 
     let (status, dry) = app.api_send(Method::DELETE, purge, json!({"failed_before": cutoff, "dry_run": true})).await;
     assert_eq!(status, 200, "{dry}");
     assert_eq!((dry["matched"].as_u64(), dry["purged"].as_u64()), (Some(10), Some(0)));
-    assert_eq!(app.depth(&dead).await, 20);
+    assert_eq!(app.letter_count(&dead).await, 20);
 
     let (_, purged) = app.api_send(Method::DELETE, purge, json!({"status": 410})).await;
     assert_eq!((purged["matched"].as_u64(), purged["purged"].as_u64()), (Some(10), Some(10)), "{purged}");
@@ -170,7 +171,7 @@ async fn purge_removes_only_what_matches() {
     let (status, _) =
         app.api_send(Method::DELETE, "/api/v1/subscriptions/nope/dead-letters", json!({"all": true})).await;
     assert_eq!(status, 404);
-    assert_eq!(app.depth(&dead).await, 10);
+    assert_eq!(app.letter_count(&dead).await, 10);
     assert!(sink.received().is_empty());
 }
 
@@ -186,8 +187,11 @@ async fn a_replay_killed_halfway_loses_nothing() {
     app.stop().await;
     let queues = app.topology.subscription("billing").unwrap().clone();
     let failed_at = SystemTime::now();
-    app.seed(&queues.dead, (0..N).map(|i| dead_letter(&format!("evt_{i:05}"), "invoice.paid", 503, 1, failed_at)))
-        .await;
+    app.seed_letters(
+        &Pile::Dead("billing".into()),
+        (0..N).map(|i| dead_letter(&format!("evt_{i:05}"), "invoice.paid", 503, 1, failed_at)),
+    )
+    .await;
 
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut text =
@@ -244,19 +248,21 @@ async fn a_replay_killed_halfway_loses_nothing() {
     }
     child.kill().await.unwrap();
 
-    // The broker hands the killed process's unacked messages back.
+    // Nothing moves once the process is gone: what it did not settle is
+    // still listed.
+    let pile = Pile::Dead("billing".into());
     let deadline = std::time::Instant::now() + T;
     let mut last = (0, 0);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = (app.depth(&queues.dead).await, app.depth(&queues.work).await);
-        if now == last && (now.0 + now.1) as usize >= N {
+        let now = (app.letter_count(&pile).await, app.depth(&queues.work).await as usize);
+        if now == last && now.0 + now.1 >= N {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "queues never settled: {now:?}");
         last = now;
     }
-    let dead: Vec<String> = app.drain_queue(&queues.dead).await.into_iter().map(|(e, _)| e.id).collect();
+    let dead: Vec<String> = app.letters(&pile).await.into_iter().map(|(e, _)| e.id).collect();
     let work: Vec<String> = app.drain_queue(&queues.work).await.into_iter().map(|(e, _)| e.id).collect();
     assert!(!dead.is_empty() && !work.is_empty(), "interrupted mid-way: {} dead, {} work", dead.len(), work.len());
     let mut all: Vec<&String> = dead.iter().chain(&work).collect();
@@ -277,9 +283,9 @@ async fn a_replay_killed_halfway_loses_nothing() {
 async fn the_cli_lists_replays_and_purges() {
     let sink = Sink::start(Behavior::Ok).await;
     let app = TestApp::operator(&subscription(&sink)).await;
-    let dead = app.topology.subscription("billing").unwrap().dead.clone();
+    let dead = Pile::Dead("billing".into());
     let now = SystemTime::now();
-    app.seed(&dead, (0..3).map(|i| dead_letter(&format!("evt_{i}"), "invoice.paid", 503, 2, now))).await;
+    app.seed_letters(&dead, (0..3).map(|i| dead_letter(&format!("evt_{i}"), "invoice.paid", 503, 2, now))).await;
     let admin = format!("http://{}", app.app.as_ref().unwrap().admin_addr);
     let hookwire = |args: &'static [&'static str]| {
         let admin = admin.clone();
@@ -332,4 +338,61 @@ async fn the_cli_lists_replays_and_purges() {
 
     let (ok, _, error) = hookwire(&["dlq", "replay", "billing"]).await.unwrap();
     assert!(!ok && error.contains("say which messages"), "{error}");
+}
+
+/// Issue 11: dead letters live in a replicated stream, and what operators
+/// settle is a marker in it. Browsing while new dead letters arrive keeps
+/// every letter once and in arrival order; replays and purges hold across a
+/// restart (the new process reads them back from the stream) and show in the
+/// subscription's count.
+#[tokio::test]
+async fn settled_letters_stay_settled_and_browsing_keeps_arrival_order_while_letters_arrive() {
+    let sink = Sink::start(Behavior::Ok).await;
+    let mut app = TestApp::operator(&subscription(&sink)).await;
+    let dead = Pile::Dead("billing".into());
+    let failed_at = SystemTime::now();
+    let letter = |i: usize| dead_letter(&format!("evt_{i:03}"), "invoice.paid", 503, 1, failed_at);
+    app.seed_letters(&dead, (0..100).map(letter)).await;
+    // Unrouted events share the stream; they are not billing's.
+    let unrouted = dead_letter("evt_nowhere", "none.x", 503, 0, failed_at);
+    app.seed_letters(&Pile::Unrouted, [unrouted]).await;
+
+    // A listing runs while fifty more arrive.
+    let (page, ()) = tokio::join!(
+        app.api_get("/api/v1/subscriptions/billing/dead-letters?limit=1000"),
+        app.seed_letters(&dead, (100..150).map(letter)),
+    );
+    let listed = ids(&page);
+    let arrived: Vec<String> = (0..listed.len()).map(|i| format!("evt_{i:03}")).collect();
+    assert!(listed.len() >= 100, "the listing saw {} letters", listed.len());
+    assert_eq!(listed, arrived, "a prefix of the arrival order, each letter once");
+    let all = app.api_get("/api/v1/subscriptions/billing/dead-letters?limit=1000").await;
+    assert_eq!(ids(&all), (0..150).map(|i| format!("evt_{i:03}")).collect::<Vec<_>>());
+
+    let replay = "/api/v1/subscriptions/billing/dead-letters/replay";
+    let (status, report) = app.api_send(Method::POST, replay, json!({"ids": ["evt_010", "evt_120"]})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["replayed"].as_u64(), report["failed"].as_u64()), (Some(2), Some(0)), "{report}");
+    sink.wait_for_ids(&["evt_010".to_owned(), "evt_120".to_owned()], T).await;
+    let purge = "/api/v1/subscriptions/billing/dead-letters";
+    let (status, report) = app.api_send(Method::DELETE, purge, json!({"ids": ["evt_030"]})).await;
+    assert_eq!((status, report["purged"].as_u64()), (200, Some(1)), "{report}");
+
+    let expected: Vec<String> =
+        (0..150).filter(|i| ![10, 30, 120].contains(i)).map(|i| format!("evt_{i:03}")).collect();
+    let status = app.api_get("/api/v1/subscriptions/billing").await;
+    assert_eq!(status["status"]["dead"]["messages"], 147, "{status}");
+    // A new process rebuilds the same piles from the stream.
+    app.stop().await;
+    app.restart().await;
+    let after = app.api_get("/api/v1/subscriptions/billing/dead-letters?limit=1000").await;
+    assert_eq!(ids(&after), expected);
+    assert_eq!(after["depth"], 147);
+    let unrouted = app.api_get("/api/v1/unrouted").await;
+    assert_eq!(ids(&unrouted), ["evt_nowhere"]);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("hookwire_dead_letters{subscription=\"billing\"} 147"), "{metrics}");
+    assert!(metrics.contains("hookwire_unrouted_held 1"), "{metrics}");
+    assert_eq!(app.letters(&dead).await.into_iter().map(|(e, _)| e.id).collect::<Vec<_>>(), expected);
+    assert_eq!(sink.received().len(), 2, "nothing else was delivered");
 }

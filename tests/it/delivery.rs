@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::helpers::{Behavior, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -64,7 +65,7 @@ async fn failing_destination_is_retried_then_delivered_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.received().len(), 3);
     let queues = app.topology.subscription("billing").unwrap().clone();
-    assert_eq!(app.depth(&queues.dead).await, 0);
+    assert_eq!(app.letter_count(&Pile::Dead("billing".into())).await, 0);
     for retry in &queues.retries {
         assert_eq!(app.depth(&retry.name).await, 0, "{}", retry.name);
     }
@@ -80,11 +81,11 @@ async fn exhausted_retries_dead_letter_with_failure_history() {
     .await;
     let body = r#"{"type":"invoice.paid","n":7}"#;
     assert_eq!(app.post_acme("msg_dead_1", body).await.status(), 202);
-    let dead = app.topology.subscription("billing").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, T).await;
+    let dead = Pile::Dead("billing".into());
+    app.wait_letters(&dead, 1, T).await;
     assert_eq!(sink.received().len(), 3, "1 attempt + 2 retries");
 
-    let letters = app.drain_queue(&dead).await;
+    let letters = app.letters(&dead).await;
     let (envelope, state) = &letters[0];
     assert_eq!(envelope.id, "msg_dead_1");
     assert_eq!(envelope.body.as_ref(), body.as_bytes());
@@ -107,9 +108,9 @@ async fn unreachable_destination_counts_as_a_failure() {
     ))
     .await;
     assert_eq!(app.post_acme("msg_refused", r#"{"type":"x"}"#).await.status(), 202);
-    let dead = app.topology.subscription("billing").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, T).await;
-    let letters = app.drain_queue(&dead).await;
+    let dead = Pile::Dead("billing".into());
+    app.wait_letters(&dead, 1, T).await;
+    let letters = app.letters(&dead).await;
     assert_eq!(letters[0].1.history[0].status, None);
     assert!(letters[0].1.history[0].error.starts_with("connection failed"), "{:?}", letters[0].1.history);
 }

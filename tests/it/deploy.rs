@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{AMQP_URL, Behavior, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 /// Series that appear only after an event this test cannot cause without
 /// breaking something else, each checked where it can be caused.
@@ -44,8 +45,8 @@ async fn the_dashboard_and_the_alerts_use_only_exported_metrics() {
     assert_eq!(app.post_acme("evt-bad", r#"{"type":"bad.x"}"#).await.status(), 202);
     assert_eq!(app.post_acme("evt-nowhere", r#"{"type":"none.x"}"#).await.status(), 202);
     fine.wait_for(1, Duration::from_secs(10)).await;
-    let dead = app.topology.subscription("broken").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, Duration::from_secs(10)).await;
+    let dead = Pile::Dead("broken".into());
+    app.wait_letters(&dead, 1, Duration::from_secs(10)).await;
     let replay = app
         .api(Method::POST, "/api/v1/subscriptions/broken/dead-letters/replay")
         .json(&json!({"all": true}))

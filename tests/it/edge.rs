@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::TestApp;
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -40,7 +41,7 @@ allow_ips = ["10.0.0.0/8", "192.0.2.7"]
     assert_eq!(denied.headers()["content-type"], "application/problem+json");
     let metrics = app.metrics().await;
     assert!(metrics.contains("hookwire_ingress_requests_total{source=\"lan\",outcome=\"ip_denied\"}"), "{metrics}");
-    app.wait_depth(&app.topology.unrouted_queue, 2, T).await;
+    app.wait_letters(&Pile::Unrouted, 2, T).await;
 }
 
 #[tokio::test]
@@ -76,7 +77,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let refill = (started.elapsed().as_secs_f64() * 2.0).floor() as i32;
     assert!(accepted >= 4 && accepted <= 4 + refill + 1, "accepted {accepted}, refill {refill}");
     assert_eq!(accepted + limited, 12);
-    app.wait_depth(&app.topology.unrouted_queue, accepted as u32, T).await;
+    app.wait_letters(&Pile::Unrouted, accepted as usize, T).await;
     // After a pause, tokens are back.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(app.post("limited", &[("authorization", "Bearer t")], "{}").await.status(), 202);
@@ -95,7 +96,7 @@ async fn require_json_refuses_other_bodies_and_publishes_nothing() {
     }
     assert_eq!(app.post("strict", &auth, "[1, 2]").await.status(), 202);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.depth(&app.topology.unrouted_queue).await, 1);
+    assert_eq!(app.letter_count(&Pile::Unrouted).await, 1);
 }
 
 #[tokio::test]
@@ -140,5 +141,5 @@ async fn slow_senders_are_cut_off() {
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
     assert!(reply.contains("application/problem+json"));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.depth(&app.topology.unrouted_queue).await, 0);
+    assert_eq!(app.letter_count(&Pile::Unrouted).await, 0);
 }

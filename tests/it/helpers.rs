@@ -29,11 +29,12 @@ use hookwire::{
     config::Config,
     envelope::Envelope,
     ingress::Sources,
+    operator::letters::{self, Pile},
 };
 use lapin::{
     Connection, ConnectionProperties,
     options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
@@ -597,6 +598,79 @@ impl TestApp {
         }
     }
 
+    /// The letters on `pile` that no marker has settled, oldest first, as
+    /// the letters stream holds them now (read up to a sync marker this
+    /// call appends).
+    pub async fn letters(&self, pile: &Pile) -> Vec<(Envelope, DeliveryState)> {
+        use futures_util::StreamExt;
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let sync = uuid::Uuid::now_v7().simple().to_string();
+        let mut headers = FieldTable::default();
+        headers.insert(letters::MARKER.into(), AMQPValue::LongString("sync".into()));
+        let properties = lapin::BasicProperties::default().with_headers(headers);
+        let stream = self.topology.letters.as_str();
+        let confirm = channel
+            .basic_publish("".into(), stream.into(), BasicPublishOptions::default(), sync.as_bytes(), properties)
+            .await
+            .unwrap();
+        assert!(confirm.await.unwrap().is_ack());
+        channel.basic_qos(100, Default::default()).await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+        let mut consumer = channel.basic_consume(stream.into(), "".into(), Default::default(), args).await.unwrap();
+        let (mut entries, mut settled) = (Vec::new(), std::collections::HashSet::new());
+        loop {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .expect("the sync marker arrives")
+                .unwrap()
+                .unwrap();
+            channel.basic_ack(delivery.delivery_tag, Default::default()).await.unwrap();
+            let offset = hookwire::broker::stream::offset(&delivery.properties).unwrap();
+            let kind = delivery.properties.headers().as_ref().and_then(|h| h.inner().get(letters::MARKER).cloned());
+            match kind {
+                Some(AMQPValue::LongString(kind)) if kind.as_bytes() == b"sync" => {
+                    if delivery.data == sync.as_bytes() {
+                        break;
+                    }
+                }
+                Some(_) => {
+                    let marker: letters::Settled = serde_json::from_slice(&delivery.data).unwrap();
+                    settled.extend(marker.offsets);
+                }
+                None => entries.push((offset, delivery)),
+            }
+        }
+        let _ = conn.close(200, "".into()).await;
+        entries
+            .into_iter()
+            .filter(|(offset, d)| {
+                !settled.contains(offset) && letters::pile_of(&d.properties, &self.topology.namespace) == *pile
+            })
+            .map(|(_, d)| message::decode(&d.properties, d.data.into()).unwrap())
+            .collect()
+    }
+
+    /// How many letters are on `pile`.
+    pub async fn letter_count(&self, pile: &Pile) -> usize {
+        self.letters(pile).await.len()
+    }
+
+    /// Waits until exactly `n` letters are on `pile`.
+    pub async fn wait_letters(&self, pile: &Pile, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.letter_count(pile).await;
+            if count == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{pile}: {count} letters, expected {n}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Takes every message out of `queue` (acking them) and decodes it.
     pub async fn drain_queue(&self, queue: &str) -> Vec<(Envelope, DeliveryState)> {
         let conn = self.connect().await;
@@ -654,15 +728,23 @@ impl TestApp {
 
     /// Publishes encoded events straight into `queue` (confirmed), as if
     /// hookwire had put them there: seeds dead-letter queues fast.
-    pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
+    /// Puts `messages` on `pile` as a worker (dead letters) or the alternate
+    /// exchange (unrouted events) would.
+    pub async fn seed_letters(&self, pile: &Pile, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
         let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let mut confirms = Vec::new();
         for (envelope, state) in messages {
-            let properties = message::encode(&envelope, &state);
+            let mut properties = message::encode(&envelope, &state);
+            if let Pile::Dead(name) = pile {
+                let mut headers = properties.headers().clone().unwrap_or_default();
+                headers.insert(message::DEAD_LETTER_OF.into(), AMQPValue::LongString(name.as_str().into()));
+                properties = properties.with_headers(headers);
+            }
+            let stream = self.topology.letters.as_str();
             let confirm = channel
-                .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.body, properties)
+                .basic_publish("".into(), stream.into(), BasicPublishOptions::default(), &envelope.body, properties)
                 .await
                 .unwrap();
             confirms.push(confirm);

@@ -1,5 +1,6 @@
 //! Bad input gets a clear problem+json error and publishes nothing.
 
+use hookwire::operator::letters::Pile;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::helpers::{ACME_SECRET, TestApp};
@@ -92,12 +93,12 @@ async fn rejections_are_problems_and_publish_nothing() {
     problem(app.post("acme", &refs, body).await, 400, "malformed-request").await;
 
     // Nothing was published by any of that...
-    let unrouted = app.topology.unrouted_queue.clone();
+    let unrouted = Pile::Unrouted;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.depth(&unrouted).await, 0);
+    assert_eq!(app.letter_count(&unrouted).await, 0);
     // ...while one valid request is, so the check above can see a publish.
     assert_eq!(app.post_acme("msg_ok", body).await.status(), 202);
-    app.wait_depth(&unrouted, 1, Duration::from_secs(10)).await;
+    app.wait_letters(&unrouted, 1, Duration::from_secs(10)).await;
 
     let metrics = app.metrics().await;
     for outcome in ["bad_signature", "missing_header", "stale_timestamp", "too_large", "malformed"] {
@@ -127,7 +128,7 @@ async fn a_message_the_broker_returns_is_a_503_never_a_202() {
     assert_eq!(app.post_acme("msg_kept", r#"{"type":"a"}"#).await.status(), 202);
     // Without that queue the broker cannot route the mandatory publish and
     // returns it (basic.return) before acking: the sender must not get a 202.
-    app.delete_queue(&app.topology.unrouted_queue).await;
+    app.delete_queue(&app.topology.letters).await;
     let response = app.post_acme("msg_returned", r#"{"type":"a"}"#).await;
     let p = problem(response, 503, "broker-unavailable").await;
     assert!(p["detail"].as_str().unwrap().contains("retry"));

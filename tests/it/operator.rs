@@ -7,6 +7,7 @@ use std::time::Duration;
 use hookwire::config::{AccessToken, Secret};
 
 use crate::helpers::{AMQP_URL, Behavior, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -59,8 +60,8 @@ async fn subscriptions_show_queue_depths_and_circuit_state() {
     );
     let app = with_tokens(&extra, &["operator-token-0123456789"]).await;
     assert_eq!(app.post_acme("msg_op", r#"{"type":"invoice.paid"}"#).await.status(), 202);
-    let dead = app.topology.subscription("broken").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, T).await;
+    let dead = Pile::Dead("broken".into());
+    app.wait_letters(&dead, 1, T).await;
     fine.wait_for(1, T).await;
 
     let list: serde_json::Value = app

@@ -8,6 +8,7 @@ use base64::Engine;
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{Behavior, Received, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -133,9 +134,9 @@ retry = ["50ms", "50ms"]
     .await;
     assert_eq!(app.post_acme("msg_422", r#"{"type":"a"}"#).await.status(), 202);
     for name in ["strict", "gone"] {
-        let dead = app.topology.subscription(name).unwrap().dead.clone();
-        app.wait_depth(&dead, 1, T).await;
-        let letters = app.drain_queue(&dead).await;
+        let dead = Pile::Dead(name.into());
+        app.wait_letters(&dead, 1, T).await;
+        let letters = app.letters(&dead).await;
         let state = &letters[0].1;
         assert_eq!(state.attempts, 1, "{name}: no retries");
         assert_eq!(state.dead_letter_reason.as_deref(), Some("dead_letter_status"));
@@ -157,9 +158,9 @@ async fn the_last_response_body_is_kept_in_the_history() {
     ))
     .await;
     assert_eq!(app.post_acme("msg_500", r#"{"type":"a"}"#).await.status(), 202);
-    let dead = app.topology.subscription("broken").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, T).await;
-    let letters = app.drain_queue(&dead).await;
+    let dead = Pile::Dead("broken".into());
+    app.wait_letters(&dead, 1, T).await;
+    let letters = app.letters(&dead).await;
     let history = &letters[0].1.history;
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].response, None, "only the last attempt keeps its response");

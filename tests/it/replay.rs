@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{Behavior, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -73,7 +74,7 @@ async fn unrouted_events_are_listed_and_routed_again_once_a_subscription_wants_t
     }
     assert_eq!(app.post_acme("evt_other", r#"{"type":"other.thing"}"#).await.status(), 202);
     sink.wait_for(1, T).await;
-    app.wait_depth(&app.topology.unrouted_queue, 4, T).await;
+    app.wait_letters(&Pile::Unrouted, 4, T).await;
     let page = app.api_get("/api/v1/unrouted").await;
     let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["event_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["evt_ship0", "evt_ship1", "evt_ship2", "evt_other"]);
@@ -97,7 +98,7 @@ async fn unrouted_events_are_listed_and_routed_again_once_a_subscription_wants_t
     let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
     ids.sort();
     assert_eq!(ids, ["evt_ship0", "evt_ship1", "evt_ship2"]);
-    app.wait_depth(&app.topology.unrouted_queue.clone(), 1, T).await;
+    app.wait_letters(&Pile::Unrouted, 1, T).await;
     // Routed again through the topic exchange only: billing got no copies.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 1);

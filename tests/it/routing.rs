@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{Behavior, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -55,7 +56,7 @@ url = "{}"
     assert_eq!(ids(&invoices), ["m1", "m3"]);
     assert_eq!(ids(&created), ["m2", "m3"]);
 
-    let unrouted = app.drain_queue(&app.topology.unrouted_queue).await;
+    let unrouted = app.letters(&Pile::Unrouted).await;
     assert_eq!(unrouted.len(), 1);
     assert_eq!(unrouted[0].0.id, "gh-1");
     assert_eq!(unrouted[0].0.event_type, "push");

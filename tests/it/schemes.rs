@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::helpers::TestApp;
+use hookwire::operator::letters::Pile;
 
 /// One source per scheme, configured as a user would (see the README).
 const SOURCES: &str = r#"
@@ -59,7 +60,7 @@ scheme = "none"
 #[tokio::test]
 async fn every_scheme_accepts_its_signature_and_refuses_tampering() {
     let app = TestApp::start(SOURCES).await;
-    let unrouted = app.topology.unrouted_queue.clone();
+    let unrouted = Pile::Unrouted;
     let cases: &[(&str, &[u8])] = &[
         ("sw", br#"{"type":"invoice.paid"}"#),
         ("swed", br#"{"type":"invoice.paid"}"#),
@@ -85,7 +86,7 @@ async fn every_scheme_accepts_its_signature_and_refuses_tampering() {
         let response = app.post(source, &refs, body.to_vec()).await;
         assert_eq!(response.status(), 202, "{source}: {}", response.text().await.unwrap());
         published += 1;
-        app.wait_depth(&unrouted, published, Duration::from_secs(10)).await;
+        app.wait_letters(&unrouted, published, Duration::from_secs(10)).await;
 
         if *source == "open" {
             continue; // verifies nothing by design
@@ -106,10 +107,10 @@ async fn every_scheme_accepts_its_signature_and_refuses_tampering() {
         assert_eq!(refused.headers()["content-type"], "application/problem+json");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.depth(&unrouted).await, published, "a refused request was published");
+    assert_eq!(app.letter_count(&unrouted).await, published, "a refused request was published");
 
     // Provider defaults for event id and type reached the envelope.
-    let events = app.drain_queue(&unrouted).await;
+    let events = app.letters(&unrouted).await;
     let find = |source: &str| events.iter().find(|(e, _)| e.source == source).unwrap().0.clone();
     assert_eq!(find("stripe").id, "evt_1");
     assert_eq!(find("stripe").event_type, "charge.succeeded");
@@ -134,7 +135,7 @@ async fn slack_url_verification_is_answered_and_not_published() {
     // An unsigned handshake is refused like anything else.
     assert_eq!(app.post("slack", &[], body.to_vec()).await.status(), 401);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.depth(&app.topology.unrouted_queue).await, 0);
+    assert_eq!(app.letter_count(&Pile::Unrouted).await, 0);
 }
 
 #[tokio::test]

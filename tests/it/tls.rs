@@ -18,6 +18,7 @@ use tokio_rustls::{
 use tower::ServiceExt;
 
 use crate::helpers::TestApp;
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -98,9 +99,9 @@ retry = []
     assert_eq!(headers["webhook-id"], "msg_tls");
 
     // Without the CA the certificate is not trusted: a failed attempt, kept.
-    let dead = app.topology.subscription("untrusting").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, T).await;
-    let letters = app.drain_queue(&dead).await;
+    let dead = Pile::Dead("untrusting".into());
+    app.wait_letters(&dead, 1, T).await;
+    let letters = app.letters(&dead).await;
     let error = &letters[0].1.history[0].error;
     assert!(error.starts_with("connection failed") && error.contains("certificate"), "{error}");
     assert!(rx.try_recv().is_err(), "the untrusting subscription delivered nothing");

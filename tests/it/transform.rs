@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{Behavior, Sink, TestApp};
+use hookwire::operator::letters::Pile;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -39,7 +40,7 @@ filter = '.body.amount > 100 and .headers["user-agent"] == "acme-billing/1"'
     let ids: Vec<String> = sink.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
     assert_eq!(ids, ["big"]);
     assert_eq!(got[0].header("webhook-id"), "big");
-    assert_eq!(app.depth(&work.dead).await, 0, "filtered events are acked, not dead-lettered");
+    assert_eq!(app.letter_count(&Pile::Dead("big".into())).await, 0, "filtered events are acked, not dead-lettered");
     let metrics = app.metrics().await;
     assert!(metrics.contains("hookwire_deliveries_total{subscription=\"big\",outcome=\"filtered\"} 2"), "{metrics}");
 }
@@ -84,9 +85,9 @@ transform = '{{total: (.body.amount + "x")}}'
     .await;
     let body = r#"{"type":"invoice.paid","amount":1}"#;
     assert_eq!(app.post_acme("msg_broken", body).await.status(), 202);
-    let dead = app.topology.subscription("broken").unwrap().dead.clone();
-    app.wait_depth(&dead, 1, T).await;
-    let letters = app.drain_queue(&dead).await;
+    let dead = Pile::Dead("broken".into());
+    app.wait_letters(&dead, 1, T).await;
+    let letters = app.letters(&dead).await;
     let (envelope, state) = &letters[0];
     assert_eq!(envelope.body.as_ref(), body.as_bytes(), "the original event is kept");
     assert_eq!(state.dead_letter_reason.as_deref(), Some("transform_failed"));
