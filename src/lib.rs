@@ -5,23 +5,24 @@
 //! event as stored. Events go to a topic exchange keyed `{source}.{event_type}`;
 //! every **subscription** has its own durable queue, consumed by a **worker**
 //! that POSTs each event to the subscriber, retrying through delay queues and
-//! finally parking what cannot be delivered in a **dead-letter queue**.
+//! finally parking what cannot be delivered with the **dead letters**, in the
+//! replicated stream `ns.letters`.
 //!
 //! ```text
 //!  sender ──POST──▶ ingress ──publish+confirm──▶ ns.accepted (fanout) ─▶ ns.archive (stream)
 //!                   verify                        ▼
 //!                                             ns.events (topic)
-//!                                                 │ no match ─▶ ns.unrouted
+//!                                                 │ no match ─▶ ns.unrouted ─▶ ns.letters (stream)
 //!                                                 ▼
 //!                                      ns.sub.NAME (quorum) ◀── ns.sub.NAME.retry.D (TTL)
 //!                                                 │                      ▲
 //!                                         worker ─┴─ POST ─▶ destination │ failed
 //!                                                 └──────────────────────┘
-//!                                                 └─ exhausted ─▶ ns.sub.NAME.dead
+//!                                                 └─ exhausted ─▶ ns.letters (stream)
 //! ```
 //!
-//! **Operators** browse, replay and purge the dead-letter and unrouted
-//! queues, pause subscriptions, and replay time windows from the archive,
+//! **Operators** browse, replay and purge the dead letters and unrouted
+//! events, pause subscriptions, and replay time windows from the archive,
 //! through the operator API on the admin listener.
 //!
 //! # Layout
@@ -38,8 +39,9 @@
 //! - [`eventlog`] — every event's story: records from the ingress, the
 //!   workers and the operator routes, group-committed by each process to a
 //!   store (SQLite or PostgreSQL) the API reads.
-//! - [`operator`] — what operators do to the queues: scan (browse, move,
-//!   remove), selectors, pause/resume across processes, archive replay.
+//! - [`operator`] — what operators do: the letters stream every process
+//!   follows, scan (browse, move, settle), selectors, pause/resume across
+//!   processes, archive replay.
 //! - [`admin`] — `/healthz`, `/readyz`, `/metrics`, and the operator API's
 //!   HTTP side (queues, and the subscriptions themselves).
 //!

@@ -1,7 +1,10 @@
-//! What operators do to the queues: browse, replay and purge dead letters and
-//! unrouted events, pause and resume subscriptions, replay from the archive.
+//! What operators do: browse, replay and purge dead letters and unrouted
+//! events, pause and resume subscriptions, replay from the archive.
 //!
-//! - `scan` — the queue-walking primitive (keep in place / remove / move).
+//! - `letters` — the stream of dead letters and unrouted events, followed
+//!   by every process into an index of what is not yet settled.
+//! - `scan` — the letter-walking primitive (keep / settle as purged / move
+//!   and settle as replayed).
 //! - `select` — selectors (`ids`, `type`, `status`, …) and the JSON views.
 //! - `control` — pause/resume, broadcast to every process.
 //! - `archive` — time-window replay from the archive stream.
