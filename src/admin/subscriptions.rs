@@ -243,7 +243,7 @@ pub async fn remove(
             "subscription-not-empty",
             "Subscription holds events",
             format!(
-                "{name:?} still holds {total} event(s) in its work, retry or dead-letter queues; \
+                "{name:?} still holds {total} event(s) in its work or retry queues or its dead letters; \
                  replay or purge them, or delete with ?discard=true"
             ),
         )
@@ -260,15 +260,25 @@ pub async fn remove(
             // for the consumers to leave first.
             let gone = wait_applied(&state, &name, |w| w.is_none()).await;
             wait_for_no_consumers(&state, &channel, &topology, &name).await?;
-            let mut deleted = topology
-                .delete_subscription(&name, &channel, state.broker.operation_timeout)
-                .await
-                .map_err(|e| e.to_string());
+            // With `discard`, its dead letters go with it (counted in
+            // `discarded`), settled before the queues go so that a failure
+            // leaves both; left unsettled they would come back with a
+            // subscription of the same name.
+            let mut deleted = if query.discard { discard_dead_letters(&state, &name).await } else { Ok(()) };
             if deleted.is_ok() {
-                // Its dead letters go with it (counted in `discarded`); left
-                // unsettled they would return with a subscription of the same
-                // name.
-                deleted = discard_dead_letters(&state, &name).await;
+                deleted = topology
+                    .delete_subscription(&name, &channel, state.broker.operation_timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            if deleted.is_ok() && !query.discard {
+                // Written after the check above (a delivery that failed while
+                // the workers stopped): kept, never settled unasked.
+                if let Ok(late) = dead_letters(&state, &name).await
+                    && late > 0
+                {
+                    tracing::error!(subscription = %name, dead_letters = late, "dead letters arrived while the subscription was deleted; they are kept and listed again if a subscription of this name is made");
+                }
             }
             match (gone, deleted) {
                 (Ok(()), Ok(())) => {
@@ -435,6 +445,15 @@ async fn finish_drain(state: Arc<ApiState>, caller: Arc<AccessToken>, name: Stri
         match state.catalog.state().get(&name) {
             Some(entry) if entry.draining => {}
             _ => return, // deleted (discard) or re-created meanwhile
+        }
+        // Dead letters written while it drains stop the drain before the
+        // delete: afterwards they would be listed under no subscription.
+        match dead_letters(&state, &name).await {
+            Ok(0) | Err(_) => {}
+            Ok(dead) => {
+                tracing::error!(subscription = %name, dead_letters = dead, "drain stopped: dead letters arrived, which draining would not deliver; replay or purge them, then delete again (the subscription stays draining: not routed, still delivering)");
+                return;
+            }
         }
         match queued(&state, &name).await {
             Ok(0) => break,

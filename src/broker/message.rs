@@ -30,6 +30,9 @@ pub const DEAD_LETTER_REASON: &str = "hookwire-dead-letter-reason";
 /// On a worker's dead letter: the subscription it is a dead letter of (all
 /// dead letters share one stream, `ns.letters`).
 pub const DEAD_LETTER_OF: &str = "hookwire-dead-letter-of";
+/// On hookwire's own markers in the letters stream (`settled`, `sync`;
+/// see `operator::letters`); letters never carry it.
+pub const LETTERS_MARKER: &str = "hookwire-letters";
 /// On a replayed copy: `"{millis} {reason}"`, when and why an operator
 /// sent it again. The worker that takes the copy records `replayed` in the
 /// event's story from it, in the commit its ack waits for.

@@ -128,7 +128,15 @@ pub async fn publish_confirmed(
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
             Err(PublishError::Returned(returned.reply_text.to_string()))
         }
-        Confirmation::Nack(None) => Err(PublishError::Nacked),
+        Confirmation::Nack(None) => {
+            // hookwire's quorum queues overflow by `reject-publish` but set
+            // no length limit, so a nack means the queue had no leader. A
+            // channel keeps the leader it knew: after a node loss, RabbitMQ
+            // 3.10 nacked every publish on it for over 40 s, where a new
+            // channel reached the new leader in 0.2 s (docs/RELIABILITY.md).
+            discard(channel, timeout);
+            Err(PublishError::Nacked)
+        }
         Confirmation::NotRequested => unreachable!("publish channels are always in confirm mode"),
     }
 }

@@ -546,7 +546,21 @@ impl Worker {
         properties: lapin::BasicProperties,
         body: &[u8],
     ) -> Result<(), crate::broker::PublishError> {
-        let mut headers = properties.headers().clone().unwrap_or_default();
+        // A malformed message keeps the headers it came with: one that
+        // poses as a marker of the letters stream must not become one.
+        let mut headers: lapin::types::FieldTable = properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != message::LETTERS_MARKER)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+            })
+            .into_iter()
+            .flatten()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
         headers.insert(message::DEAD_LETTER_OF.into(), lapin::types::AMQPValue::LongString(self.name.as_str().into()));
         let letters = self.broker.topology().letters.clone();
         self.store(session, &letters, properties.with_headers(headers), body).await

@@ -58,7 +58,7 @@ use crate::{
 
 /// Header that marks hookwire's own markers in the stream (`settled`,
 /// `sync`); entries do not have it.
-pub const MARKER: &str = "hookwire-letters";
+pub const MARKER: &str = message::LETTERS_MARKER;
 /// Deliveries the follower takes ahead. Letters carry whole bodies, of
 /// which it reads only the headers: a small window bounds its memory.
 const FOLLOW_PREFETCH: u16 = 32;
@@ -93,20 +93,27 @@ pub struct Settled {
 /// What is unsettled, as the follower has read it so far.
 #[derive(Default)]
 struct Index {
-    piles: HashMap<Pile, BTreeSet<u64>>,
-    /// offset → pile, to settle an offset without knowing its pile.
-    owner: BTreeMap<u64, Pile>,
+    piles: HashMap<Arc<Pile>, BTreeSet<u64>>,
+    /// offset → pile, to settle an offset without knowing its pile. Piles
+    /// are shared, not copied per letter.
+    owner: BTreeMap<u64, Arc<Pile>>,
     /// The next offset the follower will read (resumes there on reconnect).
     next: Option<u64>,
 }
 
 impl Index {
     fn add(&mut self, offset: u64, pile: Pile) {
-        if self.owner.insert(offset, pile.clone()).is_none() {
-            let set = self.piles.entry(pile.clone()).or_default();
-            set.insert(offset);
-            gauge(&pile, set.len());
+        if self.owner.contains_key(&offset) {
+            return;
         }
+        let pile = match self.piles.get_key_value(&pile) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(pile),
+        };
+        self.owner.insert(offset, pile.clone());
+        let set = self.piles.entry(pile.clone()).or_default();
+        set.insert(offset);
+        gauge(&pile, set.len());
     }
 
     fn settle(&mut self, offset: u64) {
@@ -207,20 +214,27 @@ impl Letters {
     /// the call (by any process): appends a sync marker and waits for the
     /// follower to read it.
     pub async fn sync(&self) -> Result<(), OpError> {
-        let timeout = self.inner.broker.operation_timeout;
+        self.sync_within(Some(self.inner.broker.operation_timeout)).await
+    }
+
+    /// [`Letters::sync`], waiting for the follower at most `wait` (`None`:
+    /// as long as it takes, for the follower's own catch-up on a long stream).
+    async fn sync_within(&self, wait: Option<Duration>) -> Result<(), OpError> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let (tx, rx) = oneshot::channel();
         self.inner.waiting.lock().expect("letters lock").insert(id.clone(), tx);
+        // Forgotten however this ends, an aborted catch-up included: a stale
+        // id would make a re-read marker look new (see `take`).
+        let _forget = Forget { waiting: &self.inner.waiting, id: &id };
         let result = async {
             self.append(marker("sync"), id.as_bytes()).await?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(OpError::Unavailable),
-                Err(_) => Err(OpError::Timeout),
-            }
+            let read = match wait {
+                Some(wait) => tokio::time::timeout(wait, rx).await.map_err(|_| OpError::Timeout)?,
+                None => rx.await,
+            };
+            read.map_err(|_| OpError::Unavailable)
         }
         .await;
-        self.inner.waiting.lock().expect("letters lock").remove(&id);
         result
     }
 
@@ -244,7 +258,7 @@ impl Letters {
         publish_confirmed(&channel, "", &self.stream(), properties, body, timeout).await.map_err(OpError::Publish)
     }
 
-    /// Held while a scan runs in this process.
+    /// Held while a scan that may settle runs in this process.
     pub(super) async fn scan_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.inner.scanning.lock().await
     }
@@ -277,14 +291,23 @@ impl Letters {
             Some(offset) => stream::from_offset(session, &stream_name, FOLLOW_PREFETCH, offset, timeout).await?,
             None => stream::from_first(session, &stream_name, FOLLOW_PREFETCH, timeout).await?,
         };
+        // Reading a long stream from its start can take longer than any
+        // operation timeout: the catch-up waits as long as it takes (the
+        // task ends with the session), and only its append is retried.
         let catch_up = {
             let this = self.clone();
             tokio::spawn(async move {
-                match this.sync().await {
-                    Ok(()) => {
-                        this.inner.caught_up.send_replace(true);
+                loop {
+                    match this.sync_within(None).await {
+                        Ok(()) => {
+                            this.inner.caught_up.send_replace(true);
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "letters follower could not check it has caught up; trying again")
+                        }
                     }
-                    Err(error) => tracing::warn!(%error, "letters follower could not check it has caught up"),
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             })
         };
@@ -298,8 +321,10 @@ impl Letters {
                 Some(Err(error)) => break Err(error.to_string()),
                 None => break Err("the letters stream's consumer ended".to_owned()),
             };
-            if let Some(offset) = stream::offset(&delivery.properties) {
-                self.take(offset, &delivery.properties, &delivery.data);
+            if let Some(offset) = stream::offset(&delivery.properties)
+                && let Recreated::Yes = self.take(offset, &delivery.properties, &delivery.data)
+            {
+                break Err("the letters stream was made anew; reading it again from its start".to_owned());
             }
             let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
             match tokio::time::timeout(timeout, ack).await {
@@ -313,11 +338,28 @@ impl Letters {
     }
 
     /// Applies one record of the stream to the index.
-    fn take(&self, offset: u64, properties: &BasicProperties, body: &[u8]) {
+    fn take(&self, offset: u64, properties: &BasicProperties, body: &[u8]) -> Recreated {
         let topology = self.inner.broker.topology();
         let mut index = self.inner.index.lock().expect("letters lock");
         if index.next.is_some_and(|next| offset < next) {
-            return; // a resumed consumer starts at its chunk's first record
+            // A resumed consumer starts at its chunk's first record: those
+            // were read. But a sync marker this process is waiting for is new,
+            // so below `next` it means the stream was deleted and declared
+            // again (offsets start over): the index is of another stream.
+            let waited_for = marker_kind(properties).as_deref() == Some("sync")
+                && self
+                    .inner
+                    .waiting
+                    .lock()
+                    .expect("letters lock")
+                    .contains_key(String::from_utf8_lossy(body).as_ref());
+            if waited_for {
+                tracing::warn!(offset, "the letters stream was made anew; its index is rebuilt");
+                *index = Index::default();
+                self.inner.caught_up.send_replace(false);
+                return Recreated::Yes;
+            }
+            return Recreated::No;
         }
         index.next = Some(offset + 1);
         match marker_kind(properties).as_deref() {
@@ -335,7 +377,26 @@ impl Letters {
             Some(other) => tracing::warn!(offset, kind = other, "unknown marker in the letters stream; skipped"),
             None => index.add(offset, pile_of(properties, &topology.namespace)),
         }
+        Recreated::No
     }
+}
+
+/// Removes a sync marker's id from the waiting list when dropped.
+struct Forget<'a> {
+    waiting: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
+    id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting.lock().expect("letters lock").remove(self.id);
+    }
+}
+
+/// Whether a record showed the stream was deleted and made again.
+enum Recreated {
+    Yes,
+    No,
 }
 
 fn marker(kind: &str) -> BasicProperties {
@@ -344,7 +405,7 @@ fn marker(kind: &str) -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2).with_headers(headers)
 }
 
-fn marker_kind(properties: &BasicProperties) -> Option<String> {
+pub(super) fn marker_kind(properties: &BasicProperties) -> Option<String> {
     header_string(properties, MARKER)
 }
 

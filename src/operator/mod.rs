@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use self::{
     letters::{Letters, Pile},
-    scan::{Decision, Flow, Message},
+    scan::{Access, Decision, Flow, Message},
     select::{Detail, Filter, Summary},
 };
 use crate::{
@@ -126,6 +126,7 @@ impl Operator {
         scan::scan(
             &self.letters,
             pile,
+            Access::Read,
             prefetch,
             &progress,
             |message| {
@@ -158,6 +159,7 @@ impl Operator {
         scan::scan(
             &self.letters,
             pile,
+            Access::Read,
             BULK_PREFETCH,
             &progress,
             |message| {
@@ -189,6 +191,7 @@ impl Operator {
         scan::scan(
             &self.letters,
             &Pile::Dead(name.to_owned()),
+            Access::Settle,
             BULK_PREFETCH,
             progress,
             |message| {
@@ -239,6 +242,7 @@ impl Operator {
         scan::scan(
             &self.letters,
             &Pile::Unrouted,
+            Access::Settle,
             BULK_PREFETCH,
             progress,
             |message| {
@@ -294,6 +298,7 @@ impl Operator {
         scan::scan(
             &self.letters,
             pile,
+            Access::Settle,
             BULK_PREFETCH,
             progress,
             |message: &Message| {

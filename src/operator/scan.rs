@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::{
     OpError, Report, bounded,
-    letters::{Letters, Pile, READ_TIMEOUT},
+    letters::{self, Letters, Pile, READ_TIMEOUT},
 };
 use crate::{
     broker::{
@@ -52,6 +52,17 @@ const MAX_PENDING_MOVES: usize = 128;
 const SETTLE_BATCH: usize = 64;
 /// Removals settled at once, at most: one commit of their records each.
 const REMOVE_BATCH: usize = 256;
+/// Letters the broker sends ahead, at most. Nothing is held any more, so
+/// the window only has to cover the round trip; letters carry whole bodies
+/// (up to the ingress's body limit), and a scan reads other piles' too.
+const MAX_PREFETCH: u16 = 128;
+
+/// Whether a scan may settle letters (replay, purge) or only reads them.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Access {
+    Read,
+    Settle,
+}
 
 /// One message as a scan sees it.
 pub struct Message {
@@ -93,12 +104,18 @@ pub enum Flow {
 pub async fn scan(
     letters: &Letters,
     pile: &Pile,
+    access: Access,
     prefetch: u16,
     progress: &watch::Sender<Report>,
     mut visit: impl FnMut(&Message) -> (Decision, Flow),
     removals: Option<(&Recorder, &str)>,
 ) -> Result<(), OpError> {
-    let _one_at_a_time = letters.scan_lock().await;
+    // Two settling scans in one process would both move a letter; reads
+    // need no turn.
+    let _one_at_a_time = match access {
+        Access::Settle => Some(letters.scan_lock().await),
+        Access::Read => None,
+    };
     letters.sync().await?;
     let wanted = letters.unsettled(pile);
     progress.send_modify(|r| r.total = wanted.len() as u64);
@@ -106,8 +123,9 @@ pub async fn scan(
     let broker = letters.broker();
     let session = broker.session().ok_or(OpError::Unavailable)?;
     let timeout = broker.operation_timeout;
-    let name = broker.topology().letters.clone();
-    let prefetch = prefetch.clamp(1, u16::try_from(wanted.len()).unwrap_or(u16::MAX));
+    let topology = broker.topology();
+    let name = topology.letters.clone();
+    let prefetch = prefetch.clamp(1, MAX_PREFETCH);
     let (channel, mut deliveries) =
         stream::from_offset(&session, &name, prefetch, first, timeout).await.map_err(OpError::Broker)?;
     let publisher = match open_confirm_channel(&session.connection, timeout).await {
@@ -168,6 +186,14 @@ pub async fn scan(
         next += 1;
         if !letters.still_unsettled(offset) {
             continue; // another process settled it meanwhile
+        }
+        // The index named this offset; the record must agree (a stream made
+        // anew under a running process would put other records there).
+        if letters::marker_kind(&delivery.properties).is_some()
+            || letters::pile_of(&delivery.properties, &topology.namespace) != *pile
+        {
+            tracing::warn!(offset, %pile, "the letters stream holds another record at this offset; skipped");
+            continue;
         }
         let properties = without_stream_headers(delivery.properties);
         let body = Bytes::from(delivery.data);
