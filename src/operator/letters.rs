@@ -226,16 +226,12 @@ impl Letters {
         // Forgotten however this ends, an aborted catch-up included: a stale
         // id would make a re-read marker look new (see `take`).
         let _forget = Forget { waiting: &self.inner.waiting, id: &id };
-        let result = async {
-            self.append(marker("sync"), id.as_bytes()).await?;
-            let read = match wait {
-                Some(wait) => tokio::time::timeout(wait, rx).await.map_err(|_| OpError::Timeout)?,
-                None => rx.await,
-            };
-            read.map_err(|_| OpError::Unavailable)
-        }
-        .await;
-        result
+        self.append(marker("sync"), id.as_bytes()).await?;
+        let read = match wait {
+            Some(wait) => tokio::time::timeout(wait, rx).await.map_err(|_| OpError::Timeout)?,
+            None => rx.await,
+        };
+        read.map_err(|_| OpError::Unavailable)
     }
 
     /// Appends a `settled` marker for `offsets`, confirmed, then settles
