@@ -130,7 +130,7 @@ fn describe() {
     metrics::describe_counter!(DELIVERIES, "Delivery attempts by subscription and outcome");
     metrics::describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Duration of one HTTP delivery attempt");
     metrics::describe_histogram!(END_TO_END, metrics::Unit::Seconds, "Ingress receipt to successful delivery");
-    metrics::describe_counter!(DEAD_LETTERED, "Events moved to a dead-letter queue");
+    metrics::describe_counter!(DEAD_LETTERED, "Events moved to the dead letters");
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
     metrics::describe_counter!(CONFIG_RELOADS, "Config file reloads by outcome");
     metrics::describe_counter!(AUDIT_FAILURES, "Audit records that could not be stored");

@@ -25,7 +25,7 @@ pub const HEADER_PREFIX: &str = "hookwire-header-";
 pub const ATTEMPTS: &str = "hookwire-attempts";
 /// JSON array of [`Attempt`]s, oldest first.
 pub const HISTORY: &str = "hookwire-history";
-/// Why a message is in a dead-letter queue.
+/// Why a message is a dead letter.
 pub const DEAD_LETTER_REASON: &str = "hookwire-dead-letter-reason";
 /// On a worker's dead letter: the subscription it is a dead letter of (all
 /// dead letters share one stream, `ns.letters`).

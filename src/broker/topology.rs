@@ -15,8 +15,8 @@
 //! - `ns.catalog` — stream of the subscriptions catalog's changes (see
 //!   `catalog`), kept forever: it is the API-made subscriptions' only copy.
 //! - `ns.audit` — stream of audit records (who changed what), up to 1 GB.
-//! - `ns.control` — fanout exchange for operator commands (pause/resume) to
-//!   every hookwire process; each process binds its own exclusive queue.
+//! - `ns.pauses` — stream of pause and resume records, followed by every
+//!   process (`operator::control`).
 //! - `ns.unrouted` — fanout exchange that catches unmatched events and puts
 //!   them in `ns.letters`.
 //! - `ns.letters` — stream of everything hookwire could not deliver: every
@@ -30,10 +30,6 @@
 //!   message waits out the queue's TTL and is dead-lettered back to the work
 //!   queue. At-least-once dead-lettering makes that move itself confirmed.
 //!   The work queue dead-letters to `ns.letters` (delivery limit exceeded).
-//! - `ns.sub.NAME.paused` — the durable pause flag, a quorum queue (so it is
-//!   replicated): it holds one message while the subscription is paused and
-//!   none otherwise (max length 1). A process reads it (a passive declare's
-//!   message count) when it connects.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -60,7 +56,7 @@ const REPLICAS_STREAM: &str = "x-initial-cluster-size";
 /// and only if that too is refused over the count (the queue has one of its
 /// own) is it taken as it stands, with a warning. A refusal closes the
 /// channel, so it is opened again.
-pub(crate) async fn declare_queue(
+async fn declare_queue(
     connection: &Connection,
     channel: &mut Channel,
     queue: &QueueSpec,
@@ -81,11 +77,21 @@ pub(crate) async fn declare_queue(
     let first = declare(channel, field_table(&queue.args)).await;
     match first {
         Err(error) if is_count(&error) => {}
-        Err(TopologyError::Conflict { reason, .. })
-            if queue.name.ends_with(".paused") && reason.contains("x-queue-type") =>
-        {
+        // A work queue of a namespace made before issue 11 dead-letters into
+        // its classic `NAME.dead` queue; queue arguments cannot change, and
+        // recreating the queue would drop what it holds. It is kept, and the
+        // letters follower moves what lands there into `ns.letters`.
+        Err(TopologyError::Conflict { reason, .. }) if reason.contains("x-dead-letter-routing-key") => {
             *channel = bounded("a channel", timeout, connection.create_channel()).await?;
-            return replicate_pause_flag(connection, channel, queue, timeout).await;
+            let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+            bounded(
+                &object,
+                timeout,
+                channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()),
+            )
+            .await?;
+            tracing::warn!(queue = %queue.name, "work queue of an earlier version: it dead-letters into its old dead-letter queue, whose messages are moved into the letters stream");
+            return Ok(());
         }
         other => return other.map(drop),
     }
@@ -111,40 +117,6 @@ pub(crate) async fn declare_queue(
         }
         Err(error) => Err(error),
     }
-}
-
-/// Replaces a pause flag made as a classic queue (before issue 11) with the
-/// replicated one, keeping its state: a subscription paused before an
-/// upgrade stays paused. Two processes doing it at once read the same
-/// state, so whichever deletes last still leaves it right.
-async fn replicate_pause_flag(
-    connection: &Connection,
-    channel: &mut Channel,
-    queue: &QueueSpec,
-    timeout: Duration,
-) -> Result<(), TopologyError> {
-    let object = format!("queue {}", queue.name);
-    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-    let old =
-        bounded(&object, timeout, channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()))
-            .await?;
-    let paused = old.message_count() > 0;
-    bounded(&object, timeout, channel.queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())).await?;
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    bounded(&object, timeout, channel.queue_declare(queue.name.as_str().into(), options, field_table(&queue.args)))
-        .await?;
-    if paused {
-        let publisher = super::publisher::open_confirm_channel(connection, timeout).await.map_err(|e| {
-            TopologyError::Publish { object: object.clone(), reason: format!("setting the flag again: {e}") }
-        })?;
-        let properties = lapin::BasicProperties::default().with_delivery_mode(2);
-        let set =
-            super::publisher::publish_confirmed(&publisher, "", &queue.name, properties, b"paused", timeout).await;
-        let _ = tokio::time::timeout(timeout, publisher.close(200, "flag set".into())).await;
-        set.map_err(|e| TopologyError::Publish { object, reason: format!("setting the flag again: {e}") })?;
-    }
-    tracing::info!(queue = %queue.name, paused, "pause flag moved to a replicated queue");
-    Ok(())
 }
 
 /// `(exchange, queue, key)` as [`Topology::bindings`] lists them.
@@ -215,8 +187,6 @@ pub struct SubscriptionQueues {
     pub work: String,
     /// Sorted by delay, one per distinct delay in the schedule.
     pub retries: Vec<RetryQueue>,
-    /// Holds a message exactly while the subscription is paused.
-    pub paused_marker: String,
     /// Retry queues of an earlier schedule ([`Topology::retire_from`]).
     /// Events waiting in them still return to `work` when their delay is
     /// up; a queue goes once it is empty ([`Topology::sweep_retired`]).
@@ -250,7 +220,8 @@ pub struct Topology {
     pub subscriptions: Vec<SubscriptionQueues>,
     /// The archive stream, when enabled.
     pub archive: Option<ArchiveStream>,
-    pub control_exchange: String,
+    /// Pause and resume records (a stream).
+    pub pauses_stream: String,
     /// The catalog's log (a stream).
     pub catalog_stream: String,
     /// The audit log (a stream, bounded by size).
@@ -309,7 +280,6 @@ impl Topology {
                         .into_iter()
                         .map(|delay| RetryQueue { name: format!("{work}.retry.{}", format_duration(delay)), delay })
                         .collect(),
-                    paused_marker: format!("{work}.paused"),
                     work,
                     retired: Vec::new(),
                 }
@@ -324,7 +294,7 @@ impl Topology {
             letters: format!("{ns}.letters"),
             subscriptions,
             archive: enabled.then(|| ArchiveStream { name: format!("{ns}.archive"), max_age, max_bytes: max_bytes.0 }),
-            control_exchange: format!("{ns}.control"),
+            pauses_stream: format!("{ns}.pauses"),
             catalog_stream: format!("{ns}.catalog"),
             audit_stream: format!("{ns}.audit"),
             delivery_limit: config.rabbitmq.delivery_limit,
@@ -352,6 +322,7 @@ impl Topology {
     pub fn queues(&self) -> Vec<QueueSpec> {
         let mut out = vec![
             QueueSpec { name: self.letters.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
+            QueueSpec { name: self.pauses_stream.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
             QueueSpec { name: self.catalog_stream.clone(), args: vec![("x-queue-type", Arg::Str("stream".into()))] },
             QueueSpec {
                 name: self.audit_stream.clone(),
@@ -374,8 +345,6 @@ impl Topology {
                 args.push(("x-message-ttl", Arg::Int(retry.delay.as_millis() as i64)));
                 out.push(QueueSpec { name: retry.name.clone(), args });
             }
-            let flag = vec![("x-queue-type", Arg::Str("quorum".into())), ("x-max-length", Arg::Int(1))];
-            out.push(QueueSpec { name: sub.paused_marker.clone(), args: flag });
         }
         if let Some(replicas) = self.replicas {
             // Replicated queue types take their size when created (every
@@ -422,7 +391,7 @@ impl Topology {
         timeout: Duration,
     ) -> Result<(), TopologyError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        for fanout in [&self.unrouted_exchange, &self.accepted_exchange, &self.control_exchange] {
+        for fanout in [&self.unrouted_exchange, &self.accepted_exchange] {
             bounded(&format!("exchange {fanout}"), timeout, async {
                 channel
                     .exchange_declare(
@@ -570,8 +539,8 @@ impl Topology {
         swept
     }
 
-    /// Deletes subscription `name`'s queues (work, retries, retired retries,
-    /// pause flag), messages included. Its dead letters are settled by the
+    /// Deletes subscription `name`'s queues (work, retries, retired
+    /// retries), messages included. Its dead letters are settled by the
     /// caller (they live in the shared letters stream).
     pub async fn delete_subscription(
         &self,
@@ -580,7 +549,7 @@ impl Topology {
         timeout: Duration,
     ) -> Result<(), TopologyError> {
         let Some(sub) = self.subscription(name) else { return Ok(()) };
-        let mut queues = vec![sub.work.clone(), sub.paused_marker.clone()];
+        let mut queues = vec![sub.work.clone()];
         queues.extend(sub.retries.iter().map(|r| r.name.clone()));
         queues.extend(sub.retired.iter().map(|r| r.name.clone()));
         for queue in queues {
@@ -599,9 +568,7 @@ impl Topology {
         for queue in self.queues().into_iter().map(|q| q.name).chain(retired) {
             channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        for exchange in
-            [&self.accepted_exchange, &self.events_exchange, &self.unrouted_exchange, &self.control_exchange]
-        {
+        for exchange in [&self.accepted_exchange, &self.events_exchange, &self.unrouted_exchange] {
             channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
@@ -613,7 +580,6 @@ impl Topology {
         out += &format!("  {} (fanout, durable) -> {}\n", self.accepted_exchange, self.events_exchange);
         out += &format!("  {} (topic, durable, alternate-exchange={})\n", self.events_exchange, self.unrouted_exchange);
         out += &format!("  {} (fanout, durable)\n", self.unrouted_exchange);
-        out += &format!("  {} (fanout, durable; operator commands)\n", self.control_exchange);
         out += "queues:\n";
         for queue in self.queues() {
             let args: Vec<String> = queue
@@ -725,10 +691,10 @@ retry = ["1s"]
             spec.args.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
         };
         // Everything hookwire keeps is replicated: no classic queue is left.
-        for quorum in ["t.sub.billing", "t.sub.billing.retry.1s", "t.sub.billing.paused"] {
+        for quorum in ["t.sub.billing", "t.sub.billing.retry.1s"] {
             assert_eq!(arg(quorum, "x-quorum-initial-group-size"), Some(Arg::Int(3)), "{quorum}");
         }
-        for stream in ["t.archive", "t.catalog", "t.audit", "t.letters"] {
+        for stream in ["t.archive", "t.catalog", "t.audit", "t.letters", "t.pauses"] {
             assert_eq!(arg(stream, "x-initial-cluster-size"), Some(Arg::Int(3)), "{stream}");
         }
         assert!(queues.iter().all(|q| {
@@ -768,8 +734,8 @@ retry = ["1s", "5s", "1s", "2m"]
         assert_eq!(sub.work, "t.sub.billing");
         let retry_names: Vec<_> = sub.retries.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(retry_names, ["t.sub.billing.retry.1s", "t.sub.billing.retry.5s", "t.sub.billing.retry.2m"]);
-        // letters, catalog, audit, archive, work, three retries, paused flag
-        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 3 + 1);
+        // letters, pauses, catalog, audit, archive, work, three retries
+        assert_eq!(t.queues().len(), 1 + 1 + 1 + 1 + 1 + 1 + 3);
         let letters = t.queues().into_iter().find(|q| q.name == "t.letters").unwrap();
         assert_eq!(
             letters.args,

@@ -63,7 +63,7 @@ pub struct Selectors {
     /// Last failure before this time (RFC 3339).
     #[arg(long, value_name = "TIME")]
     pub failed_before: Option<String>,
-    /// Every message in the queue.
+    /// Every dead letter (or unrouted event) listed now.
     #[arg(long)]
     pub all: bool,
     /// Only count what would be affected.
@@ -105,7 +105,7 @@ impl Selectors {
     }
 }
 
-/// A queue operators work on.
+/// What operators work on: a subscription's dead letters or the unrouted events.
 #[derive(Debug, Clone)]
 pub enum Target {
     DeadLetters(String),
@@ -400,7 +400,7 @@ pub fn list(api: &Api, target: &Target, limit: Option<usize>, after: Option<&str
             ]);
         }
         let mut out = table(&rows);
-        out += &format!("{} shown, {} in {}\n", page.items.len(), page.depth, page.queue);
+        out += &format!("{} shown of {}\n", page.items.len(), page.depth);
         if let Some(next) = page.next_after {
             out += &format!("next page: --after {next}\n");
         }

@@ -654,7 +654,7 @@ impl Config {
             }
         }
         if self.subscriptions.is_empty() {
-            out.push("no subscriptions: every accepted event goes to the unrouted queue".to_owned());
+            out.push("no subscriptions: every accepted event is kept as unrouted".to_owned());
         }
         for (name, sub) in &self.subscriptions {
             for (i, topic) in sub.topics.iter().enumerate() {

@@ -59,7 +59,7 @@ pub enum Next {
     Ack,
     /// Park in the retry queue whose TTL is `queue`, for `wait` (≤ `queue`).
     Retry { queue: Duration, wait: Duration },
-    /// Give up: move to the dead-letter queue with this reason.
+    /// Give up: move to the dead letters with this reason.
     DeadLetter { reason: &'static str },
 }
 

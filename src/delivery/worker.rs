@@ -3,7 +3,7 @@
 //!
 //! Settling rules (the "never lose an event" invariant):
 //! - delivered (2xx) → ack;
-//! - failed → publish to the retry queue (or the dead-letter queue when the
+//! - failed → publish to the retry queue (or to the dead letters when the
 //!   schedule is exhausted), wait for the broker's confirm, then ack;
 //! - if that publish fails → nack with requeue (the delivery comes back);
 //! - if the ack itself fails → nothing to do: the broker redelivers it
@@ -439,7 +439,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Moves the event to the dead-letter queue (confirmed) with its history;
+    /// Moves the event to the dead letters (confirmed) with its history;
     /// `(status, error)`: the last attempt's answer, for the log line.
     async fn dead_letter(
         &self,

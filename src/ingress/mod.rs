@@ -198,7 +198,7 @@ async fn receive(
     count(name, "accepted");
     if unrouted {
         metrics::counter!(metric::UNROUTED, "source" => name.to_owned()).increment(1);
-        tracing::info!(%routing_key, "no subscription matches; kept in the unrouted queue");
+        tracing::info!(%routing_key, "no subscription matches; kept as unrouted");
     }
     tracing::debug!(event_type = %envelope.event_type, "accepted webhook");
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": envelope.id }))))

@@ -1,19 +1,22 @@
 //! Pause and resume, for every process of a deployment at once.
 //!
-//! The durable truth is a flag queue per subscription (`ns.sub.NAME.paused`,
-//! max length 1) that holds a message exactly while the subscription is
-//! paused; each process reads the flags whenever it (re)connects. (A queue
-//! that exists only while paused would need a passive declare that fails
-//! with NOT_FOUND, closing a channel and logging an error each time.) Changes reach running processes
-//! through the fanout exchange `ns.control`, where every process binds its
-//! own exclusive queue. The listener binds before it reads the markers, so
-//! no change falls between the two.
+//! The durable truth is the stream `ns.pauses`: a pause or a resume appends
+//! a record `{subscription, paused}`, confirmed, and a subscription's state
+//! is its newest record (none: not paused). Every process follows the
+//! stream, so a change reaches every process as the record does. A stream
+//! because it is replicated and keeps answering when a node goes: a quorum
+//! flag queue's message count reads 0 while the queue has no leader
+//! (RabbitMQ answers `{ok, 0, 0}` when it cannot ask), which would have
+//! resumed every paused subscription of a process reconnecting just then.
 //!
 //! A paused worker stops taking deliveries from its queue (events keep
-//! queueing); deliveries already in flight finish. Until the listener has
-//! read the markers on the current connection the state is unknown (`None`),
-//! and workers wait: a process started while a subscription is paused must
-//! not deliver even one event.
+//! queueing); deliveries already in flight finish. On every (re)connect the
+//! state is unknown (`None`) until the follower has read the stream up to a
+//! sync marker it appended, and workers wait: a process started while a
+//! subscription is paused must not deliver even one event.
+//!
+//! Pause flag queues (`ns.sub.NAME.paused`, classic) of earlier versions
+//! are read once, written to the stream and deleted.
 
 use std::{
     collections::HashMap,
@@ -23,68 +26,82 @@ use std::{
 
 use futures_util::StreamExt;
 use lapin::{
-    Connection,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions},
-    types::FieldTable,
+    BasicProperties,
+    options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
-    sync::{Notify, watch},
+    sync::{oneshot, watch},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::{OpError, bounded};
 use crate::{
-    broker::{
-        Broker, PublishError, Topology,
-        publisher::{open_confirm_channel, publish_confirmed},
-        topology::declare_queue,
-    },
+    broker::{Broker, Session, publisher::publish_confirmed, stream},
     telemetry::metric,
 };
 
-/// A broadcast on `ns.control`: "subscription X changed". Receivers read
-/// the flag rather than trust `paused`, so two operators pausing and
-/// resuming at once cannot leave processes disagreeing with the flag.
+/// Header of the follower's sync markers (records do not have it).
+const SYNC: &str = "hookwire-pauses-sync";
+
+/// One record of `ns.pauses`.
 #[derive(Debug, Serialize, Deserialize)]
-struct Command {
+struct Record {
     subscription: String,
     paused: bool,
 }
 
+/// The record that says the flag queues of earlier versions were moved in.
+const MIGRATED: &str = "";
+
+/// The stream as this process has read it on the current connection.
+#[derive(Default)]
+struct Followed {
+    /// Up to a sync marker of this connection: the states are known.
+    caught_up: bool,
+    /// Newest record per subscription.
+    paused: HashMap<String, bool>,
+}
+
 pub struct Control {
     broker: Broker,
-    /// Per subscription; `None`: not read yet on this connection. Entries
+    /// Per subscription; `None`: not known yet on this connection. Entries
     /// appear as workers ask ([`Control::watch`]), since subscriptions come
-    /// and go while the process runs; the lock is never held across an await.
+    /// and go while the process runs; the locks are never held across an
+    /// await, and `followed` is taken before `states`.
     states: Mutex<HashMap<String, watch::Sender<Option<bool>>>>,
-    /// Wakes the listener to read the flags of subscriptions it has not read.
-    learn: Notify,
+    followed: Mutex<Followed>,
+    /// Sync markers this process waits for, by id.
+    waiting: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
 
 impl Control {
-    /// Starts the listener; it stops when `token` is cancelled.
+    /// Starts the follower; it stops when `token` is cancelled.
     pub fn spawn(broker: Broker, token: CancellationToken) -> (Arc<Self>, JoinHandle<()>) {
         let states =
             broker.topology().subscriptions.iter().map(|s| (s.subscription.clone(), watch::channel(None).0)).collect();
-        let control = Arc::new(Self { broker, states: Mutex::new(states), learn: Notify::new() });
+        let control = Arc::new(Self {
+            broker,
+            states: Mutex::new(states),
+            followed: Mutex::default(),
+            waiting: Mutex::default(),
+        });
         let task = tokio::spawn(control.clone().listen(token));
         (control, task)
     }
 
-    /// Follows subscription `name`'s paused flag (as this process knows it).
-    /// A name seen for the first time starts unknown (`None`) until the
-    /// listener has read its flag.
+    /// Follows subscription `name`'s state (as this process knows it).
     pub fn watch(&self, name: &str) -> Option<watch::Receiver<Option<bool>>> {
+        let followed = self.followed.lock().expect("control lock");
         let mut states = self.states.lock().expect("control states lock");
         if let Some(state) = states.get(name) {
             return Some(state.subscribe());
         }
-        let (tx, rx) = watch::channel(None);
+        let known = followed.caught_up.then(|| followed.paused.get(name).copied().unwrap_or(false));
+        let (tx, rx) = watch::channel(known);
         states.insert(name.to_owned(), tx);
-        drop(states);
-        self.learn.notify_one();
         Some(rx)
     }
 
@@ -94,53 +111,75 @@ impl Control {
         metrics::gauge!(metric::PAUSED, "subscription" => name.to_owned()).set(0.0);
     }
 
-    /// Names whose flag this connection has not read yet.
-    fn unread(&self) -> Vec<String> {
-        let states = self.states.lock().expect("control states lock");
-        states.iter().filter(|(_, state)| state.borrow().is_none()).map(|(name, _)| name.clone()).collect()
-    }
-
-    /// Whether subscription `name` is paused, read from the broker (the
-    /// marker), not from this process's view.
+    /// Whether subscription `name` is paused, once this process has read
+    /// the stream on its connection (waits for that at most the operation
+    /// timeout).
     pub async fn is_paused(&self, name: &str) -> Result<bool, OpError> {
-        let topology = self.broker.topology();
-        let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
-        let session = self.broker.session().ok_or(OpError::Unavailable)?;
-        flag_set(&session.connection, &topology, &queues.paused_marker, self.broker.operation_timeout).await
+        let deadline = tokio::time::Instant::now() + self.broker.operation_timeout;
+        loop {
+            {
+                let followed = self.followed.lock().expect("control lock");
+                if followed.caught_up {
+                    return Ok(followed.paused.get(name).copied().unwrap_or(false));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OpError::Unavailable);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
-    /// Pauses or resumes subscription `name` everywhere.
+    /// Pauses or resumes subscription `name` everywhere: the record is
+    /// appended (confirmed), and the answer waits until this process has
+    /// applied it.
     pub async fn set(&self, name: &str, paused: bool) -> Result<(), OpError> {
-        let topology = self.broker.topology();
-        let queues = topology.subscription(name).ok_or_else(|| OpError::NoQueue(name.to_owned()))?;
+        if self.broker.topology().subscription(name).is_none() {
+            return Err(OpError::NoQueue(name.to_owned()));
+        }
+        self.append(name, paused).await?;
+        self.sync().await
+    }
+
+    async fn append(&self, name: &str, paused: bool) -> Result<(), OpError> {
+        let body = serde_json::to_vec(&Record { subscription: name.to_owned(), paused }).expect("serializes");
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        self.publish(properties, &body).await
+    }
+
+    async fn publish(&self, properties: BasicProperties, body: &[u8]) -> Result<(), OpError> {
         let session = self.broker.session().ok_or(OpError::Unavailable)?;
-        let timeout = self.broker.operation_timeout;
-        let marker = queues.paused_marker.as_str();
-        let body = serde_json::to_vec(&Command { subscription: name.to_owned(), paused }).expect("serializes");
-        // A channel of its own: an error here must not close a channel that
-        // ingress publishes share.
-        let channel = open_confirm_channel(&session.connection, timeout).await.map_err(OpError::Publish)?;
-        let result = async {
-            if paused {
-                let persistent = lapin::BasicProperties::default().with_delivery_mode(2);
-                publish_confirmed(&channel, "", marker, persistent, &body, timeout).await.map_err(OpError::Publish)
-            } else {
-                bounded(timeout, channel.queue_purge(marker.into(), QueuePurgeOptions::default())).await.map(drop)
-            }
-        }
-        .await;
-        let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
-        result?;
         let channel = session.publish_channels.get().await.map_err(OpError::Publish)?;
-        let exchange = &self.broker.topology().control_exchange;
-        match publish_confirmed(&channel, exchange, "", Default::default(), &body, timeout).await {
-            // Returned: no process listens right now; each reads the marker
-            // when it connects.
-            Ok(()) | Err(PublishError::Returned(_)) => {}
-            Err(error) => return Err(OpError::Publish(error)),
-        }
-        self.apply(name, paused);
-        Ok(())
+        let stream = self.broker.topology().pauses_stream.clone();
+        publish_confirmed(&channel, "", &stream, properties, body, self.broker.operation_timeout)
+            .await
+            .map_err(OpError::Publish)
+    }
+
+    /// Returns once this process has read everything appended before the
+    /// call: appends a sync marker and waits (at most `wait`, or as long as
+    /// it takes) for the follower to read it.
+    async fn sync_within(&self, wait: Option<Duration>) -> Result<(), OpError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().expect("control lock").insert(id.clone(), tx);
+        let _forget = Forget { waiting: &self.waiting, id: &id };
+        self.append_sync(&id).await?;
+        let read = match wait {
+            Some(wait) => tokio::time::timeout(wait, rx).await.map_err(|_| OpError::Timeout)?,
+            None => rx.await,
+        };
+        read.map_err(|_| OpError::Unavailable)
+    }
+
+    async fn append_sync(&self, id: &str) -> Result<(), OpError> {
+        let mut headers = FieldTable::default();
+        headers.insert(SYNC.into(), AMQPValue::LongString(id.into()));
+        self.publish(BasicProperties::default().with_headers(headers), b"").await
+    }
+
+    async fn sync(&self) -> Result<(), OpError> {
+        self.sync_within(Some(self.broker.operation_timeout)).await
     }
 
     fn apply(&self, name: &str, paused: bool) {
@@ -163,12 +202,13 @@ impl Control {
     async fn listen(self: Arc<Self>, token: CancellationToken) {
         self.broker
             .clone()
-            .on_every_session(&token.clone(), "operator control listener", |session| {
+            .on_every_session(&token.clone(), "operator control follower", |session| {
                 let (this, token) = (self.clone(), token.clone());
                 async move {
-                    let result = this.follow(&session.connection, &token).await.map_err(|e| e.to_string());
-                    // Changes may be missed until the next connection reads the
-                    // markers again: workers wait meanwhile.
+                    let result = this.follow(&session, &token).await;
+                    // Changes may be missed until the next connection has
+                    // read the stream again: workers wait meanwhile.
+                    *this.followed.lock().expect("control lock") = Followed::default();
                     for state in this.states.lock().expect("control states lock").values() {
                         state.send_replace(None);
                     }
@@ -178,86 +218,136 @@ impl Control {
             .await;
     }
 
-    /// Binds this process's control queue, reads the markers, then applies
-    /// broadcasts until the connection or the token ends.
-    async fn follow(&self, connection: &Connection, token: &CancellationToken) -> Result<(), OpError> {
+    /// Reads the stream from its start on `session`; once the sync marker
+    /// it appends comes back, every state is known, and each record after
+    /// that applies at once.
+    async fn follow(self: &Arc<Self>, session: &Session, token: &CancellationToken) -> Result<(), String> {
         let timeout = self.broker.operation_timeout;
-        let channel = bounded(timeout, connection.create_channel()).await?;
-        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = bounded(timeout, channel.queue_declare("".into(), private, FieldTable::default())).await?;
-        let topology = self.broker.topology();
-        let exchange = topology.control_exchange.as_str();
-        let bind = channel.queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        );
-        bounded(timeout, bind).await?;
-        let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
-        let mut commands =
-            bounded(timeout, channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()))
-                .await?;
-        for subscription in &topology.subscriptions {
-            let paused = flag_set(connection, &topology, &subscription.paused_marker, timeout).await?;
-            self.apply(&subscription.subscription, paused);
-        }
-        loop {
+        let name = self.broker.topology().pauses_stream.clone();
+        let (channel, mut records) = stream::from_first(session, &name, 100, timeout).await?;
+        let caught_up_id = uuid::Uuid::now_v7().simple().to_string();
+        let catch_up = tokio::spawn({
+            let (this, id) = (self.clone(), caught_up_id.clone());
+            async move { this.catch_up(&id).await }
+        });
+        let result = loop {
             let delivery = tokio::select! {
-                _ = token.cancelled() => break,
-                _ = self.learn.notified() => {
-                    // Subscriptions added since: read their flags.
-                    let topology = self.broker.topology();
-                    for name in self.unread() {
-                        if let Some(queues) = topology.subscription(&name) {
-                            let paused = flag_set(connection, &topology, &queues.paused_marker, timeout).await?;
-                            self.apply(&name, paused);
-                        }
-                    }
-                    continue;
-                }
-                next = commands.next() => next,
+                _ = token.cancelled() => break Ok(()),
+                next = records.next() => next,
             };
-            match delivery {
-                Some(Ok(delivery)) => match serde_json::from_slice::<Command>(&delivery.data) {
-                    Ok(command) => {
-                        let topology = self.broker.topology();
-                        let Some(queues) = topology.subscription(&command.subscription) else { continue };
-                        let paused = flag_set(connection, &topology, &queues.paused_marker, timeout).await?;
-                        self.apply(&command.subscription, paused);
-                    }
-                    Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
-                },
-                Some(Err(error)) => return Err(OpError::Broker(error.to_string())),
-                None => return Err(OpError::Unavailable),
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => break Err(error.to_string()),
+                None => break Err("the pauses stream's consumer ended".to_owned()),
+            };
+            self.take(&delivery.properties, &delivery.data, &caught_up_id);
+            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
+            match tokio::time::timeout(timeout, ack).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => break Err(error.to_string()),
+                Err(_) => break Err("ack timed out".to_owned()),
+            }
+        };
+        catch_up.abort();
+        let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
+        result
+    }
+
+    /// Reads up to now, moves in the flag queues of earlier versions if no
+    /// process has, then appends the marker that makes the states known.
+    /// Waits as long as reading takes; appends are retried.
+    async fn catch_up(&self, caught_up_id: &str) {
+        while let Err(error) = self.sync_within(None).await {
+            tracing::warn!(%error, "pause follower could not read the stream up to now; trying again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let migrated = self.followed.lock().expect("control lock").paused.contains_key(MIGRATED);
+        if !migrated {
+            while let Err(error) = self.migrate_flags().await {
+                tracing::warn!(%error, "moving the pause flags of an earlier version failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        let _ = tokio::time::timeout(timeout, channel.close(200, "hookwire shutting down".into())).await;
-        Ok(())
+        while let Err(error) = self.append_sync(caught_up_id).await {
+            tracing::warn!(%error, "pause follower could not mark its catch-up; trying again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Earlier versions kept each state in a classic queue
+    /// `ns.sub.NAME.paused` holding one message while paused. Each is read,
+    /// written as a record when set (unless the stream has one already), and
+    /// deleted; then a record says it is done, so later starts skip it.
+    async fn migrate_flags(&self) -> Result<(), OpError> {
+        let session = self.broker.session().ok_or(OpError::Unavailable)?;
+        let timeout = self.broker.operation_timeout;
+        let topology = self.broker.topology();
+        for subscription in &topology.subscriptions {
+            let flag = format!("{}.paused", subscription.work);
+            // A channel per look: asking about a missing queue closes it.
+            let channel = bounded(timeout, session.connection.create_channel()).await?;
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            if let Ok(Ok(declared)) = tokio::time::timeout(
+                timeout,
+                channel.queue_declare(flag.as_str().into(), passive, FieldTable::default()),
+            )
+            .await
+            {
+                let recorded =
+                    self.followed.lock().expect("control lock").paused.contains_key(&subscription.subscription);
+                if declared.message_count() > 0 && !recorded {
+                    self.append(&subscription.subscription, true).await?;
+                }
+                bounded(timeout, channel.queue_delete(flag.as_str().into(), QueueDeleteOptions::default())).await?;
+                tracing::info!(subscription = %subscription.subscription, paused = declared.message_count() > 0, "pause flag of an earlier version moved to the pauses stream");
+            }
+            let _ = tokio::time::timeout(timeout, channel.close(200, "looked".into())).await;
+        }
+        self.append(MIGRATED, true).await
+    }
+
+    /// Applies one record of the stream.
+    fn take(&self, properties: &BasicProperties, body: &[u8], caught_up_id: &str) {
+        if let Some(id) = sync_id(properties) {
+            if id == caught_up_id {
+                let mut followed = self.followed.lock().expect("control lock");
+                followed.caught_up = true;
+                let names: Vec<String> = self.states.lock().expect("control states lock").keys().cloned().collect();
+                for name in names {
+                    self.apply(&name, followed.paused.get(&name).copied().unwrap_or(false));
+                }
+            } else if let Some(waiter) = self.waiting.lock().expect("control lock").remove(&id) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        let Ok(record) = serde_json::from_slice::<Record>(body) else {
+            tracing::warn!("unreadable record in the pauses stream; skipped");
+            return;
+        };
+        let mut followed = self.followed.lock().expect("control lock");
+        followed.paused.insert(record.subscription.clone(), record.paused);
+        if followed.caught_up {
+            self.apply(&record.subscription, record.paused);
+        }
     }
 }
 
-/// Whether a pause flag queue holds its message. Declared (not only
-/// passively: one deleted by hand must not stop every worker of the process
-/// until the next reconnect) the way the topology declares it, which keeps
-/// a flag made with another replica count; then counted. On a channel of
-/// its own, since a refused declare closes its channel.
-async fn flag_set(
-    connection: &Connection,
-    topology: &Topology,
-    flag: &str,
-    timeout: Duration,
-) -> Result<bool, OpError> {
-    let spec = topology.queues().into_iter().find(|q| q.name == flag).expect("flags are part of the topology");
-    let mut channel = bounded(timeout, connection.create_channel()).await?;
-    let result = async {
-        declare_queue(connection, &mut channel, &spec, timeout).await.map_err(|e| OpError::Broker(e.to_string()))?;
-        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-        let declared = bounded(timeout, channel.queue_declare(flag.into(), passive, FieldTable::default())).await?;
-        Ok(declared.message_count() > 0)
+fn sync_id(properties: &BasicProperties) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(SYNC)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
     }
-    .await;
-    let _ = tokio::time::timeout(timeout, channel.close(200, "flag read".into())).await;
-    result
+}
+
+/// Removes a sync marker's id from the waiting list when dropped.
+struct Forget<'a> {
+    waiting: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
+    id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting.lock().expect("control lock").remove(self.id);
+    }
 }

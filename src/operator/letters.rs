@@ -154,7 +154,14 @@ struct Inner {
     /// One scan at a time per process: two scans of one pile would both
     /// move an entry.
     scanning: tokio::sync::Mutex<()>,
+    /// Queues of earlier versions found holding letters, swept again every
+    /// [`LEGACY_SWEEP`]; `None` until this process has looked for them.
+    legacy: Mutex<Option<Vec<(String, Pile)>>>,
 }
+
+/// How often the queues of earlier versions are swept into the stream (a
+/// work queue made before keeps dead-lettering into its old queue).
+const LEGACY_SWEEP: Duration = Duration::from_secs(60);
 
 impl Letters {
     /// Starts following the stream; stops when `token` is cancelled.
@@ -165,6 +172,7 @@ impl Letters {
             waiting: Mutex::default(),
             caught_up: watch::channel(false).0,
             scanning: tokio::sync::Mutex::new(()),
+            legacy: Mutex::default(),
         };
         let this = Self { inner: Arc::new(inner) };
         let task = tokio::spawn(this.clone().follow(token));
@@ -307,6 +315,10 @@ impl Letters {
                 }
             })
         };
+        let legacy = tokio::spawn({
+            let (this, session) = (self.clone(), session.clone());
+            async move { this.sweep_legacy(&session).await }
+        });
         let result = loop {
             let delivery = tokio::select! {
                 _ = token.cancelled() => break Ok(()),
@@ -330,7 +342,117 @@ impl Letters {
             }
         };
         catch_up.abort();
+        legacy.abort();
         result
+    }
+
+    /// Moves letters out of the classic queues of a namespace made before
+    /// issue 11 (`ns.sub.NAME.dead`, `ns.unrouted`) into the stream: each
+    /// is published, confirmed, then acked, so a crash between leaves a copy
+    /// in both, never in neither. The unrouted queue is unbound first (its
+    /// exchange now feeds the stream) and deleted once empty; old dead-letter
+    /// queues stay, since a kept work queue still dead-letters into them.
+    async fn sweep_legacy(&self, session: &Session) {
+        let topology = self.inner.broker.topology();
+        loop {
+            let known = self.inner.legacy.lock().expect("letters lock").clone();
+            let candidates = known.unwrap_or_else(|| {
+                let mut all: Vec<(String, Pile)> = topology
+                    .subscriptions
+                    .iter()
+                    .map(|s| (format!("{}.dead", s.work), Pile::Dead(s.subscription.clone())))
+                    .collect();
+                all.push((topology.unrouted_exchange.clone(), Pile::Unrouted));
+                all
+            });
+            let mut found = Vec::new();
+            for (queue, pile) in candidates {
+                match self.move_legacy(session, &queue, &pile).await {
+                    Ok(Some(moved)) => {
+                        if moved > 0 {
+                            tracing::info!(queue = %queue, moved, "letters of an earlier version moved into the letters stream");
+                        }
+                        if pile != Pile::Unrouted {
+                            found.push((queue, pile));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(queue = %queue, %error, "moving letters of an earlier version failed; trying again later");
+                        found.push((queue, pile));
+                    }
+                }
+            }
+            *self.inner.legacy.lock().expect("letters lock") = Some(found);
+            tokio::time::sleep(LEGACY_SWEEP).await;
+        }
+    }
+
+    /// `None`: `queue` does not exist; else how many letters were moved.
+    async fn move_legacy(&self, session: &Session, queue: &str, pile: &Pile) -> Result<Option<u64>, String> {
+        use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+        let timeout = self.inner.broker.operation_timeout;
+        let bounded = |what: &'static str| move |_| format!("{what} timed out");
+        // A channel of its own: asking about a missing queue closes it.
+        let channel = tokio::time::timeout(timeout, session.connection.create_channel())
+            .await
+            .map_err(bounded("opening a channel"))?
+            .map_err(|e| e.to_string())?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let exists = tokio::time::timeout(timeout, channel.queue_declare(queue.into(), passive, FieldTable::default()))
+            .await
+            .map_err(bounded("queue.declare"))?
+            .is_ok();
+        if !exists {
+            return Ok(None);
+        }
+        let topology = self.inner.broker.topology();
+        if *pile == Pile::Unrouted {
+            let unbind = channel.queue_unbind(
+                queue.into(),
+                topology.unrouted_exchange.as_str().into(),
+                "".into(),
+                FieldTable::default(),
+            );
+            tokio::time::timeout(timeout, unbind).await.map_err(bounded("queue.unbind"))?.map_err(|e| e.to_string())?;
+        }
+        let publisher = session.publish_channels.get().await.map_err(|e| e.to_string())?;
+        let mut moved = 0;
+        loop {
+            let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
+            let Some(message) =
+                tokio::time::timeout(timeout, get).await.map_err(bounded("basic.get"))?.map_err(|e| e.to_string())?
+            else {
+                break;
+            };
+            let delivery = message.delivery;
+            let mut headers: FieldTable = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(|h| h.inner().iter().filter(|(k, _)| k.as_str() != MARKER).map(|(k, v)| (k.clone(), v.clone())))
+                .into_iter()
+                .flatten()
+                .collect::<BTreeMap<_, _>>()
+                .into();
+            if let Pile::Dead(name) = pile {
+                headers.insert(message::DEAD_LETTER_OF.into(), AMQPValue::LongString(name.as_str().into()));
+            }
+            let properties = delivery.properties.clone().with_headers(headers);
+            publish_confirmed(&publisher, "", &topology.letters, properties, &delivery.data, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
+            tokio::time::timeout(timeout, ack).await.map_err(bounded("basic.ack"))?.map_err(|e| e.to_string())?;
+            moved += 1;
+        }
+        if *pile == Pile::Unrouted {
+            let delete =
+                channel.queue_delete(queue.into(), QueueDeleteOptions { if_empty: true, ..Default::default() });
+            let _ = tokio::time::timeout(timeout, delete).await;
+        }
+        let _ = tokio::time::timeout(timeout, channel.close(200, "swept".into())).await;
+        Ok(Some(moved))
     }
 
     /// Applies one record of the stream to the index.

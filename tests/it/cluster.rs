@@ -40,12 +40,12 @@ async fn replicas_size_new_queues_and_a_later_change_keeps_the_existing_ones() {
     let billing = app.topology.subscription("billing").unwrap().clone();
     let archive = app.topology.archive.clone().unwrap().name;
     let args = queue_arguments();
-    // Everything that holds events or state is replicated: the pause flag
-    // too, and the letters stream that holds dead letters and unrouted events.
-    for quorum in [&billing.work, &billing.retries[0].name, &billing.paused_marker] {
+    // Everything that holds events or state is replicated: the letters
+    // stream (dead letters, unrouted events) and the pauses stream too.
+    for quorum in [&billing.work, &billing.retries[0].name] {
         assert_eq!(args[quorum.as_str()]["x-quorum-initial-group-size"], 1, "{quorum}: {}", args[quorum.as_str()]);
     }
-    for stream in [&archive, &app.topology.catalog_stream, &app.topology.letters] {
+    for stream in [&archive, &app.topology.catalog_stream, &app.topology.letters, &app.topology.pauses_stream] {
         assert_eq!(args[stream.as_str()]["x-initial-cluster-size"], 1, "{stream}: {}", args[stream.as_str()]);
     }
 
@@ -65,11 +65,11 @@ async fn replicas_size_new_queues_and_a_later_change_keeps_the_existing_ones() {
     sink.wait_for(2, T).await;
 }
 
-/// A subscription paused before the upgrade to replicated pause flags stays
-/// paused after it: the classic flag queue is replaced by a quorum one that
-/// holds the same state.
+/// A subscription paused before the upgrade to the pauses stream stays
+/// paused after it: the classic flag queue of earlier versions is read,
+/// written to the stream and deleted.
 #[tokio::test]
-async fn a_classic_pause_flag_becomes_a_replicated_one_and_keeps_the_pause() {
+async fn a_pause_flag_of_an_earlier_version_moves_to_the_pauses_stream_and_keeps_the_pause() {
     use lapin::{
         BasicProperties,
         options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
@@ -78,10 +78,11 @@ async fn a_classic_pause_flag_becomes_a_replicated_one_and_keeps_the_pause() {
     let sink = Sink::start(Behavior::Ok).await;
     let extra = format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/"));
     let mut app = TestApp::operator(&extra).await;
-    let flag = app.topology.subscription("billing").unwrap().paused_marker.clone();
+    let flag = format!("{}.paused", app.topology.subscription("billing").unwrap().work);
     app.stop().await;
-    // The flag as hookwire made it before: classic, max length 1, set.
-    app.delete_queue(&flag).await;
+    // The flag as hookwire made it before: classic, max length 1, set; and
+    // a pauses stream that has not been migrated into.
+    app.delete_queue(&app.topology.pauses_stream).await;
     let conn = app.connect().await;
     let channel = conn.create_channel().await.unwrap();
     let mut args = FieldTable::default();
@@ -98,7 +99,7 @@ async fn a_classic_pause_flag_becomes_a_replicated_one_and_keeps_the_pause() {
 
     app.restart().await;
     assert_eq!(app.api_get("/api/v1/subscriptions/billing").await["status"]["paused"], true);
-    assert_eq!(queue_arguments()[flag.as_str()]["x-queue-type"], "quorum");
+    assert!(!app.queue_exists(&flag).await, "the old flag is gone");
     assert_eq!(app.post_acme("evt-while-paused", r#"{"type":"invoice.paid"}"#).await.status(), 202);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(sink.received().is_empty(), "paused: nothing is delivered");
@@ -180,10 +181,14 @@ async fn with_a_node_down_hookwire_fails_over_and_dead_letters_and_the_archive_s
     let urls = cluster.urls();
     assert_eq!(urls.len(), 3, "{urls:?}");
     let sink = Sink::start(Behavior::Status(500)).await;
-    // No breaker: its cooldown would hold evt_after back.
+    let held = Sink::start(Behavior::Ok).await;
+    // No breaker: its cooldown would hold evt_after back. `held` is paused
+    // across the kill.
     let extra = format!(
-        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nretry = []\ncircuit_breaker = {{ failures = 0 }}\n",
-        sink.url("/")
+        "[subscriptions.billing]\ntopics = [\"acme.invoice.*\"]\nurl = \"{}\"\nretry = []\ncircuit_breaker = {{ failures = 0 }}\n\
+         [subscriptions.held]\ntopics = [\"acme.held.*\"]\nurl = \"{}\"\n",
+        sink.url("/"),
+        held.url("/")
     );
     let app = TestApp::start_adjusted(&urls[0], &extra, |c| {
         c.rabbitmq.url = urls.iter().map(|u| Secret::new(u.as_str())).collect();
@@ -210,6 +215,8 @@ async fn with_a_node_down_hookwire_fails_over_and_dead_letters_and_the_archive_s
     .await;
     let to = std::time::SystemTime::now();
     sink.set(Behavior::Ok);
+    let (status, _) = app.api_send(Method::POST, "/api/v1/subscriptions/held/pause", json!({})).await;
+    assert_eq!(status, 200);
 
     // Kill the node under hookwire: it fails over to another and goes on.
     let under = cluster.connected();
@@ -222,10 +229,22 @@ async fn with_a_node_down_hookwire_fails_over_and_dead_letters_and_the_archive_s
     .await;
     sink.wait_for_ids(&["evt_after".to_owned()], T).await;
     assert!(!cluster.connected().contains(&under[0]));
+    // The pause held through the failover: nothing reaches `held` until it
+    // is resumed.
+    assert_eq!(app.post_acme("evt_held", r#"{"type":"held.x"}"#).await.status(), 202);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(held.received().is_empty(), "paused, yet delivered");
+    assert_eq!(app.api_get("/api/v1/subscriptions/held").await["status"]["paused"], true);
+    let (status, _) = app.api_send(Method::POST, "/api/v1/subscriptions/held/resume", json!({})).await;
+    assert_eq!(status, 200);
+    held.wait_for_ids(&["evt_held".to_owned()], T).await;
 
-    // The dead letters are all there, in order, and replay and purge.
+    // The dead letters are all there, once each, and replay and purge.
     let page = app.api_get("/api/v1/subscriptions/billing/dead-letters").await;
-    let listed: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["event_id"].as_str().unwrap()).collect();
+    // (In the order they were dead-lettered, 16 deliveries at a time.)
+    let mut listed: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|i| i["event_id"].as_str().unwrap()).collect();
+    listed.sort_unstable();
     assert_eq!(listed, ids, "{page}");
     let replay = "/api/v1/subscriptions/billing/dead-letters/replay";
     let (status, report) = app.api_send(Method::POST, replay, json!({"ids": &ids[..5]})).await;

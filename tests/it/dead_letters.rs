@@ -308,7 +308,7 @@ async fn the_cli_lists_replays_and_purges() {
         row.split_whitespace().take(6).collect::<Vec<_>>(),
         ["evt_1", "acme", "invoice.paid", "2", "503", "retries_exhausted"]
     );
-    assert!(table.contains("3 shown, 3 in"), "{table}");
+    assert!(table.contains("3 shown of 3"), "{table}");
 
     let (ok, shown, _) = hookwire(&["dlq", "show", "billing", "evt_2"]).await.unwrap();
     assert!(ok && shown.contains("HTTP 503") && shown.contains(r#""id":"evt_2""#), "{shown}");
@@ -395,4 +395,70 @@ async fn settled_letters_stay_settled_and_browsing_keeps_arrival_order_while_let
     assert!(metrics.contains("hookwire_unrouted_held 1"), "{metrics}");
     assert_eq!(app.letters(&dead).await.into_iter().map(|(e, _)| e.id).collect::<Vec<_>>(), expected);
     assert_eq!(sink.received().len(), 2, "nothing else was delivered");
+}
+
+/// A namespace made before dead letters moved to `ns.letters`: its work
+/// queue still dead-letters into the classic `NAME.dead`, which holds
+/// letters, and the classic `ns.unrouted` queue holds an unrouted event.
+/// hookwire starts on it (the work queue is kept), moves both into the
+/// stream, and unbinds and deletes the old unrouted queue.
+#[tokio::test]
+async fn letters_of_an_earlier_version_are_moved_into_the_stream() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let sink = Sink::start(Behavior::Ok).await;
+    let mut app = TestApp::operator(&subscription(&sink)).await;
+    app.stop().await;
+    let work = app.topology.subscription("billing").unwrap().work.clone();
+    let (old_dead, old_unrouted) = (format!("{work}.dead"), app.topology.unrouted_exchange.clone());
+    let conn = app.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel.queue_delete(work.as_str().into(), Default::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    for (key, value) in [
+        ("x-queue-type", "quorum"),
+        ("x-dead-letter-exchange", ""),
+        ("x-dead-letter-routing-key", old_dead.as_str()),
+        ("x-dead-letter-strategy", "at-least-once"),
+        ("x-overflow", "reject-publish"),
+    ] {
+        args.insert(key.into(), AMQPValue::LongString(value.into()));
+    }
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(20));
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(work.as_str().into(), durable, args).await.unwrap();
+    let mut classic = FieldTable::default();
+    classic.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    for queue in [&old_dead, &old_unrouted] {
+        channel.queue_declare(queue.as_str().into(), durable, classic.clone()).await.unwrap();
+    }
+    channel
+        .queue_bind(
+            old_unrouted.as_str().into(),
+            old_unrouted.as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "".into()).await;
+    let failed_at = SystemTime::now();
+    app.seed(&old_dead, (0..2).map(|i| dead_letter(&format!("evt_old_{i}"), "invoice.paid", 503, 1, failed_at))).await;
+    app.seed(&old_unrouted, [dead_letter("evt_old_nowhere", "none.x", 503, 0, failed_at)]).await;
+
+    app.restart().await;
+    crate::helpers::eventually(T, "the old letters moved", || {
+        let app = &app;
+        async move {
+            let dead = app.api_get("/api/v1/subscriptions/billing/dead-letters").await;
+            let unrouted = app.api_get("/api/v1/unrouted").await;
+            ids(&dead) == ["evt_old_0", "evt_old_1"] && ids(&unrouted) == ["evt_old_nowhere"]
+        }
+    })
+    .await;
+    assert_eq!(app.depth(&old_dead).await, 0);
+    assert!(!app.queue_exists(&old_unrouted).await, "the old unrouted queue is gone");
+    // The kept work queue still delivers.
+    assert_eq!(app.post_acme("evt_new", r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    sink.wait_for(1, T).await;
 }

@@ -728,6 +728,22 @@ impl TestApp {
 
     /// Publishes encoded events straight into `queue` (confirmed), as if
     /// hookwire had put them there: seeds dead-letter queues fast.
+    /// Publishes `messages` straight into `queue`, confirmed.
+    pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        for (envelope, state) in messages {
+            let properties = message::encode(&envelope, &state);
+            let publish = channel
+                .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.body, properties)
+                .await
+                .unwrap();
+            assert!(publish.await.unwrap().is_ack());
+        }
+        let _ = conn.close(200, "".into()).await;
+    }
+
     /// Puts `messages` on `pile` as a worker (dead letters) or the alternate
     /// exchange (unrouted events) would.
     pub async fn seed_letters(&self, pile: &Pile, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {

@@ -19,7 +19,7 @@ async fn problem(response: reqwest::Response, status: u16, slug: &str) -> serde_
 
 #[tokio::test]
 async fn rejections_are_problems_and_publish_nothing() {
-    // No subscriptions: anything published would land in the unrouted queue.
+    // No subscriptions: anything published would be kept as unrouted.
     let app = TestApp::start("").await;
     let body = r#"{"type":"invoice.paid"}"#;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
