@@ -462,3 +462,44 @@ async fn letters_of_an_earlier_version_are_moved_into_the_stream() {
     assert_eq!(app.post_acme("evt_new", r#"{"type":"invoice.paid"}"#).await.status(), 202);
     sink.wait_for(1, T).await;
 }
+
+/// What RabbitMQ dead-letters itself (a work queue's delivery limit, when a
+/// worker keeps dying on a message) lands in the letters stream too, and is
+/// listed under its subscription with the broker's reason: the stream keeps
+/// `x-first-death-queue`, which names it.
+#[tokio::test]
+async fn the_brokers_own_dead_letters_are_listed_under_their_subscription() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let sink = Sink::start(Behavior::Ok).await;
+    let app = TestApp::operator(&subscription(&sink)).await;
+    let (status, _) = app.api_send(Method::POST, "/api/v1/subscriptions/billing/pause", json!({})).await;
+    assert_eq!(status, 200);
+    let work = app.topology.subscription("billing").unwrap().work.clone();
+    crate::helpers::eventually(T, "the worker gone from the work queue", || {
+        let (app, work) = (&app, &work);
+        async move { app.consumers(work).await == 0 }
+    })
+    .await;
+    assert_eq!(app.post_acme("evt_poison", r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    app.wait_depth(&work, 1, T).await;
+    // A consumer that takes it and dies, past `rabbitmq.delivery_limit` (20).
+    let conn = app.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    for _ in 0..=app.config.rabbitmq.delivery_limit {
+        let Some(message) = channel.basic_get(work.as_str().into(), BasicGetOptions::default()).await.unwrap() else {
+            break;
+        };
+        let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+        channel.basic_nack(message.delivery.delivery_tag, requeue).await.unwrap();
+    }
+    let _ = conn.close(200, "".into()).await;
+    crate::helpers::eventually(T, "the poison event listed as billing's dead letter", || {
+        let app = &app;
+        async move { ids(&app.api_get("/api/v1/subscriptions/billing/dead-letters").await) == ["evt_poison"] }
+    })
+    .await;
+    let page = app.api_get("/api/v1/subscriptions/billing/dead-letters").await;
+    assert_eq!(page["items"][0]["reason"], "delivery_limit", "{page}");
+    assert_eq!(app.depth(&work).await, 0);
+    assert!(ids(&app.api_get("/api/v1/unrouted").await).is_empty());
+}
