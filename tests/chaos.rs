@@ -950,7 +950,8 @@ async fn cluster_node_kill() {
     if !tally.lost.is_empty() {
         // Where the missing events are, while the cluster still runs.
         let node = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");
-        let queues = &["ctl", "hookwire-c1", "list_queues", "name", "type", "messages", "consumers", "leader", "online"];
+        let queues =
+            &["ctl", "hookwire-c1", "list_queues", "name", "type", "messages", "consumers", "leader", "online"];
         println!("{}", script(node, queues).await);
         let api = hookwire.api();
         println!("unrouted: {:?}", api.get("/unrouted?limit=5").await.map(|p| p["depth"].clone()));
