@@ -924,29 +924,32 @@ async fn cluster_node_kill() {
     let sent = load.stop().await;
     let dead = drain(&sink, &sent.accepted, &hookwire.api()).await;
 
-    let seen = sink.seen();
-    let tally = Tally::new(&sent, &seen, &dead);
-    let mut report = Report::new(
-        "cluster_node_kill",
-        format!(
-            "`serve --role all` on a 3-node cluster (`rabbitmq.replicas = 3`), {rate} events/s, 2% of events \
+    let tally = {
+        let seen = sink.seen();
+        let tally = Tally::new(&sent, &seen, &dead);
+        let mut report = Report::new(
+            "cluster_node_kill",
+            format!(
+                "`serve --role all` on a 3-node cluster (`rabbitmq.replicas = 3`), {rate} events/s, 2% of events \
              failing for good (retries, then a dead letter) and 5% failing once; the node hookwire is \
              connected to is killed (`kill -9`), revived 20 s later, twice."
-        ),
-    );
-    tally.rows(&mut report);
-    for (round, (victim, killed_at, until)) in kills.iter().enumerate() {
-        report.row(
-            format!("kill {}: node {victim}, which hookwire was connected to", round + 1),
-            format!(
-                "{}; longest delivery gap {}",
-                refused_window(&sent.refused, *killed_at, *until),
-                secs(longest_gap(&seen.arrivals, *killed_at, *until))
             ),
         );
-    }
-    report.print();
-    println!("{}", hookwire.log_summary());
+        tally.rows(&mut report);
+        for (round, (victim, killed_at, until)) in kills.iter().enumerate() {
+            report.row(
+                format!("kill {}: node {victim}, which hookwire was connected to", round + 1),
+                format!(
+                    "{}; longest delivery gap {}",
+                    refused_window(&sent.refused, *killed_at, *until),
+                    secs(longest_gap(&seen.arrivals, *killed_at, *until))
+                ),
+            );
+        }
+        report.print();
+        println!("{}", hookwire.log_summary());
+        tally
+    };
     if !tally.lost.is_empty() {
         // Where the missing events are, while the cluster still runs.
         let node = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");

@@ -48,6 +48,9 @@ pub struct Session {
     pub connection: Arc<Connection>,
     /// Confirm-mode channels for publishing, shared by the whole process.
     pub publish_channels: Arc<ChannelPool>,
+    /// The declare met queues of a version before `ns.letters` and
+    /// `ns.pauses` (see `operator::letters` and `operator::control`).
+    pub earlier_version: bool,
 }
 
 /// A handle on the supervised connection.
@@ -249,13 +252,17 @@ impl Supervisor {
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         let topology = self.topology.borrow().clone();
-        if let Err(e) = topology.declare(&connection, self.operation_timeout).await {
-            tracing::error!(error = %e, "declaring the RabbitMQ topology failed");
-            let _ = tokio::time::timeout(self.operation_timeout, connection.close(200, "topology".into())).await;
-            return Err(e.to_string());
-        }
+        let declared = match topology.declare(&connection, self.operation_timeout).await {
+            Ok(declared) => declared,
+            Err(e) => {
+                tracing::error!(error = %e, "declaring the RabbitMQ topology failed");
+                let _ = tokio::time::timeout(self.operation_timeout, connection.close(200, "topology".into())).await;
+                return Err(e.to_string());
+            }
+        };
         let connection = Arc::new(connection);
         Ok(Session {
+            earlier_version: declared.earlier_version,
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             publish_channels: Arc::new(ChannelPool::new(connection.clone(), self.operation_timeout)),
             connection,

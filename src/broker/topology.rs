@@ -61,7 +61,7 @@ async fn declare_queue(
     channel: &mut Channel,
     queue: &QueueSpec,
     timeout: Duration,
-) -> Result<(), TopologyError> {
+) -> Result<Declared, TopologyError> {
     let object = format!("queue {}", queue.name);
     let is_count = |error: &TopologyError| {
         matches!(error, TopologyError::Conflict { reason, .. }
@@ -91,9 +91,9 @@ async fn declare_queue(
             )
             .await?;
             tracing::warn!(queue = %queue.name, "work queue of an earlier version: it dead-letters into its old dead-letter queue, whose messages are moved into the letters stream");
-            return Ok(());
+            return Ok(Declared { earlier_version: true });
         }
-        other => return other.map(drop),
+        other => return other.map(|_| Declared::default()),
     }
     *channel = bounded("a channel", timeout, connection.create_channel()).await?;
     let uncounted: Vec<_> =
@@ -109,14 +109,22 @@ async fn declare_queue(
             )
             .await?;
             tracing::warn!(queue = %queue.name, "queue exists with a replica count other than rabbitmq.replicas; kept as it is (its other arguments unchecked)");
-            Ok(())
+            Ok(Declared::default())
         }
         Ok(_) => {
             tracing::info!(queue = %queue.name, "queue exists without a replica count; kept (rabbitmq.replicas applies to new queues)");
-            Ok(())
+            Ok(Declared::default())
         }
         Err(error) => Err(error),
     }
+}
+
+/// What a declare found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Declared {
+    /// Some queue was made by a version before dead letters moved to
+    /// `ns.letters`: its letters and pause flags are still to be moved.
+    pub earlier_version: bool,
 }
 
 /// `(exchange, queue, key)` as [`Topology::bindings`] lists them.
@@ -377,7 +385,7 @@ impl Topology {
 
     /// Declares everything; safe to run at every connect and from every
     /// process. Each call is bounded by `timeout`.
-    pub async fn declare(&self, connection: &Connection, timeout: Duration) -> Result<(), TopologyError> {
+    pub async fn declare(&self, connection: &Connection, timeout: Duration) -> Result<Declared, TopologyError> {
         let mut channel = bounded("a channel", timeout, connection.create_channel()).await?;
         let result = self.declare_on(connection, &mut channel, timeout).await;
         let _ = tokio::time::timeout(timeout, channel.close(200, "declared".into())).await;
@@ -389,7 +397,7 @@ impl Topology {
         connection: &Connection,
         channel: &mut Channel,
         timeout: Duration,
-    ) -> Result<(), TopologyError> {
+    ) -> Result<Declared, TopologyError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for fanout in [&self.unrouted_exchange, &self.accepted_exchange] {
             bounded(&format!("exchange {fanout}"), timeout, async {
@@ -426,13 +434,14 @@ impl Topology {
                 .await
         })
         .await?;
+        let mut declared = Declared::default();
         for queue in self.queues() {
-            declare_queue(connection, channel, &queue, timeout).await?;
+            declared.earlier_version |= declare_queue(connection, channel, &queue, timeout).await?.earlier_version;
         }
         for binding in self.bindings() {
             bind(channel, &binding, timeout).await?;
         }
-        Ok(())
+        Ok(declared)
     }
 
     /// Brings the broker from the plan `old` to this one, on a live

@@ -227,8 +227,8 @@ impl Control {
         let (channel, mut records) = stream::from_first(session, &name, 100, timeout).await?;
         let caught_up_id = uuid::Uuid::now_v7().simple().to_string();
         let catch_up = tokio::spawn({
-            let (this, id) = (self.clone(), caught_up_id.clone());
-            async move { this.catch_up(&id).await }
+            let (this, id, earlier) = (self.clone(), caught_up_id.clone(), session.earlier_version);
+            async move { this.catch_up(&id, earlier).await }
         });
         let result = loop {
             let delivery = tokio::select! {
@@ -253,16 +253,17 @@ impl Control {
         result
     }
 
-    /// Reads up to now, moves in the flag queues of earlier versions if no
-    /// process has, then appends the marker that makes the states known.
-    /// Waits as long as reading takes; appends are retried.
-    async fn catch_up(&self, caught_up_id: &str) {
+    /// Reads up to now, moves in the flag queues of an earlier version
+    /// (`earlier`: the declare met its queues) if no process has, then
+    /// appends the marker that makes the states known. Waits as long as
+    /// reading takes; appends are retried.
+    async fn catch_up(&self, caught_up_id: &str, earlier: bool) {
         while let Err(error) = self.sync_within(None).await {
             tracing::warn!(%error, "pause follower could not read the stream up to now; trying again");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let migrated = self.followed.lock().expect("control lock").paused.contains_key(MIGRATED);
-        if !migrated {
+        if earlier && !migrated {
             while let Err(error) = self.migrate_flags().await {
                 tracing::warn!(%error, "moving the pause flags of an earlier version failed; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -315,9 +315,15 @@ impl Letters {
                 }
             })
         };
+        // Only a namespace made before the letters stream has old queues to
+        // sweep; looking for them elsewhere would fail (and log) per queue.
         let legacy = tokio::spawn({
             let (this, session) = (self.clone(), session.clone());
-            async move { this.sweep_legacy(&session).await }
+            async move {
+                if session.earlier_version {
+                    this.sweep_legacy(&session).await;
+                }
+            }
         });
         let result = loop {
             let delivery = tokio::select! {

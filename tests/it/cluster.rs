@@ -83,6 +83,7 @@ async fn a_pause_flag_of_an_earlier_version_moves_to_the_pauses_stream_and_keeps
     // The flag as hookwire made it before: classic, max length 1, set; and
     // a pauses stream that has not been migrated into.
     app.delete_queue(&app.topology.pauses_stream).await;
+    app.make_work_queue_of_an_earlier_version("billing").await;
     let conn = app.connect().await;
     let channel = conn.create_channel().await.unwrap();
     let mut args = FieldTable::default();

@@ -410,22 +410,10 @@ async fn letters_of_an_earlier_version_are_moved_into_the_stream() {
     app.stop().await;
     let work = app.topology.subscription("billing").unwrap().work.clone();
     let (old_dead, old_unrouted) = (format!("{work}.dead"), app.topology.unrouted_exchange.clone());
+    app.make_work_queue_of_an_earlier_version("billing").await;
     let conn = app.connect().await;
     let channel = conn.create_channel().await.unwrap();
-    channel.queue_delete(work.as_str().into(), Default::default()).await.unwrap();
-    let mut args = FieldTable::default();
-    for (key, value) in [
-        ("x-queue-type", "quorum"),
-        ("x-dead-letter-exchange", ""),
-        ("x-dead-letter-routing-key", old_dead.as_str()),
-        ("x-dead-letter-strategy", "at-least-once"),
-        ("x-overflow", "reject-publish"),
-    ] {
-        args.insert(key.into(), AMQPValue::LongString(value.into()));
-    }
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(20));
     let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(work.as_str().into(), durable, args).await.unwrap();
     let mut classic = FieldTable::default();
     classic.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
     for queue in [&old_dead, &old_unrouted] {

@@ -728,6 +728,31 @@ impl TestApp {
 
     /// Publishes encoded events straight into `queue` (confirmed), as if
     /// hookwire had put them there: seeds dead-letter queues fast.
+    /// Makes subscription `name`'s work queue again as a version before the
+    /// letters stream made it: dead-lettering into its classic `NAME.dead`.
+    /// Run while the app is stopped.
+    pub async fn make_work_queue_of_an_earlier_version(&self, name: &str) {
+        let work = self.topology.subscription(name).unwrap().work.clone();
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        channel.queue_delete(work.as_str().into(), Default::default()).await.unwrap();
+        let mut args = FieldTable::default();
+        let old_dead = format!("{work}.dead");
+        for (key, value) in [
+            ("x-queue-type", "quorum"),
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", old_dead.as_str()),
+            ("x-dead-letter-strategy", "at-least-once"),
+            ("x-overflow", "reject-publish"),
+        ] {
+            args.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.config.rabbitmq.delivery_limit)));
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(work.as_str().into(), durable, args).await.unwrap();
+        let _ = conn.close(200, "".into()).await;
+    }
+
     /// Publishes `messages` straight into `queue`, confirmed.
     pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
         let conn = self.connect().await;
