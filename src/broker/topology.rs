@@ -82,14 +82,7 @@ async fn declare_queue(
         // recreating the queue would drop what it holds. It is kept, and the
         // letters follower moves what lands there into `ns.letters`.
         Err(TopologyError::Conflict { reason, .. }) if reason.contains("x-dead-letter-routing-key") => {
-            *channel = bounded("a channel", timeout, connection.create_channel()).await?;
-            let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-            bounded(
-                &object,
-                timeout,
-                channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()),
-            )
-            .await?;
+            keep_as_it_is(connection, channel, queue, timeout).await?;
             tracing::warn!(queue = %queue.name, "work queue of an earlier version: it dead-letters into its old dead-letter queue, whose messages are moved into the letters stream");
             return Ok(Declared { earlier_version: true });
         }
@@ -100,14 +93,7 @@ async fn declare_queue(
         queue.args.iter().filter(|(key, _)| *key != REPLICAS_QUORUM && *key != REPLICAS_STREAM).cloned().collect();
     match declare(channel, field_table(&uncounted)).await {
         Err(error) if is_count(&error) => {
-            *channel = bounded("a channel", timeout, connection.create_channel()).await?;
-            let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-            bounded(
-                &object,
-                timeout,
-                channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default()),
-            )
-            .await?;
+            keep_as_it_is(connection, channel, queue, timeout).await?;
             tracing::warn!(queue = %queue.name, "queue exists with a replica count other than rabbitmq.replicas; kept as it is (its other arguments unchecked)");
             Ok(Declared::default())
         }
@@ -117,6 +103,20 @@ async fn declare_queue(
         }
         Err(error) => Err(error),
     }
+}
+
+/// After a refused declare (which closed `channel`): a new channel, and a
+/// check that `queue` exists, taken with the arguments it has.
+async fn keep_as_it_is(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &QueueSpec,
+    timeout: Duration,
+) -> Result<(), TopologyError> {
+    *channel = bounded("a channel", timeout, connection.create_channel()).await?;
+    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    let declare = channel.queue_declare(queue.name.as_str().into(), passive, FieldTable::default());
+    bounded(&format!("queue {}", queue.name), timeout, declare).await.map(drop)
 }
 
 /// What a declare found.
