@@ -203,16 +203,7 @@ impl Audit {
         let (channel, mut records) = stream::from_first(session, &self.stream, 500, timeout).await?;
         // Rebuilt from the stream: the newest KEPT.
         let mut fresh = true;
-        loop {
-            let delivery = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
-                next = records.next() => next,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Err(error.to_string()),
-                None => return Err("the audit stream's consumer ended".to_owned()),
-            };
+        stream::each(&channel, &mut records, &self.stream, token, timeout, |delivery| {
             let offset = stream::offset(&delivery.properties);
             if let (Some(offset), Ok(mut record)) = (offset, serde_json::from_slice::<AuditRecord>(&delivery.data)) {
                 record.id = offset;
@@ -228,12 +219,9 @@ impl Audit {
                     }
                 }
             }
-            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
-            tokio::time::timeout(timeout, ack)
-                .await
-                .map_err(|_| "ack timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
-        }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -21,8 +21,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures_util::StreamExt;
-use lapin::{BasicProperties, options::BasicAckOptions};
+use lapin::BasicProperties;
 use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
@@ -174,16 +173,7 @@ impl Inner {
         };
         self.publish(&marker, timeout).await.map_err(|e| e.to_string())?;
 
-        let result = loop {
-            let delivery = tokio::select! {
-                _ = token.cancelled() => break Ok(()),
-                next = records.next() => next,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => break Err(error.to_string()),
-                None => break Err("the catalog stream's consumer ended".to_owned()),
-            };
+        let result = stream::each(&channel, &mut records, &self.stream, token, timeout, |delivery| {
             let offset = stream::offset(&delivery.properties);
             match (offset, serde_json::from_slice::<Record>(&delivery.data)) {
                 (Some(offset), Ok(record)) => {
@@ -206,13 +196,9 @@ impl Inner {
                 (None, _) => tracing::warn!("catalog record without a stream offset; skipped"),
                 (_, Err(error)) => tracing::warn!(%error, "malformed catalog record; skipped"),
             }
-            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
-            match tokio::time::timeout(timeout, ack).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => break Err(error.to_string()),
-                Err(_) => break Err("ack timed out".to_owned()),
-            }
-        };
+            Ok(())
+        })
+        .await;
         let _ = tokio::time::timeout(timeout, channel.close(200, "catalog follower stopping".into())).await;
         result
     }

@@ -24,17 +24,13 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use lapin::{
     BasicProperties,
-    options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::{QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde::{Deserialize, Serialize};
-use tokio::{
-    sync::{oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{OpError, bounded};
@@ -73,8 +69,8 @@ pub struct Control {
     /// await, and `followed` is taken before `states`.
     states: Mutex<HashMap<String, watch::Sender<Option<bool>>>>,
     followed: Mutex<Followed>,
-    /// Sync markers this process waits for, by id.
-    waiting: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Sync markers this process waits for.
+    syncs: stream::Syncs,
 }
 
 impl Control {
@@ -86,7 +82,7 @@ impl Control {
             broker,
             states: Mutex::new(states),
             followed: Mutex::default(),
-            waiting: Mutex::default(),
+            syncs: stream::Syncs::default(),
         });
         let task = tokio::spawn(control.clone().listen(token));
         (control, task)
@@ -160,16 +156,7 @@ impl Control {
     /// call: appends a sync marker and waits (at most `wait`, or as long as
     /// it takes) for the follower to read it.
     async fn sync_within(&self, wait: Option<Duration>) -> Result<(), OpError> {
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let (tx, rx) = oneshot::channel();
-        self.waiting.lock().expect("control lock").insert(id.clone(), tx);
-        let _forget = Forget { waiting: &self.waiting, id: &id };
-        self.append_sync(&id).await?;
-        let read = match wait {
-            Some(wait) => tokio::time::timeout(wait, rx).await.map_err(|_| OpError::Timeout)?,
-            None => rx.await,
-        };
-        read.map_err(|_| OpError::Unavailable)
+        Ok(self.syncs.sync(wait, |id: String| async move { self.append_sync(&id).await }).await?)
     }
 
     async fn append_sync(&self, id: &str) -> Result<(), OpError> {
@@ -230,24 +217,11 @@ impl Control {
             let (this, id, earlier) = (self.clone(), caught_up_id.clone(), session.earlier_version);
             async move { this.catch_up(&id, earlier).await }
         });
-        let result = loop {
-            let delivery = tokio::select! {
-                _ = token.cancelled() => break Ok(()),
-                next = records.next() => next,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => break Err(error.to_string()),
-                None => break Err("the pauses stream's consumer ended".to_owned()),
-            };
+        let result = stream::each(&channel, &mut records, &name, token, timeout, |delivery| {
             self.take(&delivery.properties, &delivery.data, &caught_up_id);
-            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
-            match tokio::time::timeout(timeout, ack).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => break Err(error.to_string()),
-                Err(_) => break Err("ack timed out".to_owned()),
-            }
-        };
+            Ok(())
+        })
+        .await;
         catch_up.abort();
         let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
         result
@@ -317,8 +291,8 @@ impl Control {
                 for name in names {
                     self.apply(&name, followed.paused.get(&name).copied().unwrap_or(false));
                 }
-            } else if let Some(waiter) = self.waiting.lock().expect("control lock").remove(&id) {
-                let _ = waiter.send(());
+            } else {
+                self.syncs.arrived(&id);
             }
             return;
         }
@@ -338,17 +312,5 @@ fn sync_id(properties: &BasicProperties) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(SYNC)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
-    }
-}
-
-/// Removes a sync marker's id from the waiting list when dropped.
-struct Forget<'a> {
-    waiting: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
-    id: &'a str,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.waiting.lock().expect("control lock").remove(self.id);
     }
 }

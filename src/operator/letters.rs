@@ -37,17 +37,13 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use lapin::{
     BasicProperties,
     options::BasicAckOptions,
     types::{AMQPValue, FieldTable},
 };
 use serde::{Deserialize, Serialize};
-use tokio::{
-    sync::{oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::OpError;
@@ -146,8 +142,8 @@ pub struct Letters {
 struct Inner {
     broker: Broker,
     index: Mutex<Index>,
-    /// Sync markers this process waits for, by id.
-    waiting: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Sync markers this process waits for.
+    syncs: stream::Syncs,
     /// True once the follower has read a sync marker it wrote after
     /// starting: the index then holds everything written before.
     caught_up: watch::Sender<bool>,
@@ -169,7 +165,7 @@ impl Letters {
         let inner = Inner {
             broker,
             index: Mutex::default(),
-            waiting: Mutex::default(),
+            syncs: stream::Syncs::default(),
             caught_up: watch::channel(false).0,
             scanning: tokio::sync::Mutex::new(()),
             legacy: Mutex::default(),
@@ -228,18 +224,8 @@ impl Letters {
     /// [`Letters::sync`], waiting for the follower at most `wait` (`None`:
     /// as long as it takes, for the follower's own catch-up on a long stream).
     async fn sync_within(&self, wait: Option<Duration>) -> Result<(), OpError> {
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let (tx, rx) = oneshot::channel();
-        self.inner.waiting.lock().expect("letters lock").insert(id.clone(), tx);
-        // Forgotten however this ends, an aborted catch-up included: a stale
-        // id would make a re-read marker look new (see `take`).
-        let _forget = Forget { waiting: &self.inner.waiting, id: &id };
-        self.append(marker("sync"), id.as_bytes()).await?;
-        let read = match wait {
-            Some(wait) => tokio::time::timeout(wait, rx).await.map_err(|_| OpError::Timeout)?,
-            None => rx.await,
-        };
-        read.map_err(|_| OpError::Unavailable)
+        let append = |id: String| async move { self.append(marker("sync"), id.as_bytes()).await };
+        Ok(self.inner.syncs.sync(wait, append).await?)
     }
 
     /// Appends a `settled` marker for `offsets`, confirmed, then settles
@@ -325,28 +311,18 @@ impl Letters {
                 }
             }
         });
-        let result = loop {
-            let delivery = tokio::select! {
-                _ = token.cancelled() => break Ok(()),
-                next = deliveries.next() => next,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => break Err(error.to_string()),
-                None => break Err("the letters stream's consumer ended".to_owned()),
-            };
-            if let Some(offset) = stream::offset(&delivery.properties)
-                && let Recreated::Yes = self.take(offset, &delivery.properties, &delivery.data)
-            {
-                break Err("the letters stream was made anew; reading it again from its start".to_owned());
+        let result = stream::each(&channel, &mut deliveries, &stream_name, token, timeout, |delivery| {
+            match stream::offset(&delivery.properties) {
+                Some(offset) => match self.take(offset, &delivery.properties, &delivery.data) {
+                    Recreated::Yes => {
+                        Err("the letters stream was made anew; reading it again from its start".to_owned())
+                    }
+                    Recreated::No => Ok(()),
+                },
+                None => Ok(()),
             }
-            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
-            match tokio::time::timeout(timeout, ack).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => break Err(error.to_string()),
-                Err(_) => break Err("ack timed out".to_owned()),
-            }
-        };
+        })
+        .await;
         catch_up.abort();
         legacy.abort();
         result
@@ -471,12 +447,7 @@ impl Letters {
             // so below `next` it means the stream was deleted and declared
             // again (offsets start over): the index is of another stream.
             let waited_for = marker_kind(properties).as_deref() == Some("sync")
-                && self
-                    .inner
-                    .waiting
-                    .lock()
-                    .expect("letters lock")
-                    .contains_key(String::from_utf8_lossy(body).as_ref());
+                && self.inner.syncs.awaits(String::from_utf8_lossy(body).as_ref());
             if waited_for {
                 tracing::warn!(offset, "the letters stream was made anew; its index is rebuilt");
                 *index = Index::default();
@@ -493,27 +464,12 @@ impl Letters {
             },
             Some("sync") => {
                 drop(index);
-                let id = String::from_utf8_lossy(body);
-                if let Some(waiter) = self.inner.waiting.lock().expect("letters lock").remove(id.as_ref()) {
-                    let _ = waiter.send(());
-                }
+                self.inner.syncs.arrived(String::from_utf8_lossy(body).as_ref());
             }
             Some(other) => tracing::warn!(offset, kind = other, "unknown marker in the letters stream; skipped"),
             None => index.add(offset, pile_of(properties, &topology.namespace)),
         }
         Recreated::No
-    }
-}
-
-/// Removes a sync marker's id from the waiting list when dropped.
-struct Forget<'a> {
-    waiting: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
-    id: &'a str,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.waiting.lock().expect("letters lock").remove(self.id);
     }
 }
 

@@ -315,6 +315,17 @@ impl Operator {
     }
 }
 
+impl From<crate::broker::stream::SyncError<OpError>> for OpError {
+    fn from(error: crate::broker::stream::SyncError<OpError>) -> Self {
+        use crate::broker::stream::SyncError;
+        match error {
+            SyncError::Append(error) => error,
+            SyncError::Timeout => OpError::Timeout,
+            SyncError::Gone => OpError::Unavailable,
+        }
+    }
+}
+
 /// A broker round trip, bounded by the operation timeout.
 async fn bounded<T>(
     timeout: std::time::Duration,
