@@ -755,40 +755,35 @@ impl TestApp {
 
     /// Publishes `messages` straight into `queue`, confirmed.
     pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
-        let conn = self.connect().await;
-        let channel = conn.create_channel().await.unwrap();
-        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        for (envelope, state) in messages {
-            let properties = message::encode(&envelope, &state);
-            let publish = channel
-                .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.body, properties)
-                .await
-                .unwrap();
-            assert!(publish.await.unwrap().is_ack());
-        }
-        let _ = conn.close(200, "".into()).await;
+        let encoded = messages.into_iter().map(|(envelope, state)| (message::encode(&envelope, &state), envelope.body));
+        self.publish_all(queue, encoded).await;
     }
 
     /// Puts `messages` on `pile` as a worker (dead letters) or the alternate
     /// exchange (unrouted events) would.
     pub async fn seed_letters(&self, pile: &Pile, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
-        let conn = self.connect().await;
-        let channel = conn.create_channel().await.unwrap();
-        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let mut confirms = Vec::new();
-        for (envelope, state) in messages {
+        let encoded = messages.into_iter().map(|(envelope, state)| {
             let mut properties = message::encode(&envelope, &state);
             if let Pile::Dead(name) = pile {
                 let mut headers = properties.headers().clone().unwrap_or_default();
                 headers.insert(message::DEAD_LETTER_OF.into(), AMQPValue::LongString(name.as_str().into()));
                 properties = properties.with_headers(headers);
             }
-            let stream = self.topology.letters.as_str();
-            let confirm = channel
-                .basic_publish("".into(), stream.into(), BasicPublishOptions::default(), &envelope.body, properties)
-                .await
-                .unwrap();
-            confirms.push(confirm);
+            (properties, envelope.body)
+        });
+        self.publish_all(&self.topology.letters, encoded).await;
+    }
+
+    /// Publishes each `(properties, body)` to `queue`, all confirmed.
+    async fn publish_all(&self, queue: &str, messages: impl IntoIterator<Item = (lapin::BasicProperties, Bytes)>) {
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let mut confirms = Vec::new();
+        for (properties, body) in messages {
+            let publish =
+                channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, properties);
+            confirms.push(publish.await.unwrap());
         }
         for confirm in confirms {
             assert!(confirm.await.unwrap().is_ack());
