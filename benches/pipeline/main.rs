@@ -20,7 +20,8 @@
 //! hookwire binary (e.g. main's, built in a worktree) against this build,
 //! with N subscriptions (default 1): a change measured side by side.
 //! Every end-to-end phase also reports the CPU hookwire, RabbitMQ and the
-//! bench itself (load generator and sink) used per delivery.
+//! bench itself (load generator and sink) used per delivery, and RabbitMQ's
+//! share of the cores the other two left it (≥ 95%: RabbitMQ is the limit).
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
 //! keeping every event in the archive stream costs.
 //!
@@ -319,10 +320,11 @@ async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let rows: [(&str, Pick); 6] = [
+    let rows: [(&str, Pick); 7] = [
         ("saturated delivered/s", &|r| r.0.delivered_rate),
         ("hookwire CPU µs/delivery", &|r| r.0.hookwire_us()),
         ("RabbitMQ CPU µs/delivery", &|r| r.0.rabbitmq_us()),
+        ("RabbitMQ % of what's left", &|r| r.0.rabbitmq_share()),
         ("peak RSS MiB", &|r| r.0.rss_mib),
         ("p50 ms at 1,000/s", &|r| r.1.p50_ms),
         ("p99 ms at 1,000/s", &|r| r.1.p99_ms),
@@ -340,12 +342,132 @@ async fn fan_out(duration: Duration, counts: &[usize]) {
     println!("fan-out: {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} saturated per scenario");
     for &n in counts {
         let _ = Command::new("sync").status();
+        let raw = raw_fan_out(duration, n).await;
+        println!(
+            "raw fan-out {n}: {:.0} deliveries/s ({:.0} events/s confirmed); RabbitMQ {:.1} µs/delivery, {:.2} cores busy ({:.0}% of what the bench left)",
+            raw.deliveries_rate, raw.events_rate, raw.rabbitmq_us, raw.rabbitmq_cores, raw.rabbitmq_share
+        );
+        let _ = Command::new("sync").status();
         let run = end_to_end(duration, None, BODY_BYTES, None, n).await;
         println!(
             "fan-out {n}: {:.0} deliveries/s ({:.0} events/s accepted), p50 {:.2} ms p99 {:.2} ms (queueing), peak RSS {:.1} MiB; ready in {:.2} s at {:.1} MiB",
             run.delivered_rate, run.accepted_rate, run.p50_ms, run.p99_ms, run.rss_mib, run.ready_s, run.ready_rss_mib
         );
         println!("    {}", run.cpu_line());
+        println!("    hookwire / raw = {:.0}% of the deliveries/s", 100.0 * run.delivered_rate / raw.deliveries_rate);
+    }
+}
+
+struct RawFanOut {
+    events_rate: f64,
+    deliveries_rate: f64,
+    rabbitmq_us: f64,
+    rabbitmq_cores: f64,
+    rabbitmq_share: f64,
+}
+
+/// RabbitMQ alone doing what fan-out to `n` subscriptions asks of it: the
+/// same 64 confirmed publishers through a fanout exchange to a stream and
+/// `n` quorum queues, each queue drained by a consumer that acks in runs
+/// (as hookwire's workers do), with hookwire's prefetch. The ceiling the
+/// fan-out scenarios compare with: no HTTP, no hookwire.
+async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
+    let setup = conn.create_channel().await.unwrap();
+    let base = format!("bench-fan-{}", uuid::Uuid::now_v7().simple());
+    let (exchange, stream) = (format!("{base}.accepted"), format!("{base}.archive"));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+    setup
+        .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Fanout, options, FieldTable::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    setup.queue_declare(stream.as_str().into(), durable, args).await.unwrap();
+    let queues: Vec<String> = (0..n).map(|i| format!("{base}.q{i}")).collect();
+    for queue in &queues {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        setup.queue_declare(queue.as_str().into(), durable, args).await.unwrap();
+    }
+    for target in queues.iter().chain([&stream]) {
+        let bind = lapin::options::QueueBindOptions::default();
+        setup
+            .queue_bind(target.as_str().into(), exchange.as_str().into(), "".into(), bind, FieldTable::default())
+            .await
+            .unwrap();
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for queue in &queues {
+        let channel = conn.create_channel().await.unwrap();
+        // hookwire's prefetch with the event log on: 8 × concurrency 64.
+        channel.basic_qos(512, BasicQosOptions::default()).await.unwrap();
+        let options = BasicConsumeOptions::default();
+        let mut deliveries =
+            channel.basic_consume(queue.as_str().into(), "".into(), options, FieldTable::default()).await.unwrap();
+        let delivered = delivered.clone();
+        consumers.push(tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut unacked = 0;
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                delivered.fetch_add(1, Ordering::Relaxed);
+                unacked += 1;
+                if unacked == 32 {
+                    delivery.acker.ack(BasicAckOptions { multiple: true }).await.unwrap();
+                    unacked = 0;
+                }
+            }
+        }));
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let payload = body(0);
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let channel = conn.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let (sent, stop, payload, exchange) = (sent.clone(), stop.clone(), payload.clone(), exchange.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let props = BasicProperties::default().with_delivery_mode(2);
+                let options = BasicPublishOptions::default();
+                let confirm =
+                    channel.basic_publish(exchange.as_str().into(), "".into(), options, &payload, props).await.unwrap();
+                assert!(confirm.await.unwrap().is_ack());
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let rabbitmq = *RABBITMQ_PID.get_or_init(rabbitmq_pid);
+    let (cpu_before, started) = (CpuReading::now(std::process::id(), rabbitmq), Instant::now());
+    let delivered_before = delivered.load(Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    let (events, deliveries) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed) - delivered_before);
+    let (cpu, span) =
+        (CpuReading::now(std::process::id(), rabbitmq).since(cpu_before), started.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    join_all(tasks).await;
+    for queue in queues.iter().chain([&stream]) {
+        setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    }
+    setup.exchange_delete(exchange.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    for consumer in consumers {
+        consumer.abort();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    // The bench process is the publishers and consumers here: its CPU is
+    // in `hookwire` (`now` was given its own pid), so count it once.
+    let bench = cpu.hookwire;
+    RawFanOut {
+        events_rate: events as f64 / span,
+        deliveries_rate: deliveries as f64 / span,
+        rabbitmq_us: cpu.rabbitmq * 1e6 / deliveries.max(1) as f64,
+        rabbitmq_cores: cpu.rabbitmq / span,
+        rabbitmq_share: 100.0 * (cpu.rabbitmq / span) / (cores - bench / span),
     }
 }
 
@@ -723,17 +845,26 @@ impl EndToEnd {
         self.cpu.rabbitmq * 1e6 / self.delivered.max(1) as f64
     }
 
+    /// RabbitMQ's CPU as a share of what hookwire and the bench left it of
+    /// the machine's cores: issue 12's "RabbitMQ saturated" is ≥ 95%.
+    fn rabbitmq_share(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let left = cores - (self.cpu.hookwire + self.cpu.bench) / self.span;
+        100.0 * (self.cpu.rabbitmq / self.span) / left
+    }
+
     /// `hookwire X µs, RabbitMQ Y µs, bench Z µs per delivery; cores busy: ...`
     fn cpu_line(&self) -> String {
         let per = |seconds: f64| seconds * 1e6 / self.delivered.max(1) as f64;
         let cores = |seconds: f64| seconds / self.span;
         format!(
-            "CPU per delivery: hookwire {:.1} µs, RabbitMQ {:.1} µs, load+sink {:.1} µs; cores busy: hookwire {:.2}, RabbitMQ {:.2}, load+sink {:.2}",
+            "CPU per delivery: hookwire {:.1} µs, RabbitMQ {:.1} µs, load+sink {:.1} µs; cores busy: hookwire {:.2}, RabbitMQ {:.2} ({:.0}% of what the others left), load+sink {:.2}",
             per(self.cpu.hookwire),
             per(self.cpu.rabbitmq),
             per(self.cpu.bench),
             cores(self.cpu.hookwire),
             cores(self.cpu.rabbitmq),
+            self.rabbitmq_share(),
             cores(self.cpu.bench)
         )
     }
