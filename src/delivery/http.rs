@@ -1,7 +1,7 @@
 //! HTTP out: one request of one event to a subscription's destination.
 //!
-//! Each subscription has its own client (own connection pool, own timeouts),
-//! so a destination that hangs holds only its own connections. Deliveries
+//! Each subscription has its own connections ([`client::Connections`]) and
+//! timeouts, so a destination that hangs holds only its own connections. Deliveries
 //! carry the event id (stable across retries, for dedup), and, when the
 //! subscription has a `signing_secret`, a Standard Webhooks signature any
 //! Standard Webhooks library can verify.
@@ -10,12 +10,17 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
-use reqwest::{
-    Client, Method, Url,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Method, Request, Uri,
+    header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT},
 };
+use url::{Position, Url};
 
-use super::retry::{Failure, Outcome, parse_retry_after};
+use super::{
+    client::{self, Connections, Host, Origin},
+    retry::{Failure, Outcome, parse_retry_after},
+};
 use crate::{
     config::{ConfigError, DestinationAuth, SubscriptionConfig},
     envelope::Envelope,
@@ -27,13 +32,27 @@ use crate::{
 const MAX_DRAIN: usize = 64 * 1024;
 /// Bytes of a failed response's body kept in the attempt history.
 const SNIPPET: usize = 256;
+/// An idle connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const SOURCE: HeaderName = HeaderName::from_static("hookwire-source");
+const ATTEMPT: HeaderName = HeaderName::from_static("hookwire-attempt");
+const EVENT_TYPE: HeaderName = HeaderName::from_static("hookwire-event-type");
 
 pub struct Destination {
-    client: Client,
-    url: Url,
+    connections: Connections,
+    /// The URL's host, for the breaker's log lines and the API.
+    host: String,
+    /// Path and query: what the request line carries.
+    target: Uri,
     method: Method,
-    /// Static headers plus `Authorization`, built once.
+    /// `Host`, `User-Agent`, the static headers and `Authorization`, built once.
     headers: HeaderMap,
+    /// Bounds a whole attempt: connecting, the request and reading the answer.
+    timeout: Duration,
     /// Standard Webhooks keys (decoded `whsec_` secrets), in rotation order.
     signing_keys: Vec<Vec<u8>>,
     /// After this, only the first key signs (the overlap of a rotation).
@@ -51,31 +70,56 @@ pub struct Outgoing<'a> {
 impl Destination {
     pub fn new(name: &str, config: &SubscriptionConfig) -> Result<Self, ConfigError> {
         let key = |field: &str| format!("subscriptions.{name}.{field}");
-        let mut builder = Client::builder();
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| ConfigError::invalid(key("ca_file"), format!("cannot read {}: {e}", path.display())))?;
-            let roots = reqwest::Certificate::from_pem_bundle(&pem).ok().filter(|roots| !roots.is_empty()).ok_or_else(
-                || ConfigError::invalid(key("ca_file"), format!("{} holds no PEM certificate", path.display())),
-            )?;
-            for root in roots {
-                builder = builder.add_root_certificate(root);
+        let url = Url::parse(&config.url).map_err(|_| ConfigError::invalid(key("url"), "not a valid URL"))?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(ConfigError::invalid(key("url"), "must be http or https")),
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) => Host::Name(name.to_owned()),
+            Some(url::Host::Ipv4(ip)) => Host::Address(ip.into()),
+            Some(url::Host::Ipv6(ip)) => Host::Address(ip.into()),
+            None => return Err(ConfigError::invalid(key("url"), "has no host")),
+        };
+        let port = url.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let mut roots = Vec::new();
+            if let Some(path) = &config.ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::invalid(key("ca_file"), format!("cannot read {}: {e}", path.display()))
+                })?;
+                use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+                roots = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+                if roots.is_empty() {
+                    return Err(ConfigError::invalid(
+                        key("ca_file"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    ));
+                }
             }
-        }
-        let client = builder
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(usize::from(config.concurrency))
-            .pool_idle_timeout(Duration::from_secs(60))
-            // A webhook URL that redirects is misconfigured: report it rather
-            // than send the payload somewhere unintended.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("hookwire/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                ConfigError::invalid(format!("subscriptions.{name}"), format!("cannot build an HTTP client: {e}"))
+            let connector = client::tls_config(roots).map_err(|e| {
+                ConfigError::invalid(format!("subscriptions.{name}"), format!("cannot set up TLS: {e}"))
             })?;
+            let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+                url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned(),
+            )
+            .map_err(|_| ConfigError::invalid(key("url"), "its host is not a valid TLS server name"))?;
+            Some((connector, server_name))
+        } else {
+            None
+        };
+        let target: Uri = url[Position::BeforePath..Position::AfterQuery]
+            .parse()
+            .map_err(|_| ConfigError::invalid(key("url"), "its path is not valid in a request"))?;
         let mut headers = HeaderMap::new();
+        // Host as the URL writes it (the port only when not the default).
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(authority).map_err(|_| ConfigError::invalid(key("url"), "not a valid host"))?,
+        );
+        headers.insert(USER_AGENT, HeaderValue::from_static(concat!("hookwire/", env!("CARGO_PKG_VERSION"))));
         for (header, value) in &config.headers {
             let (Ok(header), Ok(mut value)) =
                 (HeaderName::from_bytes(header.as_bytes()), HeaderValue::from_str(value.expose()))
@@ -111,12 +155,16 @@ impl Destination {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let connect_timeout = config.timeout.min(Duration::from_secs(5));
+        let origin = Origin { host, port, tls };
         Ok(Self {
-            client,
-            url: Url::parse(&config.url).map_err(|_| ConfigError::invalid(key("url"), "not a valid URL"))?,
+            connections: Connections::new(origin, usize::from(config.concurrency), IDLE_TIMEOUT, connect_timeout),
+            host: url.host_str().unwrap_or_default().to_owned(),
+            target,
             method: Method::from_bytes(config.method.as_bytes())
                 .map_err(|_| ConfigError::invalid(key("method"), "invalid"))?,
             headers,
+            timeout: config.timeout,
             signing_keys,
             previous_keys_until: config
                 .previous_signing_secrets_until
@@ -126,7 +174,7 @@ impl Destination {
     }
 
     pub fn host(&self) -> &str {
-        self.url.host_str().unwrap_or_default()
+        &self.host
     }
 
     /// `webhook-signature` for this delivery: one `v1,` entry per key.
@@ -146,45 +194,90 @@ impl Destination {
         Some(entries.join(" "))
     }
 
+    /// One attempt, bounded by the subscription's `timeout` as a whole.
     pub async fn send(&self, outgoing: Outgoing<'_>) -> Outcome {
-        let envelope = outgoing.envelope;
         let now = SystemTime::now();
-        let timestamp = crate::ingress::verify::unix_seconds(now).to_string();
-        let mut request = self
-            .client
-            .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone())
-            .header("webhook-id", &envelope.id)
-            .header("webhook-timestamp", &timestamp)
-            .header("hookwire-source", &envelope.source)
-            .header("hookwire-attempt", outgoing.attempt.to_string());
-        if let Some(signature) = self.signature(&envelope.id, &timestamp, &outgoing.body) {
-            request = request.header("webhook-signature", signature);
+        let request = match self.request(&outgoing, now) {
+            Ok(request) => request,
+            Err(error) => return Outcome::Failed(Failure { error, ..Default::default() }),
+        };
+        match tokio::time::timeout(self.timeout, self.exchange(request, now)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed(Failure { error: "timed out".to_owned(), ..Default::default() }),
         }
+    }
+
+    fn request(&self, outgoing: &Outgoing<'_>, now: SystemTime) -> Result<Request<Full<Bytes>>, String> {
+        let envelope = outgoing.envelope;
+        let timestamp = crate::ingress::verify::unix_seconds(now).to_string();
+        let mut headers = self.headers.clone();
+        // The id, source and type came through the ingress as header-safe
+        // text; one that is not is a bug upstream, reported on the attempt.
+        let value = |text: &str| HeaderValue::from_str(text).map_err(|_| format!("not a valid header value: {text:?}"));
+        headers.insert(WEBHOOK_ID, value(&envelope.id)?);
+        headers.insert(WEBHOOK_TIMESTAMP, value(&timestamp)?);
+        headers.insert(SOURCE, value(&envelope.source)?);
+        headers.insert(ATTEMPT, HeaderValue::from(outgoing.attempt));
+        if let Some(signature) = self.signature(&envelope.id, &timestamp, &outgoing.body) {
+            headers.insert(WEBHOOK_SIGNATURE, value(&signature)?);
+        }
+        // An event type that is not a valid header value is left out, as before.
         if let Ok(value) = HeaderValue::from_str(&envelope.event_type) {
-            request = request.header("hookwire-event-type", value);
+            headers.insert(EVENT_TYPE, value);
         }
         if let Some(content_type) = outgoing.content_type {
-            request = request.header(CONTENT_TYPE, content_type);
+            headers.insert(CONTENT_TYPE, value(content_type)?);
         }
-        let mut response = match request.body(outgoing.body).send().await {
-            Ok(response) => response,
-            Err(e) => return Outcome::Failed(Failure { error: describe(&e), ..Default::default() }),
+        let mut request = Request::new(Full::new(outgoing.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.target.clone();
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>, now: SystemTime) -> Outcome {
+        let answer = match self.connections.send(request).await {
+            Ok(answer) => answer,
+            Err(client::Failure::Connect(error)) => {
+                return Outcome::Failed(Failure { error: format!("connection failed: {error}"), ..Default::default() });
+            }
+            Err(client::Failure::Request(error)) => {
+                let error = format!("request failed: {}", client::deepest(&error));
+                return Outcome::Failed(Failure { error, ..Default::default() });
+            }
         };
-        let status = response.status();
-        let retry_after =
-            response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now));
+        let status = answer.response.status();
+        let retry_after = answer
+            .response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now));
+        // Read the answer to its end (so the connection can be reused),
+        // keeping the first bytes of a failure's.
         let mut snippet = Vec::new();
         let mut read = 0;
+        let mut complete = false;
+        let mut answer = answer;
+        let body = answer.response.body_mut();
         while read <= MAX_DRAIN {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    read += chunk.len();
-                    let room = SNIPPET.saturating_sub(snippet.len());
-                    snippet.extend_from_slice(&chunk[..room.min(chunk.len())]);
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        read += chunk.len();
+                        let room = SNIPPET.saturating_sub(snippet.len());
+                        snippet.extend_from_slice(&chunk[..room.min(chunk.len())]);
+                    }
                 }
-                _ => break,
+                Some(Err(_)) => break,
+                None => {
+                    complete = true;
+                    break;
+                }
             }
+        }
+        if complete {
+            answer.finish();
         }
         if status.is_success() {
             return Outcome::Delivered { status: status.as_u16() };
@@ -196,32 +289,5 @@ impl Destination {
             retry_after,
             response: (!text.is_empty()).then_some(text),
         })
-    }
-}
-
-/// A short, secret-free description of a transport error (never the URL,
-/// which may carry credentials).
-fn describe(error: &reqwest::Error) -> String {
-    let root = {
-        let mut source = std::error::Error::source(error);
-        let mut deepest = None;
-        while let Some(s) = source {
-            deepest = Some(s.to_string());
-            source = s.source();
-        }
-        deepest
-    };
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "response body error"
-    } else {
-        "request failed"
-    };
-    match root {
-        Some(root) if !error.is_timeout() => format!("{kind}: {root}"),
-        _ => kind.to_owned(),
     }
 }

@@ -6,12 +6,14 @@
 //! - `acks` — a consumer channel's acks, one `multiple` ack per run of
 //!   settled deliveries.
 //! - `http` — one attempt against a destination.
+//! - `client` — a destination's connections, kept open and reused.
 //! - `retry` — what follows an attempt (`is_retriable`, `next`).
 //! - `set` — the process's workers by subscription name, reconciled toward
 //!   the desired subscriptions.
 
 pub mod acks;
 pub mod breaker;
+pub mod client;
 pub mod http;
 pub mod retry;
 pub mod set;

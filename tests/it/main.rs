@@ -5,6 +5,7 @@ mod broker_outage;
 mod catalog;
 mod cli;
 mod cluster;
+mod connections;
 mod dead_letters;
 mod delivery;
 mod deploy;
