@@ -320,23 +320,29 @@ impl Worker {
         // The body is not needed any more: not kept while the ack waits.
         drop(data);
         let timeout = self.broker.operation_timeout;
-        if let Some(recorder) = &self.recorder {
-            if settle.is_ok() {
-                // The ack waits for the records' commit, so a process crash
-                // cannot lose them; the attempt slot does not (the prefetch has
-                // room for deliveries waiting here, see `consume`).
-                drop(permit);
-                if !recorder.commit(std::mem::take(&mut story), timeout).await {
-                    tracing::warn!(subscription = %self.name, "event log records not committed in time; acking anyway");
-                }
-            } else {
-                // The delivery comes back; what was tried is still worth keeping.
-                story.drain(..).for_each(|record| recorder.record(record));
-            }
-        }
         match settle {
-            Ok(()) => acks.ack(delivery_tag),
+            Ok(()) => match &self.recorder {
+                // The ack waits for the records' commit, so a process crash
+                // cannot lose them; the attempt slot and this task do not (the
+                // prefetch has room for deliveries waiting so, see `consume`).
+                Some(recorder) => {
+                    drop(permit);
+                    let (acks, name) = (acks.clone(), self.name.clone());
+                    let then: crate::eventlog::Then = Box::new(move |committed| {
+                        if !committed {
+                            tracing::warn!(subscription = %name, "event log records not committed in time; acking anyway");
+                        }
+                        acks.ack(delivery_tag);
+                    });
+                    recorder.commit_then(story, timeout, then).await;
+                }
+                None => acks.ack(delivery_tag),
+            },
             Err(error) => {
+                if let Some(recorder) = &self.recorder {
+                    // The delivery comes back; what was tried is still worth keeping.
+                    story.drain(..).for_each(|record| recorder.record(record));
+                }
                 tracing::warn!(%error, "could not store the outcome; handing the delivery back");
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued")
                     .increment(1);

@@ -37,7 +37,7 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 
-pub use recorder::Recorder;
+pub use recorder::{Recorder, Then};
 pub use store::{AttemptQuery, Cursor, EventQuery, StatusFilter, Store, StoreError};
 
 /// One thing that happened to one event.

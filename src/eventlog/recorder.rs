@@ -7,10 +7,11 @@
 //! plus one or two commits; one somebody's answer waits on, one or two
 //! commits and at most [`URGENT_PERIOD`].
 //!
-//! Three ways in: [`Recorder::commit`] returns once the records are
+//! Three ways in: [`Recorder::commit_then`] calls back once the records are
 //! committed (a worker acks its delivery only then, so a crash cannot lose
-//! them); [`Recorder::commit_now`] does too but cuts the linger short, for a
-//! caller whose answer waits on it (the ingress's `202`, an operator's ack);
+//! them); [`Recorder::commit_now`] returns only then and cuts the linger
+//! short, for a caller whose answer waits on it (the ingress's `202`, an
+//! operator's ack);
 //! [`Recorder::record`] hands a record over and returns at once (for records
 //! nothing waits on, e.g. an attempt whose delivery goes back to the queue
 //! anyway).
@@ -86,9 +87,32 @@ pub struct Recorder {
 /// Records handed over together, and who waits for their commit.
 struct Entry {
     records: Vec<Record>,
-    committed: Option<oneshot::Sender<bool>>,
+    committed: Option<Waiter>,
     /// Its batch goes without waiting out the linger.
     urgent: bool,
+}
+
+/// What [`Recorder::commit_then`] calls with the outcome: `true` once the
+/// records are committed, `false` if they were given up on.
+pub type Then = Box<dyn FnOnce(bool) + Send>;
+
+enum Waiter {
+    /// A caller awaiting the outcome (it has its own timeout).
+    Answer(oneshot::Sender<bool>),
+    /// Called with the outcome, by `deadline` at the latest (`false` then:
+    /// the records may still be committed after it).
+    Then { then: Then, deadline: Instant },
+}
+
+impl Waiter {
+    fn tell(self, committed: bool) {
+        match self {
+            Waiter::Answer(answer) => {
+                let _ = answer.send(committed);
+            }
+            Waiter::Then { then, .. } => then(committed),
+        }
+    }
 }
 
 impl Recorder {
@@ -112,12 +136,8 @@ impl Recorder {
 
     /// Hands `records` over and returns `true` once the store has committed
     /// them, `false` if that did not happen within `wait` (they may still be
-    /// committed; if they are not, they are counted as dropped).
-    pub async fn commit(&self, records: Vec<Record>, wait: Duration) -> bool {
-        self.hand_over(records, wait, false).await
-    }
-
-    /// [`Self::commit`] for a caller whose answer waits on it: its batch
+    /// committed; if they are not, they are counted as dropped). For a
+    /// caller whose answer waits on it: its batch
     /// goes at once if no batch went in the last [`URGENT_PERIOD`], else
     /// that long after the last one, taking whatever gathered meanwhile.
     /// It waits that and one or two commits, or not at all while the store
@@ -131,7 +151,31 @@ impl Recorder {
             self.record_all(records);
             return false;
         }
-        self.hand_over(records, wait, true).await
+        self.hand_over(records, wait).await
+    }
+
+    /// Hands `records` over and returns once they are in the buffer (at
+    /// once, unless it is full); `then` is called when the store has
+    /// committed them (`true`) or within `wait` of now if it has not
+    /// (`false`; so is it when they never reach the buffer, and they count
+    /// as dropped). For a caller with nothing left to do but react: a
+    /// worker acks a delivery from `then`, and no task of its waits for the
+    /// commit (a timer, a channel and a wakeup per delivery when one did).
+    pub async fn commit_then(&self, records: Vec<Record>, wait: Duration, then: Then) {
+        if records.is_empty() {
+            return then(true);
+        }
+        let deadline = Instant::now() + wait;
+        match tokio::time::timeout_at(deadline, self.tx.reserve()).await {
+            Ok(Ok(slot)) => {
+                let committed = Some(Waiter::Then { then, deadline });
+                slot.send(Entry { records, committed, urgent: false });
+            }
+            _ => {
+                metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records.len() as u64);
+                then(false);
+            }
+        }
     }
 
     fn record_all(&self, records: Vec<Record>) {
@@ -141,23 +185,21 @@ impl Recorder {
         }
     }
 
-    async fn hand_over(&self, records: Vec<Record>, wait: Duration, urgent: bool) -> bool {
+    async fn hand_over(&self, records: Vec<Record>, wait: Duration) -> bool {
         if records.is_empty() {
             return true;
         }
         let (committed, answer) = oneshot::channel();
         // Counts the records as dropped unless they reach the buffer, also
         // when the caller is dropped while waiting (a sender hung up).
-        let mut entry = Unsent(Some(Entry { records, committed: Some(committed), urgent }));
+        let mut entry = Unsent(Some(Entry { records, committed: Some(Waiter::Answer(committed)), urgent: true }));
         // One timer for the whole wait.
         let handed_over = tokio::time::timeout(wait, async {
             // A slot first: records that never reach the buffer (full for
             // the whole wait, or the recorder gone) are dropped, and counted.
             let slot = self.tx.reserve().await.ok()?;
             slot.send(entry.0.take().expect("sent once"));
-            if urgent {
-                self.wake.notify_one();
-            }
+            self.wake.notify_one();
             // Handed over: from here the recorder counts them if they fail.
             answer.await.ok()
         })
@@ -247,7 +289,32 @@ async fn commit_batches(
                 waiting.extend(entry.committed);
             }
             let oldest = all.iter().map(|r| r.at_ms).min();
-            let committed = write(&store, all).await;
+            let writing = write(&store, all);
+            tokio::pin!(writing);
+            // Those called back must not wait past their deadline for a store
+            // that hangs (a stalled disk): they hear `false` then, and this
+            // batch's commit goes on. Those awaiting an answer time out themselves.
+            let first_deadline = waiting
+                .iter()
+                .filter_map(|w| match w {
+                    Waiter::Then { deadline, .. } => Some(*deadline),
+                    Waiter::Answer(_) => None,
+                })
+                .min();
+            let committed = match first_deadline {
+                None => writing.await,
+                Some(deadline) => tokio::select! {
+                    committed = &mut writing => committed,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!(records, "event log batch not committed in time; its deliveries are acked anyway");
+                        let (late, answers): (Vec<_>, Vec<_>) =
+                            waiting.into_iter().partition(|w| matches!(w, Waiter::Then { .. }));
+                        late.into_iter().for_each(|w| w.tell(false));
+                        waiting = answers;
+                        writing.await
+                    }
+                },
+            };
             store_ok.store(committed, Ordering::Relaxed);
             if committed {
                 metrics::counter!(metric::EVENT_LOG_WRITTEN).increment(records as u64);
@@ -259,7 +326,7 @@ async fn commit_batches(
                 tracing::warn!(records, "event log records dropped: the store did not commit them");
             }
             for waiting in waiting {
-                let _ = waiting.send(committed);
+                waiting.tell(committed);
             }
         }));
     }
@@ -304,10 +371,9 @@ mod tests {
         let (recorder, task) = Recorder::spawn(store.clone(), token.clone());
         let wait = Duration::from_secs(5);
 
-        let lingering = tokio::spawn({
-            let recorder = recorder.clone();
-            async move { recorder.commit(vec![refused("evt-linger")], wait).await }
-        });
+        let (told, lingering) = oneshot::channel();
+        let then: Then = Box::new(move |committed| told.send(committed).unwrap());
+        recorder.commit_then(vec![refused("evt-linger")], wait, then).await;
         assert!(recorder.commit_now(vec![refused("evt-urgent")], wait).await);
         assert_eq!(store.timeline("evt-urgent".into()).await.unwrap().len(), 1);
         assert!(lingering.await.unwrap());
