@@ -175,6 +175,14 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
     // The reconciler owns the workers and follows the catalog: the file's
     // subscriptions start now, the catalog's once it has been read.
+    if let Some(variable) = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .find(|name| std::env::var_os(name).is_some())
+    {
+        // Deliveries connect to destinations directly (docs/DECISIONS.md):
+        // say so rather than let egress control be bypassed in silence.
+        tracing::warn!(variable, "deliveries do not go through a proxy; this variable is ignored");
+    }
     let workers = WorkerSet::new(broker.clone(), control.clone(), config.shutdown.drain_timeout, recorder.clone());
     let breakers = workers.breakers();
     let reconciler_token = CancellationToken::new();

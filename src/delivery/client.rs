@@ -13,7 +13,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -51,7 +54,10 @@ pub struct Connections {
     origin: Origin,
     /// Idle connections, the most recently used last: taken from the end,
     /// so under light load a few stay warm and the rest age out.
-    idle: Mutex<Vec<Idle>>,
+    idle: Arc<Mutex<Vec<Idle>>>,
+    /// Whether the task that closes expired idle connections runs (started
+    /// with the first idle connection: `new` may run outside a runtime).
+    reaping: AtomicBool,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -67,6 +73,8 @@ struct Idle {
 pub enum Failure {
     /// Resolving, connecting or the TLS handshake failed.
     Connect(String),
+    /// Connecting took longer than the connect timeout.
+    ConnectTimeout,
     /// The request failed once on its way (the connection broke).
     Request(hyper::Error),
 }
@@ -89,7 +97,7 @@ impl Answer<'_> {
 
 impl Connections {
     pub fn new(origin: Origin, max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Self {
-        Self { origin, idle: Mutex::new(Vec::new()), max_idle, idle_timeout, connect_timeout }
+        Self { origin, idle: Arc::default(), reaping: AtomicBool::new(false), max_idle, idle_timeout, connect_timeout }
     }
 
     /// Sends `request` on an idle connection, or on a new one. A request an
@@ -131,14 +139,14 @@ impl Connections {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().expect("never poisoned");
-        // The oldest are first: drop those past the idle timeout, so a burst's
-        // connections do not stay open (and hold their buffers) for good.
-        let expired =
-            idle.iter().take_while(|i| i.since.elapsed() >= self.idle_timeout || i.sender.is_closed()).count();
-        idle.drain(..expired);
-        if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: Instant::now() });
+        {
+            let mut idle = self.idle.lock().expect("never poisoned");
+            if idle.len() < self.max_idle {
+                idle.push(Idle { sender, since: Instant::now() });
+            }
+        }
+        if !self.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(&self.idle), self.idle_timeout));
         }
     }
 
@@ -157,11 +165,13 @@ impl Connections {
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(connected) => connected,
-            Err(_) => Err(Failure::Connect("timed out".to_owned())),
+            Err(_) => Err(Failure::ConnectTimeout),
         }
     }
 
-    /// A TCP connection to the first of the host's addresses that accepts.
+    /// A TCP connection to the first of the host's addresses that accepts,
+    /// each tried for its share of the connect timeout: one address that
+    /// drops packets (a dead record, a broken IPv6 route) must not use it up.
     async fn tcp(&self) -> Result<TcpStream, Failure> {
         let port = self.origin.port;
         let addresses: Vec<SocketAddr> = match &self.origin.host {
@@ -171,14 +181,47 @@ impl Connections {
                 .map_err(|e| Failure::Connect(format!("dns error: {e}")))?
                 .collect(),
         };
+        let share = self.connect_timeout / u32::try_from(addresses.len().max(1)).unwrap_or(u32::MAX);
         let mut last = Failure::Connect("the name resolved to no address".to_owned());
         for address in addresses {
-            match TcpStream::connect(address).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last = Failure::Connect(e.to_string()),
+            match tokio::time::timeout(share, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => {
+                    keep_alive(&stream);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = Failure::Connect(e.to_string()),
+                Err(_) => last = Failure::ConnectTimeout,
             }
         }
         Err(last)
+    }
+}
+
+/// TCP keepalive probes, and on Linux a bound on unacknowledged data: a
+/// kept connection whose peer vanished (a host gone, a NAT that forgot it)
+/// is noticed before the next delivery waits out its timeout on it.
+fn keep_alive(stream: &TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(3);
+    let _ = socket.set_tcp_keepalive(&probes);
+    #[cfg(target_os = "linux")]
+    let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+}
+
+/// Closes idle connections past `timeout` (and forgets closed ones) until
+/// their owner is gone, so a burst's connections do not stay open, holding
+/// a socket and their buffers, once the traffic stops.
+async fn reap(idle: Weak<Mutex<Vec<Idle>>>, timeout: Duration) {
+    let mut tick = tokio::time::interval(timeout / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(idle) = idle.upgrade() else { return };
+        let mut idle = idle.lock().expect("never poisoned");
+        idle.retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
     }
 }
 

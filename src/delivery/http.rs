@@ -6,14 +6,14 @@
 //! subscription has a `signing_secret`, a Standard Webhooks signature any
 //! Standard Webhooks library can verify.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{
     Method, Request, Uri,
-    header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT},
 };
 use url::{Position, Url};
 
@@ -32,8 +32,15 @@ use crate::{
 const MAX_DRAIN: usize = 64 * 1024;
 /// Bytes of a failed response's body kept in the attempt history.
 const SNIPPET: usize = 256;
-/// An idle connection is closed after this long unused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle connection is closed after this long unused: less than the
+/// keep-alive timeout of common servers (Node's is 5 s), so a connection is
+/// seldom taken in the moment the destination closes it, which would fail
+/// that attempt.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Once a destination has answered, how long its body may take at least
+/// (within the attempt's timeout otherwise): a `2xx` is a delivery even if
+/// the rest of its body never comes.
+const BODY_GRACE: Duration = Duration::from_secs(1);
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -90,7 +97,10 @@ impl Destination {
                     ConfigError::invalid(key("ca_file"), format!("cannot read {}: {e}", path.display()))
                 })?;
                 use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
-                roots = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+                // A bundle with a broken entry is refused whole, not half loaded.
+                roots = CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| {
+                    ConfigError::invalid(key("ca_file"), format!("{}: not valid PEM: {e}", path.display()))
+                })?;
                 if roots.is_empty() {
                     return Err(ConfigError::invalid(
                         key("ca_file"),
@@ -120,6 +130,8 @@ impl Destination {
             HeaderValue::from_str(authority).map_err(|_| ConfigError::invalid(key("url"), "not a valid host"))?,
         );
         headers.insert(USER_AGENT, HeaderValue::from_static(concat!("hookwire/", env!("CARGO_PKG_VERSION"))));
+        // Some servers and firewalls refuse a request without one.
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         for (header, value) in &config.headers {
             let (Ok(header), Ok(mut value)) =
                 (HeaderName::from_bytes(header.as_bytes()), HeaderValue::from_str(value.expose()))
@@ -139,6 +151,16 @@ impl Destination {
             };
             let mut value = HeaderValue::from_str(&credentials)
                 .map_err(|_| ConfigError::invalid(key("auth"), "credentials must be visible ASCII"))?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        } else if !url.username().is_empty() || url.password().is_some() {
+            // Credentials in the URL (`https://user:pass@host/`) are sent as
+            // Basic auth, as HTTP clients do; `auth` takes precedence.
+            let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+            let pair = format!("{}:{}", decode(url.username()), decode(url.password().unwrap_or_default()));
+            let credentials = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+            let mut value = HeaderValue::from_str(&credentials)
+                .map_err(|_| ConfigError::invalid(key("url"), "its credentials are not valid in a header"))?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
@@ -194,17 +216,49 @@ impl Destination {
         Some(entries.join(" "))
     }
 
-    /// One attempt, bounded by the subscription's `timeout` as a whole.
+    /// One attempt, bounded by the subscription's `timeout` until the
+    /// destination answers, and then by what is left of it (at least
+    /// [`BODY_GRACE`]) for the answer's body.
     pub async fn send(&self, outgoing: Outgoing<'_>) -> Outcome {
-        let now = SystemTime::now();
+        let (now, started) = (SystemTime::now(), Instant::now());
         let request = match self.request(&outgoing, now) {
             Ok(request) => request,
             Err(error) => return Outcome::Failed(Failure { error, ..Default::default() }),
         };
-        match tokio::time::timeout(self.timeout, self.exchange(request, now)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed(Failure { error: "timed out".to_owned(), ..Default::default() }),
+        let failed = |error: String| Outcome::Failed(Failure { error, ..Default::default() });
+        let mut answer = match tokio::time::timeout(self.timeout, self.connections.send(request)).await {
+            Ok(Ok(answer)) => answer,
+            Err(_) | Ok(Err(client::Failure::ConnectTimeout)) => return failed("timed out".to_owned()),
+            Ok(Err(client::Failure::Connect(error))) => return failed(format!("connection failed: {error}")),
+            Ok(Err(client::Failure::Request(error))) => {
+                return failed(format!("request failed: {}", client::deepest(&error)));
+            }
+        };
+        let status = answer.response.status();
+        let retry_after = answer
+            .response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now));
+        // Read the answer to its end (so the connection can be reused),
+        // keeping the first bytes of a failure's.
+        let mut snippet = Vec::new();
+        let left = self.timeout.saturating_sub(started.elapsed()).max(BODY_GRACE);
+        let read = drain(answer.response.body_mut(), &mut snippet);
+        if let Ok(true) = tokio::time::timeout(left, read).await {
+            answer.finish();
         }
+        if status.is_success() {
+            return Outcome::Delivered { status: status.as_u16() };
+        }
+        let text = String::from_utf8_lossy(&snippet).trim().to_owned();
+        Outcome::Failed(Failure {
+            status: Some(status.as_u16()),
+            error: format!("HTTP {}", status.as_u16()),
+            retry_after,
+            response: (!text.is_empty()).then_some(text),
+        })
     }
 
     fn request(&self, outgoing: &Outgoing<'_>, now: SystemTime) -> Result<Request<Full<Bytes>>, String> {
@@ -234,60 +288,24 @@ impl Destination {
         *request.headers_mut() = headers;
         Ok(request)
     }
+}
 
-    async fn exchange(&self, request: Request<Full<Bytes>>, now: SystemTime) -> Outcome {
-        let answer = match self.connections.send(request).await {
-            Ok(answer) => answer,
-            Err(client::Failure::Connect(error)) => {
-                return Outcome::Failed(Failure { error: format!("connection failed: {error}"), ..Default::default() });
-            }
-            Err(client::Failure::Request(error)) => {
-                let error = format!("request failed: {}", client::deepest(&error));
-                return Outcome::Failed(Failure { error, ..Default::default() });
-            }
-        };
-        let status = answer.response.status();
-        let retry_after = answer
-            .response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
-        // Read the answer to its end (so the connection can be reused),
-        // keeping the first bytes of a failure's.
-        let mut snippet = Vec::new();
-        let mut read = 0;
-        let mut complete = false;
-        let mut answer = answer;
-        let body = answer.response.body_mut();
-        while read <= MAX_DRAIN {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(chunk) = frame.data_ref() {
-                        read += chunk.len();
-                        let room = SNIPPET.saturating_sub(snippet.len());
-                        snippet.extend_from_slice(&chunk[..room.min(chunk.len())]);
-                    }
-                }
-                Some(Err(_)) => break,
-                None => {
-                    complete = true;
-                    break;
+/// Reads `body` to its end, up to [`MAX_DRAIN`] bytes, keeping the first
+/// [`SNIPPET`] of them; `true` if it ended (the connection can be reused).
+async fn drain(body: &mut hyper::body::Incoming, snippet: &mut Vec<u8>) -> bool {
+    let mut read = 0;
+    while read <= MAX_DRAIN {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    read += chunk.len();
+                    let room = SNIPPET.saturating_sub(snippet.len());
+                    snippet.extend_from_slice(&chunk[..room.min(chunk.len())]);
                 }
             }
+            Some(Err(_)) => return false,
+            None => return true,
         }
-        if complete {
-            answer.finish();
-        }
-        if status.is_success() {
-            return Outcome::Delivered { status: status.as_u16() };
-        }
-        let text = String::from_utf8_lossy(&snippet).trim().to_owned();
-        Outcome::Failed(Failure {
-            status: Some(status.as_u16()),
-            error: format!("HTTP {}", status.as_u16()),
-            retry_after,
-            response: (!text.is_empty()).then_some(text),
-        })
     }
+    false
 }

@@ -24,9 +24,11 @@ const T: Duration = Duration::from_secs(20);
 
 struct Server {
     port: u16,
+    /// Connections accepted, and of those still open.
     connections: Arc<AtomicUsize>,
-    /// `hookwire-attempt` of each request, in arrival order.
-    attempts: mpsc::UnboundedReceiver<String>,
+    open: Arc<AtomicUsize>,
+    /// `(webhook-id, hookwire-attempt)` of each request, in arrival order.
+    requests: mpsc::UnboundedReceiver<(String, String)>,
 }
 
 /// Answers `200` and closes a connection after `per_connection` requests,
@@ -35,18 +37,21 @@ async fn destination(per_connection: usize, idle: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));
-    let (tx, attempts) = mpsc::unbounded_channel();
-    let counted = connections.clone();
+    let (tx, requests) = mpsc::unbounded_channel();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (counted, still_open) = (connections.clone(), open.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             counted.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
+            let open = Open::new(still_open.clone());
             tokio::spawn(async move {
+                let _open = open;
                 let (read, mut write) = stream.into_split();
                 let mut read = BufReader::new(read);
                 for served in 1..=per_connection {
-                    let (mut length, mut attempt) = (0, String::new());
+                    let (mut length, mut id, mut attempt) = (0, String::new(), String::new());
                     let mut line = String::new();
                     // The request head, with the idle limit on its first line.
                     match tokio::time::timeout(idle, read.read_line(&mut line)).await {
@@ -62,12 +67,13 @@ async fn destination(per_connection: usize, idle: Duration) -> Server {
                         match name.to_ascii_lowercase().as_str() {
                             "content-length" => length = value.trim().parse().unwrap(),
                             "hookwire-attempt" => attempt = value.trim().to_owned(),
+                            "webhook-id" => id = value.trim().to_owned(),
                             _ => {}
                         }
                     }
                     let mut body = vec![0; length];
                     read.read_exact(&mut body).await.unwrap();
-                    let _ = tx.send(attempt);
+                    let _ = tx.send((id, attempt));
                     let last = served == per_connection;
                     let close = if last { "connection: close\r\n" } else { "" };
                     let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
@@ -78,7 +84,24 @@ async fn destination(per_connection: usize, idle: Duration) -> Server {
             });
         }
     });
-    Server { port, connections, attempts }
+    Server { port, connections, open, requests }
+}
+
+/// Counts a connection as open until its task ends (the server closes it, or
+/// it read the client's close).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn app_for(port: u16) -> TestApp {
@@ -88,12 +111,18 @@ async fn app_for(port: u16) -> TestApp {
     .await
 }
 
+/// The attempt numbers of the next `count` requests, once each of `count`
+/// distinct events arrived and nothing more did (no request went twice).
 async fn attempts(server: &mut Server, count: usize) -> Vec<String> {
     let mut seen = Vec::new();
     while seen.len() < count {
-        seen.push(tokio::time::timeout(T, server.attempts.recv()).await.expect("a delivery in time").unwrap());
+        seen.push(tokio::time::timeout(T, server.requests.recv()).await.expect("a delivery in time").unwrap());
     }
-    seen
+    let ids: std::collections::HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), count, "every request a different event: {seen:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.requests.try_recv().is_err(), "nothing was sent twice");
+    seen.into_iter().map(|(_, attempt)| attempt).collect()
 }
 
 #[tokio::test]
@@ -105,6 +134,12 @@ async fn one_connection_carries_every_delivery_while_it_stays_open() {
     }
     assert_eq!(attempts(&mut server, 20).await, vec!["1"; 20]);
     assert_eq!(server.connections.load(Ordering::SeqCst), 1, "reused, not reopened");
+    // Once the traffic stops, hookwire closes its idle connection (after
+    // 4 s unused) though the destination would keep it for a minute.
+    crate::helpers::eventually(Duration::from_secs(10), "the idle connection closed by hookwire", || async {
+        server.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -128,4 +163,40 @@ async fn a_connection_the_destination_closes_is_replaced_without_a_failed_attemp
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(server.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_2xx_whose_body_never_ends_is_a_delivery_not_a_retry() {
+    // Answers 200 with a body it announces and never sends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut requests) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0; 16 * 1024];
+                let _ = stream.read(&mut head).await;
+                let _ = tx.send(());
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let app = TestApp::start(&format!(
+        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"1s\"\nretry = [\"100ms\"]\n"
+    ))
+    .await;
+    assert_eq!(app.post_acme("msg_trickle", r#"{"type":"a.b"}"#).await.status(), 202);
+    tokio::time::timeout(T, requests.recv()).await.unwrap().unwrap();
+    let queue = app.topology.subscription("billing").unwrap().work.clone();
+    app.wait_depth(&queue, 0, T).await;
+    crate::helpers::eventually(T, "the delivery counted as delivered", || async {
+        app.metrics().await.contains("hookwire_deliveries_total{subscription=\"billing\",outcome=\"delivered\"} 1")
+    })
+    .await;
+    // Past the timeout and the retry delay: no second request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(requests.try_recv().is_err(), "not retried");
 }

@@ -56,16 +56,22 @@ headers = {{ X-Team = "billing" }}
 topics = ["acme.#"]
 url = "{}"
 auth = {{ basic = {{ user = "hook", password = "pa:ss" }} }}
+
+[subscriptions.inline]
+topics = ["acme.#"]
+url = "{}"
 "#,
         sink.url("/signed"),
-        sink.url("/basic")
+        sink.url("/basic"),
+        sink.url("/inline").replacen("http://", "http://hook:p%40ss@", 1)
     );
     let app = TestApp::start(&extra).await;
     let body = r#"{"type":"invoice.paid","amount":42}"#;
     assert_eq!(app.post_acme("msg_signed", body).await.status(), 202);
-    let got = sink.wait_for(2, T).await;
+    let got = sink.wait_for(3, T).await;
     let signed = got.iter().find(|r| r.path == "/signed").unwrap();
     let basic = got.iter().find(|r| r.path == "/basic").unwrap();
+    let inline = got.iter().find(|r| r.path == "/inline").unwrap();
 
     assert_eq!(signed.method, "PUT");
     assert_eq!(signed.header("authorization"), "Bearer t0k3n");
@@ -81,6 +87,14 @@ auth = {{ basic = {{ user = "hook", password = "pa:ss" }} }}
     // "hook:pa:ss" (RFC 7617: the password may contain ':').
     assert_eq!(basic.header("authorization"), "Basic aG9vazpwYTpzcw==");
     assert!(basic.headers.get("webhook-signature").is_none());
+
+    // Credentials in the URL go as Basic auth, percent-decoded ("hook:p@ss"),
+    // and not in the Host header.
+    assert_eq!(inline.header("authorization"), "Basic aG9vazpwQHNz");
+    let port = sink.url("/").trim_start_matches("http://127.0.0.1:").trim_end_matches('/').to_owned();
+    assert_eq!(inline.header("host"), format!("127.0.0.1:{port}"));
+    assert!(inline.header("user-agent").starts_with("hookwire/"));
+    assert_eq!(inline.header("accept"), "*/*");
 }
 
 #[tokio::test]
