@@ -107,7 +107,9 @@ impl Connections {
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (DNS, TCP, TLS, the handshake) is most of
+                // this future's size, and every delivery's task would carry it.
+                None => (Box::pin(self.connect()).await?, false),
             };
             if sender.ready().await.is_err() {
                 if reused {

@@ -312,7 +312,7 @@ impl Worker {
                     lapin::types::AMQPValue::LongString("malformed".into()),
                 );
                 let properties = properties.with_headers(headers);
-                self.store_dead(&session, properties, &data).await.map(|()| {
+                Box::pin(self.store_dead(&session, properties, &data)).await.map(|()| {
                     metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => "malformed").increment(1);
                 })
             }
@@ -386,9 +386,8 @@ impl Worker {
                 Verdict::Failed(error) => {
                     // Deterministic: running the program again cannot help.
                     state.record_failure(Attempt::new(SystemTime::now(), None, &error));
-                    return self
-                        .dead_letter(session, &envelope, state, "transform_failed", (None, &error), story)
-                        .await;
+                    let reason = "transform_failed";
+                    return Box::pin(self.dead_letter(session, &envelope, state, reason, (None, &error), story)).await;
                 }
             },
         };
@@ -432,14 +431,16 @@ impl Worker {
                 // places it (jitter, Retry-After) within that cap.
                 let properties =
                     message::encode(&envelope, &state).with_expiration(wait.as_millis().max(1).to_string().into());
-                self.store(session, queue, properties, &envelope.body).await?;
+                // Boxed, as the dead letter below: publishing is the rare path,
+                // and its future would otherwise size every delivery's task.
+                Box::pin(self.store(session, queue, properties, &envelope.body)).await?;
                 metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried")
                     .increment(1);
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
                 self.record_outcome(story, &envelope.id, "retrying", None);
             }
             Next::DeadLetter { reason } => {
-                return self.dead_letter(session, &envelope, state, reason, (status, error), story).await;
+                return Box::pin(self.dead_letter(session, &envelope, state, reason, (status, error), story)).await;
             }
         }
         Ok(())
