@@ -147,6 +147,7 @@ impl WorkerSet {
             broker: self.broker.clone(),
             drain_timeout: self.drain_timeout,
             recorder: self.recorder.clone(),
+            meters: super::worker::Meters::new(name),
         };
         let token = self.token.child_token();
         self.tasks.spawn(worker.run(token.clone()));

@@ -77,6 +77,41 @@ pub struct Worker {
     pub drain_timeout: Duration,
     /// The event log's recorder, when the log is on.
     pub recorder: Option<crate::eventlog::Recorder>,
+    /// This subscription's metric handles ([`Meters::new`]).
+    pub meters: Meters,
+}
+
+/// The handles of the metrics every delivery touches, looked up once per
+/// worker: through the macros each was a label string copied, hashed and
+/// looked up in the registry, four or five times a delivery.
+pub struct Meters {
+    in_flight: metrics::Gauge,
+    delivered: metrics::Counter,
+    retried: metrics::Counter,
+    filtered: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    requeued: metrics::Counter,
+    succeeded_in: metrics::Histogram,
+    failed_in: metrics::Histogram,
+    end_to_end: metrics::Histogram,
+}
+
+impl Meters {
+    pub fn new(subscription: &str) -> Self {
+        let outcome = |outcome: &'static str| metrics::counter!(metric::DELIVERIES, "subscription" => subscription.to_owned(), "outcome" => outcome);
+        let attempt = |outcome: &'static str| metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => subscription.to_owned(), "outcome" => outcome);
+        Self {
+            in_flight: metrics::gauge!(metric::IN_FLIGHT, "subscription" => subscription.to_owned()),
+            delivered: outcome("delivered"),
+            retried: outcome("retried"),
+            filtered: outcome("filtered"),
+            dead_lettered: outcome("dead_lettered"),
+            requeued: outcome("requeued"),
+            succeeded_in: attempt("success"),
+            failed_in: attempt("failure"),
+            end_to_end: metrics::histogram!(metric::END_TO_END, "subscription" => subscription.to_owned()),
+        }
+    }
 }
 
 /// Why a consume loop ended.
@@ -290,8 +325,7 @@ impl Worker {
         permit: OwnedSemaphorePermit,
         probe: bool,
     ) {
-        let gauge = metrics::gauge!(metric::IN_FLIGHT, "subscription" => self.name.clone());
-        gauge.increment(1.0);
+        self.meters.in_flight.increment(1.0);
         // What happened, for the event log (empty when it is off).
         let mut story = Vec::new();
         let Delivery { properties, data, delivery_tag, .. } = delivery;
@@ -344,8 +378,7 @@ impl Worker {
                     story.drain(..).for_each(|record| recorder.record(record));
                 }
                 tracing::warn!(%error, "could not store the outcome; handing the delivery back");
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "requeued")
-                    .increment(1);
+                self.meters.requeued.increment(1);
                 tokio::time::sleep(REQUEUE_PAUSE).await;
                 acks.requeue(delivery_tag);
             }
@@ -354,7 +387,7 @@ impl Worker {
             // Filtered, transform failed, malformed: no attempt was recorded.
             breaker.release_probe();
         }
-        gauge.decrement(1.0);
+        self.meters.in_flight.decrement(1.0);
     }
 
     /// Attempts the delivery and stores its outcome; `Ok` means the delivery
@@ -377,8 +410,7 @@ impl Worker {
                 Verdict::Deliver(None) => (envelope.body.clone(), envelope.content_type.as_deref()),
                 Verdict::Deliver(Some(body)) => (body, Some("application/json")),
                 Verdict::Filtered => {
-                    metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "filtered")
-                        .increment(1);
+                    self.meters.filtered.increment(1);
                     tracing::debug!("filtered out");
                     self.record_outcome(story, &envelope.id, "filtered", None);
                     return Ok(());
@@ -405,15 +437,16 @@ impl Worker {
             };
             breaker.record(Health::of(status, delivered));
         }
-        let label = if matches!(outcome, Outcome::Delivered { .. }) { "success" } else { "failure" };
-        metrics::histogram!(metric::DELIVERY_DURATION, "subscription" => self.name.clone(), "outcome" => label)
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        match outcome {
+            Outcome::Delivered { .. } => self.meters.succeeded_in.record(took),
+            Outcome::Failed(_) => self.meters.failed_in.record(took),
+        }
         let failure = match &outcome {
             Outcome::Delivered { status } => {
                 let age = SystemTime::now().duration_since(envelope.received_at).unwrap_or_default();
-                metrics::histogram!(metric::END_TO_END, "subscription" => self.name.clone()).record(age.as_secs_f64());
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "delivered")
-                    .increment(1);
+                self.meters.end_to_end.record(age.as_secs_f64());
+                self.meters.delivered.increment(1);
                 tracing::debug!(status, "delivered");
                 self.record_outcome(story, &envelope.id, "delivered", None);
                 return Ok(());
@@ -434,8 +467,7 @@ impl Worker {
                 // Boxed, as the dead letter below: publishing is the rare path,
                 // and its future would otherwise size every delivery's task.
                 Box::pin(self.store(session, queue, properties, &envelope.body)).await?;
-                metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "retried")
-                    .increment(1);
+                self.meters.retried.increment(1);
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
                 self.record_outcome(story, &envelope.id, "retrying", None);
             }
@@ -459,8 +491,7 @@ impl Worker {
     ) -> Result<(), crate::broker::PublishError> {
         state.dead_letter_reason = Some(reason.to_owned());
         self.store_dead(session, message::encode(envelope, &state), &envelope.body).await?;
-        metrics::counter!(metric::DELIVERIES, "subscription" => self.name.clone(), "outcome" => "dead_lettered")
-            .increment(1);
+        self.meters.dead_lettered.increment(1);
         metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
         tracing::warn!(?status, %error, reason, attempts = state.attempts, "dead-lettered");
         self.record_outcome(story, &envelope.id, "dead_lettered", Some(reason));
