@@ -63,7 +63,15 @@ use hookwire::{config::Secret, ingress::schemes::StandardWebhooks, ingress::veri
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, sync::Notify, task::JoinHandle};
+use tokio::{
+    net::TcpStream,
+    sync::Notify,
+    task::{JoinHandle, block_in_place},
+};
+
+#[path = "support/cluster.rs"]
+mod cluster_support;
+use cluster_support::Cluster;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The operator API's token in every scenario's config.
@@ -73,8 +81,6 @@ const SENDERS: usize = 32;
 /// The machine's own broker, which CI uses too: never disturbed, only used.
 const MACHINE_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const NODE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");
-const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-cluster.sh");
-const CLUSTER_BASE_PORT: u16 = 5690;
 /// `broker_kill_single`'s node: not 5681 (the resource-alarm test's) nor
 /// 5691–5693 (the cluster's); Erlang distribution on 25685.
 const OWN_NODE: (&str, u16) = ("hookwire-chaos", 5685);
@@ -551,6 +557,15 @@ impl Api {
     }
 }
 
+/// Stops the load, drains (see [`drain`]) and counts what became of every
+/// event it sent: the end of each scenario.
+async fn settle(load: Load, sink: &Sink, api: &Api) -> (Sent, Tally) {
+    let sent = load.stop().await;
+    let dead = drain(sink, &sent.accepted, api).await;
+    let tally = Tally::new(&sent, &sink.seen(), &dead);
+    (sent, tally)
+}
+
 /// Waits until every accepted event is delivered or dead-lettered (checked
 /// through the API once nothing waits in the work or retry queues), or
 /// nothing changed for 30 s, or 10 minutes passed. Returns the dead
@@ -669,47 +684,6 @@ async fn script(path: &str, args: &[&str]) -> String {
     let out = tokio::process::Command::new(path).args(args).output().await.expect("the deploy script runs");
     assert!(out.status.success(), "{path} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// `deploy/rabbitmq-cluster.sh`'s three nodes, stopped and deleted when
-/// dropped.
-struct Cluster;
-
-impl Cluster {
-    async fn start() -> Self {
-        println!("{}", script(CLUSTER, &["start"]).await);
-        Self
-    }
-
-    fn urls() -> Vec<String> {
-        (1..=3).map(|n| format!("amqp://guest:guest@127.0.0.1:{}/%2f", CLUSTER_BASE_PORT + n)).collect()
-    }
-
-    /// The nodes (1..=3) hookwire has connections to, from the cluster's view.
-    async fn connected_nodes() -> Vec<u16> {
-        for name in ["hookwire-c1", "hookwire-c2", "hookwire-c3"] {
-            let out = tokio::process::Command::new(NODE).args(["ctl", name, "list_connections", "-q", "port"]).output();
-            let Ok(out) = out.await else { continue };
-            if !out.status.success() {
-                continue; // that node is down: ask the next
-            }
-            let mut ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.trim().parse::<u16>().ok())
-                .map(|port| port - CLUSTER_BASE_PORT)
-                .collect();
-            ports.sort_unstable();
-            ports.dedup();
-            return ports;
-        }
-        Vec::new()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(CLUSTER).arg("stop").status();
-    }
 }
 
 /// A single RabbitMQ node of the harness's own (`deploy/rabbitmq-node.sh`),
@@ -896,12 +870,12 @@ impl Report {
 #[ignore = "minutes long, with a RabbitMQ cluster of its own: cargo test --release --test chaos -- --ignored"]
 async fn cluster_node_kill() {
     let rate = rate(1000.0);
-    let _cluster = Cluster::start().await;
+    let cluster = block_in_place(Cluster::start);
     let sink = Sink::start(Duration::ZERO).await;
     // Retries and dead letters in play: 2% of events fail for good (three
     // retries, then a dead letter), 5% fail once and are delivered by a retry.
     sink.fail_some(20, 50);
-    let mut setup = Setup::new(Cluster::urls(), &fresh_namespace(), sink.addr);
+    let mut setup = Setup::new(cluster.urls(), &fresh_namespace(), sink.addr);
     // The cluster goes with its data at the end: no namespace to clean.
     setup.rabbitmq = "replicas = 3".to_owned();
     setup.subscription = "retry = [\"200ms\", \"500ms\", \"1s\"]\ncircuit_breaker = { failures = 0 }".to_owned();
@@ -911,22 +885,21 @@ async fn cluster_node_kill() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let mut kills = Vec::new();
     for round in 1..=2 {
-        let connected = Cluster::connected_nodes().await;
+        // The cluster's calls block (scripts, rabbitmqctl): off the runtime's
+        // workers, so the load keeps going meanwhile.
+        let connected = block_in_place(|| cluster.connected());
         let victim = *connected.first().expect("hookwire is connected to a node");
         println!("kill {round}: hookwire is connected to node {victim} (all: {connected:?}); kill -9");
         let killed_at = Instant::now();
-        println!("{}", script(CLUSTER, &["kill", &victim.to_string()]).await);
+        println!("{}", block_in_place(|| cluster.kill(victim)));
         tokio::time::sleep(Duration::from_secs(20)).await;
-        println!("kill {round}: {}", script(CLUSTER, &["revive", &victim.to_string()]).await);
+        println!("kill {round}: {}", block_in_place(|| cluster.revive(victim)));
         tokio::time::sleep(Duration::from_secs(10)).await;
         kills.push((victim, killed_at, Instant::now()));
     }
-    let sent = load.stop().await;
-    let dead = drain(&sink, &sent.accepted, &hookwire.api()).await;
-
+    let (sent, tally) = settle(load, &sink, &hookwire.api()).await;
     let tally = {
         let seen = sink.seen();
-        let tally = Tally::new(&sent, &seen, &dead);
         let mut report = Report::new(
             "cluster_node_kill",
             format!(
@@ -998,11 +971,8 @@ async fn role_kill_loop() {
         }
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let sent = load.stop().await;
-    let dead = drain(&sink, &sent.accepted, &worker.api()).await;
-
+    let (sent, tally) = settle(load, &sink, &worker.api()).await;
     let seen = sink.seen();
-    let tally = Tally::new(&sent, &seen, &dead);
     let mut report = Report::new(
         "role_kill_loop",
         format!(
@@ -1127,11 +1097,8 @@ async fn broker_kill_single() {
         tokio::time::sleep(Duration::from_secs(15)).await;
         rounds.push((killed, revived, back, Instant::now()));
     }
-    let sent = load.stop().await;
-    let dead = drain(&sink, &sent.accepted, &hookwire.api()).await;
-
+    let (sent, tally) = settle(load, &sink, &hookwire.api()).await;
     let seen = sink.seen();
-    let tally = Tally::new(&sent, &seen, &dead);
     let mut report = Report::new(
         "broker_kill_single",
         format!(
@@ -1201,11 +1168,7 @@ async fn soak() {
         );
         samples.push(rss);
     }
-    let sent = load.stop().await;
-    let dead = drain(&sink, &sent.accepted, &hookwire.api()).await;
-
-    let seen = sink.seen();
-    let tally = Tally::new(&sent, &seen, &dead);
+    let (_, tally) = settle(load, &sink, &hookwire.api()).await;
     let (first, last) = rss_verdict(&samples);
     let growth = (last as f64 / first as f64 - 1.0) * 100.0;
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);

@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use crate::helpers::{AMQP_URL, Behavior, Sink, TestApp, eventually};
+use crate::{
+    cluster_support::Cluster,
+    helpers::{AMQP_URL, Behavior, Sink, TestApp, eventually},
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -109,68 +112,6 @@ async fn a_pause_flag_of_an_earlier_version_moves_to_the_pauses_stream_and_keeps
         app.api_send(reqwest::Method::POST, "/api/v1/subscriptions/billing/resume", serde_json::json!({})).await;
     assert_eq!(status, 200);
     sink.wait_for(1, T).await;
-}
-
-/// The 3-node cluster of deploy/rabbitmq-cluster.sh, stopped (its data
-/// deleted) when dropped.
-struct Cluster;
-
-impl Cluster {
-    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-cluster.sh");
-    /// AMQP port of node N is BASE + N.
-    const BASE: u16 = 5690;
-
-    fn run(args: &[&str]) -> String {
-        let out = std::process::Command::new(Self::SCRIPT).args(args).output().expect("rabbitmq-cluster.sh runs");
-        assert!(out.status.success(), "rabbitmq-cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn start() -> Self {
-        Self::run(&["start"]);
-        Self
-    }
-
-    fn urls(&self) -> Vec<String> {
-        Self::run(&["urls"]).lines().map(str::to_owned).collect()
-    }
-
-    fn kill(&self, node: u16) {
-        Self::run(&["kill", &node.to_string()]);
-    }
-
-    fn revive(&self, node: u16) {
-        Self::run(&["revive", &node.to_string()]);
-    }
-
-    /// The nodes (1..=3) with client connections, as the cluster sees them.
-    fn connected(&self) -> Vec<u16> {
-        let node = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq-node.sh");
-        for name in ["hookwire-c1", "hookwire-c2", "hookwire-c3"] {
-            let Ok(out) =
-                std::process::Command::new(node).args(["ctl", name, "list_connections", "-q", "port"]).output()
-            else {
-                continue;
-            };
-            if out.status.success() {
-                let mut nodes: Vec<u16> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<u16>().ok())
-                    .map(|port| port - Self::BASE)
-                    .collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                return nodes;
-            }
-        }
-        Vec::new()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(Self::SCRIPT).arg("stop").output();
-    }
 }
 
 #[tokio::test]

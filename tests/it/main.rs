@@ -5,6 +5,8 @@ mod broker_outage;
 mod catalog;
 mod cli;
 mod cluster;
+#[path = "../support/cluster.rs"]
+mod cluster_support;
 mod connections;
 mod dead_letters;
 mod delivery;
