@@ -361,13 +361,10 @@ impl Worker {
                 // prefetch has room for deliveries waiting so, see `consume`).
                 Some(recorder) => {
                     drop(permit);
-                    let (acks, name) = (acks.clone(), self.name.clone());
-                    let then: crate::eventlog::Then = Box::new(move |committed| {
-                        if !committed {
-                            tracing::warn!(subscription = %name, "event log records not committed in time; acking anyway");
-                        }
-                        acks.ack(delivery_tag);
-                    });
+                    // Acked either way: a record the store did not take in time
+                    // is the recorder's to count and report, once per batch.
+                    let acks = acks.clone();
+                    let then: crate::eventlog::Then = Box::new(move |_committed| acks.ack(delivery_tag));
                     recorder.commit_then(story, timeout, then).await;
                 }
                 None => acks.ack(delivery_tag),

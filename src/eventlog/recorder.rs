@@ -88,8 +88,14 @@ pub struct Recorder {
 struct Entry {
     records: Vec<Record>,
     committed: Option<Waiter>,
-    /// Its batch goes without waiting out the linger.
-    urgent: bool,
+}
+
+impl Entry {
+    /// Whether its batch goes without waiting out the linger: somebody's
+    /// answer waits on it.
+    fn urgent(&self) -> bool {
+        matches!(self.committed, Some(Waiter::Answer(_)))
+    }
 }
 
 /// What [`Recorder::commit_then`] calls with the outcome: `true` once the
@@ -169,10 +175,14 @@ impl Recorder {
         match tokio::time::timeout_at(deadline, self.tx.reserve()).await {
             Ok(Ok(slot)) => {
                 let committed = Some(Waiter::Then { then, deadline });
-                slot.send(Entry { records, committed, urgent: false });
+                slot.send(Entry { records, committed });
             }
             _ => {
                 metrics::counter!(metric::EVENT_LOG_DROPPED).increment(records.len() as u64);
+                tracing::warn!(
+                    records = records.len(),
+                    "event log buffer full; records dropped, their delivery acked anyway"
+                );
                 then(false);
             }
         }
@@ -180,7 +190,7 @@ impl Recorder {
 
     fn record_all(&self, records: Vec<Record>) {
         let len = records.len() as u64;
-        if self.tx.try_send(Entry { records, committed: None, urgent: false }).is_err() {
+        if self.tx.try_send(Entry { records, committed: None }).is_err() {
             metrics::counter!(metric::EVENT_LOG_DROPPED).increment(len);
         }
     }
@@ -192,7 +202,7 @@ impl Recorder {
         let (committed, answer) = oneshot::channel();
         // Counts the records as dropped unless they reach the buffer, also
         // when the caller is dropped while waiting (a sender hung up).
-        let mut entry = Unsent(Some(Entry { records, committed: Some(Waiter::Answer(committed)), urgent: true }));
+        let mut entry = Unsent(Some(Entry { records, committed: Some(Waiter::Answer(committed)) }));
         // One timer for the whole wait.
         let handed_over = tokio::time::timeout(wait, async {
             // A slot first: records that never reach the buffer (full for
@@ -249,7 +259,7 @@ async fn commit_batches(
             continue;
         };
         let mut records = first.records.len();
-        let mut urgent = first.urgent;
+        let mut urgent = first.urgent();
         let mut batch = vec![first];
         // Everything that gathered while earlier batches were in flight,
         // then a moment for more: the linger, or, once somebody's answer
@@ -264,7 +274,7 @@ async fn commit_batches(
                 && let Ok(entry) = rx.try_recv()
             {
                 records += entry.records.len();
-                urgent |= entry.urgent;
+                urgent |= entry.urgent();
                 batch.push(entry);
             }
             let until = if urgent { deadline.min(last_went + URGENT_PERIOD) } else { deadline };
