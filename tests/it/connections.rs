@@ -185,15 +185,17 @@ async fn a_2xx_whose_body_never_ends_is_a_delivery_not_a_retry() {
         }
     });
     let app = TestApp::start(&format!(
-        "[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"3s\"\nretry = [\"100ms\"]\n"
+        "[subscriptions.trickle]\ntopics = [\"acme.#\"]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"3s\"\nretry = [\"100ms\"]\n"
     ))
     .await;
     assert_eq!(app.post_acme("msg_trickle", r#"{"type":"a.b"}"#).await.status(), 202);
     tokio::time::timeout(T, requests.recv()).await.unwrap().unwrap();
-    let queue = app.topology.subscription("billing").unwrap().work.clone();
+    let queue = app.topology.subscription("trickle").unwrap().work.clone();
     app.wait_depth(&queue, 0, T).await;
+    // Its own subscription name: the metrics registry is shared by every
+    // test in this process, and other tests deliver to a `billing`.
     crate::helpers::eventually(T, "the delivery counted as delivered", || async {
-        app.metrics().await.contains("hookwire_deliveries_total{subscription=\"billing\",outcome=\"delivered\"} 1")
+        app.metrics().await.contains("hookwire_deliveries_total{subscription=\"trickle\",outcome=\"delivered\"} 1")
     })
     .await;
     // Past the timeout (3 s, generous: the suite shares 2 cores) and the
