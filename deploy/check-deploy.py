@@ -190,6 +190,14 @@ def dockerfile():
         check(path is not None and (ROOT / path).exists(), f"Cargo.toml: bench {bench['name']} has no file")
         check(path is not None and any(re.search(rf"(^|\s){re.escape(path.split('/')[0])}/?(\s|$)", c) for c in copies),
               f"Dockerfile: cargo needs {path} to read Cargo.toml ([[bench]] {bench['name']}) but it is not copied")
+    # Files the crate embeds (include_str!/include_bytes!, relative to the
+    # including file) must be in the build context the build stage copies.
+    for source in sorted((ROOT / "src").rglob("*.rs")):
+        for embedded in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', source.read_text()):
+            path = (source.parent / embedded).resolve().relative_to(ROOT).as_posix()
+            check(any(path == part or path.startswith(part.rstrip("/") + "/")
+                      for c in copies for part in c.split()[:-1]),
+                  f"Dockerfile: {source.relative_to(ROOT)} embeds {path}, which is not copied")
     users = [args.strip() for op, args in instructions if op == "USER"]
     check(users and users[-1].split(":")[0] not in ("root", "0"), f"Dockerfile: the final USER is {users[-1:] or 'root'}")
     last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
