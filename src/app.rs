@@ -94,6 +94,8 @@ pub struct App {
     pub audit: Audit,
     audit_task: JoinHandle<()>,
     letters_task: JoinHandle<()>,
+    /// The queue depth poller (`--role worker` and `all`).
+    depth_task: Option<JoinHandle<()>>,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
     http_token: CancellationToken,
@@ -142,6 +144,10 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
     // Every process follows the letters stream: any process answers the
     // operator API and exports the dead-letter gauges.
     let (letters, letters_task) = Letters::spawn(broker.clone(), control_token.clone());
+    // Workers export the depth of the queues they consume.
+    let depth_task = role
+        .worker()
+        .then(|| crate::broker::depth::spawn(broker.clone(), crate::broker::depth::POLL_EVERY, control_token.clone()));
     // The event log: every process commits its own records straight to the
     // store (an SQLite file shared by the processes of one host, or
     // PostgreSQL) and answers queries. Stopped after the ingress and
@@ -251,6 +257,7 @@ pub async fn start(config: Config, role: Role) -> Result<App, StartError> {
         audit,
         audit_task,
         letters_task,
+        depth_task,
         draining,
         drain_timeout: config.shutdown.drain_timeout,
         http_token,
@@ -396,6 +403,9 @@ impl App {
         join_within(self.catalog_task, Duration::from_secs(5), "catalog follower").await;
         join_within(self.audit_task, Duration::from_secs(5), "audit follower").await;
         join_within(self.letters_task, Duration::from_secs(5), "letters follower").await;
+        if let Some(task) = self.depth_task.take() {
+            join_within(task, Duration::from_secs(5), "queue depth poller").await;
+        }
         self.broker_token.cancel();
         join_within(self.broker_task, Duration::from_secs(15), "broker connection").await;
         self.admin_token.cancel();

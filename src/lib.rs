@@ -30,7 +30,7 @@
 //!
 //! - [`ingress`] — HTTP in: body limits, signature schemes, envelope building.
 //! - [`broker`] — RabbitMQ: topology, the supervised connection, confirmed
-//!   publishing, the message encoding.
+//!   publishing, the message encoding, queue depths as metrics.
 //! - [`delivery`] — workers: consume, POST, decide retry/dead-letter, settle.
 //! - [`catalog`] — the desired subscriptions: the API-made ones as a
 //!   versioned log (the stream `ns.catalog`) every process replays and

@@ -46,6 +46,10 @@ pub mod metric {
     pub const DEAD_LETTERS: &str = "hookwire_dead_letters";
     /// Gauge: unrouted events not yet replayed or purged.
     pub const UNROUTED_HELD: &str = "hookwire_unrouted_held";
+    /// Gauge; labels `subscription`, `queue` (`work`, `retry`): messages
+    /// waiting in the subscription's queues, as RabbitMQ last said
+    /// (`broker::depth`, workers only).
+    pub const QUEUE_MESSAGES: &str = "hookwire_queue_messages";
     /// Gauge per subscription: 1 while an operator has it paused.
     pub const PAUSED: &str = "hookwire_subscription_paused";
     /// Counter: audit records that could not be stored.
@@ -137,6 +141,7 @@ fn describe() {
     metrics::describe_gauge!(BROKER_BLOCKED, "1 while RabbitMQ blocks publishing (memory or disk alarm)");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
+    metrics::describe_gauge!(QUEUE_MESSAGES, "Messages waiting in a subscription's work or retry queues");
     metrics::describe_gauge!(DEAD_LETTERS, "Dead letters not yet replayed or purged, per subscription");
     metrics::describe_gauge!(UNROUTED_HELD, "Unrouted events not yet replayed or purged");
     metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a subscription's circuit breaker is open");

@@ -185,3 +185,62 @@ async fn batched_acks_ack_only_what_settled() {
     assert_eq!(back, ["6", "8"]);
     channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
 }
+
+/// `hookwire_queue_messages` says how many events wait in a subscription's
+/// work queue and its retry queues, as RabbitMQ counts them: here two
+/// failed events waiting out a one-minute retry and three behind a pause.
+/// The poller runs here with a short period; `serve` polls every 15 s.
+#[tokio::test]
+async fn queue_depths_are_exported_per_subscription() {
+    use reqwest::Method;
+    let sink = Sink::start(Behavior::Status(500)).await;
+    let app = TestApp::operator(&format!(
+        "[subscriptions.backlog]\ntopics = [\"acme.#\"]\nurl = \"{}\"\nretry = [\"1m\"]\n",
+        sink.url("/")
+    ))
+    .await;
+    let token = tokio_util::sync::CancellationToken::new();
+    let broker = app.app.as_ref().unwrap().broker.clone();
+    let poller = hookwire::broker::depth::spawn(broker, Duration::from_millis(200), token.clone());
+    let gauge = |queue: &'static str| {
+        let app = &app;
+        async move {
+            let line = format!("hookwire_queue_messages{{subscription=\"backlog\",queue=\"{queue}\"}} ");
+            let metrics = app.metrics().await;
+            metrics.lines().find_map(|l| l.strip_prefix(line.as_str())).map(|v| v.trim().to_owned())
+        }
+    };
+    crate::helpers::eventually(T, "both series at 0 once connected", || async {
+        gauge("work").await.as_deref() == Some("0") && gauge("retry").await.as_deref() == Some("0")
+    })
+    .await;
+
+    for id in ["evt_retry_1", "evt_retry_2"] {
+        assert_eq!(app.post_acme(id, r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    }
+    sink.wait_for(2, T).await;
+    crate::helpers::eventually(T, "two events in the retry queue", || async {
+        gauge("retry").await.as_deref() == Some("2")
+    })
+    .await;
+
+    let (status, _) = app.api_send(Method::POST, "/api/v1/subscriptions/backlog/pause", serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    let work = app.topology.subscription("backlog").unwrap().work.clone();
+    crate::helpers::eventually(T, "the worker gone from the work queue", || {
+        let (app, work) = (&app, &work);
+        async move { app.consumers(work).await == 0 }
+    })
+    .await;
+    for id in ["evt_held_1", "evt_held_2", "evt_held_3"] {
+        assert_eq!(app.post_acme(id, r#"{"type":"invoice.paid"}"#).await.status(), 202);
+    }
+    app.wait_depth(&work, 3, T).await;
+    crate::helpers::eventually(T, "three events behind the pause", || async {
+        gauge("work").await.as_deref() == Some("3")
+    })
+    .await;
+    assert_eq!(gauge("retry").await.as_deref(), Some("2"), "the retry queue still holds its two");
+    token.cancel();
+    poller.await.unwrap();
+}

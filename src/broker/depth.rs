@@ -1,0 +1,128 @@
+//! Queue depths as metrics: how many events wait in each subscription's
+//! work queue and in its retry queues (`hookwire_queue_messages`).
+//!
+//! hookwire's own counters see deliveries, not the backlog behind them, and
+//! a subscription falling behind shows first as a growing queue. RabbitMQ
+//! answers a passive declare with the queue's ready messages without
+//! touching the queue, so a poll every [`POLL_EVERY`] costs one round trip
+//! per queue. Processes with the worker role poll (every one of them: the
+//! value is the broker's, so each reports the same; dashboards take the
+//! max). The API's subscription status reads the same numbers on demand.
+
+use std::{collections::HashSet, time::Duration};
+
+use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, topology::SubscriptionQueues};
+use crate::telemetry::metric;
+
+/// Often enough for a dashboard (Prometheus scrapes every 15-30 s), rare
+/// enough to cost RabbitMQ nothing measurable even at 100 subscriptions.
+pub const POLL_EVERY: Duration = Duration::from_secs(15);
+
+/// Polls until `token` is cancelled.
+pub fn spawn(broker: Broker, every: Duration, token: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // The first poll as soon as there is a connection, so the series
+        // exist (at their depth) from the start, not a period later.
+        let mut sessions = broker.watch();
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = sessions.wait_for(Option::is_some) => {}
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poller = Poller { broker, channel: None, reported: HashSet::new() };
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => poller.poll().await,
+            }
+        }
+        if let Some((_, channel)) = poller.channel.take() {
+            let _ = tokio::time::timeout(poller.broker.operation_timeout, channel.close(200, "done".into())).await;
+        }
+    })
+}
+
+struct Poller {
+    broker: Broker,
+    /// A channel of the session (by generation) it was opened on.
+    channel: Option<(u64, Channel)>,
+    /// Subscriptions whose gauges this process has set.
+    reported: HashSet<String>,
+}
+
+impl Poller {
+    async fn poll(&mut self) {
+        let Some(session) = self.broker.session() else { return };
+        let topology = self.broker.topology();
+        let mut seen = HashSet::new();
+        for sub in &topology.subscriptions {
+            seen.insert(sub.subscription.clone());
+            // A queue that cannot be read now keeps its last value: a gauge
+            // that drops to 0 on an error would read as "caught up".
+            if let Some(work) = self.messages(&session, &sub.work).await {
+                set(&sub.subscription, "work", work);
+            }
+            if let Some(retrying) = self.retrying(&session, sub).await {
+                set(&sub.subscription, "retry", retrying);
+            }
+        }
+        // A subscription this process no longer runs has no backlog here.
+        for gone in self.reported.difference(&seen) {
+            set(gone, "work", 0);
+            set(gone, "retry", 0);
+        }
+        self.reported = seen;
+    }
+
+    /// Everything waiting out a delay: the schedule's retry queues and the
+    /// retired ones of an earlier schedule (gone ones count 0).
+    async fn retrying(&mut self, session: &super::Session, sub: &SubscriptionQueues) -> Option<u64> {
+        let names = sub.retries.iter().map(|q| &q.name).chain(sub.retired.iter().map(|q| &q.name));
+        let mut total = 0;
+        for name in names {
+            total += self.messages(session, name).await?;
+        }
+        Some(total)
+    }
+
+    /// Ready messages in `queue`: `Some(0)` if it does not exist (deleted or
+    /// swept meanwhile), `None` if RabbitMQ did not answer.
+    async fn messages(&mut self, session: &super::Session, queue: &str) -> Option<u64> {
+        let timeout = self.broker.operation_timeout;
+        let channel = match &self.channel {
+            Some((generation, channel)) if *generation == session.generation && channel.status().connected() => {
+                channel.clone()
+            }
+            _ => {
+                let opened = tokio::time::timeout(timeout, session.connection.create_channel()).await;
+                let Ok(Ok(channel)) = opened else {
+                    tracing::debug!("opening a channel to read queue depths failed");
+                    return None;
+                };
+                self.channel = Some((session.generation, channel.clone()));
+                channel
+            }
+        };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        match tokio::time::timeout(timeout, channel.queue_declare(queue.into(), passive, FieldTable::default())).await {
+            Ok(Ok(declared)) => Some(u64::from(declared.message_count())),
+            // A missing queue closes the channel; the next read opens another.
+            Ok(Err(error)) if error.to_string().contains("NOT_FOUND") => Some(0),
+            Ok(Err(error)) => {
+                tracing::debug!(%queue, %error, "reading a queue depth failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+fn set(subscription: &str, queue: &'static str, messages: u64) {
+    metrics::gauge!(metric::QUEUE_MESSAGES, "subscription" => subscription.to_owned(), "queue" => queue)
+        .set(messages as f64);
+}
