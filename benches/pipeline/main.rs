@@ -32,6 +32,13 @@
 //! `--fan-out N[,M...]` runs only (c) saturated with N subscriptions to the
 //! same sink, for each N (issue 12): deliveries/s, CPU per delivery, peak
 //! RSS, and the time to start and become ready with N subscriptions.
+//! `--ingress [--baseline PATH] [--rounds N]` runs only (a) and (b), in N
+//! rounds (default 3): each round both raw ceilings, then the ingress (and
+//! the baseline binary's), each ratio within its round; then the medians
+//! (issue 12's "ingress ≥ 80% of raw").
+//! `--raw-variants [--rounds N]` runs RabbitMQ alone doing what the
+//! ingress asks of it (its topology, properties, mandatory flag, channel
+//! count), one change at a time: where RabbitMQ's cost per event comes from.
 //! `--churn [--seconds N]` runs only issue 9's benchmark instead: API
 //! subscription changes under 1,000 events/s on three processes (see
 //! `churn.rs`).
@@ -99,6 +106,15 @@ fn main() {
         runtime.block_on(compare(Duration::from_secs(seconds), rounds, 1, ["log off", "log on"], set));
         return;
     }
+    if args.iter().any(|a| a == "--raw-variants") {
+        runtime.block_on(raw_variants(Duration::from_secs(seconds), rounds));
+        return;
+    }
+    if args.iter().any(|a| a == "--ingress") {
+        let baseline = value_of("--baseline").cloned();
+        runtime.block_on(ingress_rounds(Duration::from_secs(seconds), rounds, baseline));
+        return;
+    }
     if let Some(baseline) = value_of("--baseline") {
         let subscriptions = value_of("--fan-out").map_or(1, |n| n.parse().expect("--fan-out N"));
         let set = |this: bool| *BINARY.lock().unwrap() = (!this).then(|| baseline.clone());
@@ -130,11 +146,14 @@ async fn run(duration: Duration) {
     );
 
     let raw = raw_ceiling(duration, false).await;
-    println!("(a) raw RabbitMQ ceiling: {raw:.0} msg/s (confirmed, persistent, quorum queue)");
+    println!("(a) raw RabbitMQ ceiling: {:.0} msg/s (confirmed, persistent, quorum queue)", raw.rate);
+    println!("    {}", raw.cpu_line());
     let raw_both = raw_ceiling(duration, true).await;
     println!(
-        "(a) raw, an accepted event's two writes: {raw_both:.0} msg/s (a fanout exchange to a stream and a quorum queue)"
+        "(a) raw, an accepted event's two writes: {:.0} msg/s (a fanout exchange to a stream and a quorum queue)",
+        raw_both.rate
     );
+    println!("    {}", raw_both.cpu_line());
 
     let ingress = ingress_only(duration).await;
     println!(
@@ -142,9 +161,17 @@ async fn run(duration: Duration) {
         ingress.rate, ingress.p50_ms, ingress.p99_ms, ingress.rss_mib, ingress.cpu_us_per_request, ingress.errors
     );
     println!(
+        "    cores busy: hookwire {:.2}, RabbitMQ {:.2} ({:.0} µs/request), load {:.2} ({:.0} µs/request)",
+        ingress.cpu.hookwire / ingress.span,
+        ingress.cpu.rabbitmq / ingress.span,
+        ingress.cpu.rabbitmq * 1e6 / ingress.accepted.max(1) as f64,
+        ingress.cpu.bench / ingress.span,
+        ingress.cpu.bench * 1e6 / ingress.accepted.max(1) as f64,
+    );
+    println!(
         "    ingress / raw = {:.0}%; ingress / raw with the same two writes = {:.0}%",
-        100.0 * ingress.rate / raw,
-        100.0 * ingress.rate / raw_both
+        100.0 * ingress.rate / raw.rate,
+        100.0 * ingress.rate / raw_both.rate
     );
 
     let e2e = end_to_end(duration, None, BODY_BYTES, None, 1).await;
@@ -201,7 +228,7 @@ const TRANSFORM: &str = "{id, kind: .type, amount: .body.data.object.amount, cur
 /// to that queue: what RabbitMQ does for each event the ingress accepts
 /// (its `ns.accepted` feeds the archive stream and, through the topic
 /// exchange, a subscription's quorum queue).
-async fn raw_ceiling(duration: Duration, archive: bool) -> f64 {
+async fn raw_ceiling(duration: Duration, archive: bool) -> Raw {
     let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
     let setup = conn.create_channel().await.unwrap();
     let queue = format!("bench-raw-{}", uuid::Uuid::now_v7().simple());
@@ -248,18 +275,156 @@ async fn raw_ceiling(duration: Duration, archive: bool) -> f64 {
             }
         }));
     }
-    let started = Instant::now();
+    let rabbitmq = *RABBITMQ_PID.get_or_init(rabbitmq_pid);
+    let (started, cpu_before) = (Instant::now(), CpuReading::now(std::process::id(), rabbitmq));
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     join_all(tasks).await;
-    let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let span = started.elapsed().as_secs_f64();
+    let cpu = CpuReading::now(std::process::id(), rabbitmq).since(cpu_before);
+    let rate = sent.load(Ordering::Relaxed) as f64 / span;
     setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
     if archive {
         setup.queue_delete(stream.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
         let options = lapin::options::ExchangeDeleteOptions::default();
         setup.exchange_delete(exchange.as_str().into(), options).await.unwrap();
     }
-    rate
+    // The publishers are the bench process itself (read as "hookwire" too).
+    Raw { rate, rabbitmq_cores: cpu.rabbitmq / span, publishers_cores: cpu.bench / span }
+}
+
+/// Phase (a): the rate, and the cores RabbitMQ and the publishers used.
+struct Raw {
+    rate: f64,
+    rabbitmq_cores: f64,
+    publishers_cores: f64,
+}
+
+impl Raw {
+    fn cpu_line(&self) -> String {
+        format!(
+            "cores busy: RabbitMQ {:.2} ({:.0} µs/msg), publishers {:.2} ({:.0} µs/msg)",
+            self.rabbitmq_cores,
+            self.rabbitmq_cores * 1e6 / self.rate,
+            self.publishers_cores,
+            self.publishers_cores * 1e6 / self.rate
+        )
+    }
+}
+
+/// What the ingress's publish asks of RabbitMQ, without the ingress: an
+/// idle `serve --role ingress` declares its topology (`ns.accepted` fanout
+/// to the archive stream and to the topic exchange `ns.events`, with its
+/// alternate exchange, bound to a subscription's quorum queue), and 64
+/// lapin publishers publish to it as the ingress does: `properties` the
+/// envelope's (message id, timestamp, app id, content type and the source,
+/// type and receipt headers) or none, `mandatory` or not, on `channels`
+/// confirm channels (the ingress uses a pool of a few).
+#[derive(Clone, Copy)]
+struct AsIngress {
+    properties: bool,
+    mandatory: bool,
+    channels: usize,
+}
+
+async fn raw_as_ingress(duration: Duration, variant: AsIngress) -> Raw {
+    let hookwire = Hookwire::start("ingress", None, None, 1).await;
+    let exchange = format!("{}.accepted", hookwire.namespace);
+    let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
+    let envelope = hookwire::envelope::Envelope {
+        id: "msg_2mYb3xXWkQ9T0a1BcDeFgHiJkLm".into(),
+        source: "bench".into(),
+        event_type: "invoice.paid".into(),
+        received_at: SystemTime::now(),
+        content_type: Some("application/json".into()),
+        headers: Vec::new(),
+        body: body(0).into(),
+    };
+    let properties = if variant.properties {
+        hookwire::broker::message::encode(&envelope, &Default::default())
+    } else {
+        BasicProperties::default().with_delivery_mode(2)
+    };
+    let key = envelope.routing_key();
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut channels = Vec::new();
+    for _ in 0..variant.channels {
+        let channel = conn.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        channels.push(channel);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..CONCURRENCY {
+        let channel = channels[i % channels.len()].clone();
+        let (sent, stop, payload) = (sent.clone(), stop.clone(), envelope.body.clone());
+        let (exchange, key, properties) = (exchange.clone(), key.clone(), properties.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let options = BasicPublishOptions { mandatory: variant.mandatory, ..Default::default() };
+                let confirm = channel
+                    .basic_publish(exchange.as_str().into(), key.as_str().into(), options, &payload, properties.clone())
+                    .await
+                    .unwrap();
+                let confirmation = confirm.await.unwrap();
+                assert!(confirmation.is_ack() && confirmation.take_message().is_none(), "published and routed");
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let rabbitmq = *RABBITMQ_PID.get_or_init(rabbitmq_pid);
+    let (started, cpu_before) = (Instant::now(), CpuReading::now(std::process::id(), rabbitmq));
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    join_all(tasks).await;
+    let span = started.elapsed().as_secs_f64();
+    let cpu = CpuReading::now(std::process::id(), rabbitmq).since(cpu_before);
+    let _ = conn.close(200, "done".into()).await;
+    hookwire.stop().await;
+    Raw {
+        rate: sent.load(Ordering::Relaxed) as f64 / span,
+        rabbitmq_cores: cpu.rabbitmq / span,
+        publishers_cores: cpu.bench / span,
+    }
+}
+
+/// `--raw-variants`: the plain raw ceilings, then [`raw_as_ingress`] with
+/// one thing at a time changed toward what the ingress does, alternated
+/// `rounds` times: where RabbitMQ's cost per accepted event comes from.
+async fn raw_variants(duration: Duration, rounds: usize) {
+    let variants: [(&str, Option<AsIngress>); 6] = [
+        ("raw: one quorum queue", None),
+        ("raw: fanout to stream + queue", None),
+        ("as ingress: bare, 64 channels", Some(AsIngress { properties: false, mandatory: false, channels: 64 })),
+        ("  + envelope properties", Some(AsIngress { properties: true, mandatory: false, channels: 64 })),
+        ("  + mandatory", Some(AsIngress { properties: true, mandatory: true, channels: 64 })),
+        ("  on 4 channels (the ingress)", Some(AsIngress { properties: true, mandatory: true, channels: 4 })),
+    ];
+    let mut results: Vec<Vec<Raw>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for (i, (label, variant)) in variants.iter().enumerate() {
+            let raw = match variant {
+                None => raw_ceiling(duration, i == 1).await,
+                Some(variant) => raw_as_ingress(duration, *variant).await,
+            };
+            println!("round {round}, {label:<32} {:>7.0} msg/s, {}", raw.rate, raw.cpu_line());
+            results[i].push(raw);
+        }
+    }
+    println!("medians of {rounds} rounds:");
+    for ((label, _), rows) in variants.iter().zip(&results) {
+        let median = |f: &dyn Fn(&Raw) -> f64| {
+            let mut values: Vec<f64> = rows.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        println!(
+            "  {label:<32} {:>7.0} msg/s, RabbitMQ {:.0} µs/msg, publishers {:.0} µs/msg",
+            median(&|r| r.rate),
+            median(&|r| r.rabbitmq_cores * 1e6 / r.rate),
+            median(&|r| r.publishers_cores * 1e6 / r.rate)
+        );
+    }
 }
 
 // ------------------------------------------------------------ hookwire child
@@ -588,11 +753,6 @@ secrets = ["{SECRET}"]
         kb / 1024.0
     }
 
-    /// User + system CPU seconds the process has used so far.
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds_of(self.child.id())
-    }
-
     /// SIGTERM, and wait until it has drained and exited.
     async fn terminate(self) -> Self {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
@@ -768,7 +928,12 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 struct IngressResult {
     rate: f64,
+    accepted: u64,
     cpu_us_per_request: f64,
+    /// CPU of hookwire, RabbitMQ and the load generator (the bench) while
+    /// the load ran, over `span` seconds.
+    cpu: CpuReading,
+    span: f64,
     p50_ms: f64,
     p99_ms: f64,
     rss_mib: f64,
@@ -777,13 +942,18 @@ struct IngressResult {
 
 async fn ingress_only(duration: Duration) -> IngressResult {
     let hookwire = Hookwire::start("ingress", None, None, 1).await;
-    let cpu_before = hookwire.cpu_seconds();
+    let rabbitmq = *RABBITMQ_PID.get_or_init(rabbitmq_pid);
+    let (started, cpu_before) = (Instant::now(), CpuReading::now(hookwire.child.id(), rabbitmq));
     let mut load = drive(hookwire.ingress, duration, None, BODY_BYTES).await;
-    let cpu = hookwire.cpu_seconds() - cpu_before;
+    let (span, cpu) =
+        (started.elapsed().as_secs_f64(), CpuReading::now(hookwire.child.id(), rabbitmq).since(cpu_before));
     load.latencies_us.sort_unstable();
     let result = IngressResult {
         rate: load.accepted as f64 / load.elapsed.as_secs_f64(),
-        cpu_us_per_request: cpu * 1e6 / load.accepted.max(1) as f64,
+        accepted: load.accepted,
+        cpu_us_per_request: cpu.hookwire * 1e6 / load.accepted.max(1) as f64,
+        cpu,
+        span,
         p50_ms: percentile(&load.latencies_us, 0.50),
         p99_ms: percentile(&load.latencies_us, 0.99),
         rss_mib: hookwire.peak_rss_mib(),
@@ -791,6 +961,76 @@ async fn ingress_only(duration: Duration) -> IngressResult {
     };
     hookwire.stop().await;
     result
+}
+
+/// Issue 12's ingress target, in rounds: each round measures both raw
+/// ceilings and then the ingress (this build, and `baseline` when given),
+/// so every ratio compares phases minutes apart, not a raw phase of one
+/// run with an ingress phase of another (the raw ceiling alone moves by
+/// 30% between runs on this machine). Prints the medians.
+async fn ingress_rounds(duration: Duration, rounds: usize, baseline: Option<String>) {
+    println!(
+        "ingress against the raw ceilings: {CONCURRENCY} senders, {BODY_BYTES} B bodies, {duration:?} per phase, {rounds} rounds"
+    );
+    let builds: Vec<Option<String>> = match baseline {
+        Some(path) => vec![Some(path), None],
+        None => vec![None],
+    };
+    let label = |build: &Option<String>| if build.is_some() { "baseline" } else { "this build" };
+    // Per build: (rate, % of raw, % of raw with two writes, hookwire µs, RabbitMQ µs, p50 ms)
+    let mut results: Vec<Vec<[f64; 6]>> = vec![Vec::new(); builds.len()];
+    for round in 1..=rounds {
+        let raw = raw_ceiling(duration, false).await;
+        let both = raw_ceiling(duration, true).await;
+        println!(
+            "round {round}: raw {:.0}/s ({}), two writes {:.0}/s ({})",
+            raw.rate,
+            raw.cpu_line(),
+            both.rate,
+            both.cpu_line()
+        );
+        for (i, build) in builds.iter().enumerate() {
+            *BINARY.lock().unwrap() = build.clone();
+            let ingress = ingress_only(duration).await;
+            let rabbitmq_us = ingress.cpu.rabbitmq * 1e6 / ingress.accepted.max(1) as f64;
+            println!(
+                "  {:<10}: {:.0} accepted/s ({:.0}% of raw, {:.0}% of two writes), p50 {:.2} ms, hookwire {:.0} µs, RabbitMQ {:.0} µs, load {:.0} µs per request; cores: hookwire {:.2}, RabbitMQ {:.2}, load {:.2}",
+                label(build),
+                ingress.rate,
+                100.0 * ingress.rate / raw.rate,
+                100.0 * ingress.rate / both.rate,
+                ingress.p50_ms,
+                ingress.cpu_us_per_request,
+                rabbitmq_us,
+                ingress.cpu.bench * 1e6 / ingress.accepted.max(1) as f64,
+                ingress.cpu.hookwire / ingress.span,
+                ingress.cpu.rabbitmq / ingress.span,
+                ingress.cpu.bench / ingress.span,
+            );
+            results[i].push([
+                ingress.rate,
+                100.0 * ingress.rate / raw.rate,
+                100.0 * ingress.rate / both.rate,
+                ingress.cpu_us_per_request,
+                rabbitmq_us,
+                ingress.p50_ms,
+            ]);
+        }
+    }
+    *BINARY.lock().unwrap() = None;
+    let names = ["accepted/s", "% of raw", "% of two writes", "hookwire µs/request", "RabbitMQ µs/request", "p50 ms"];
+    println!("medians of {rounds} rounds: {}", builds.iter().map(label).collect::<Vec<_>>().join(" | "));
+    for (k, name) in names.iter().enumerate() {
+        let medians: Vec<String> = results
+            .iter()
+            .map(|rows| {
+                let mut values: Vec<f64> = rows.iter().map(|r| r[k]).collect();
+                values.sort_by(f64::total_cmp);
+                format!("{:>10.1}", values[values.len() / 2])
+            })
+            .collect();
+        println!("  {name:<22} {}", medians.join(" "));
+    }
 }
 
 // ----------------------------------------------------------- (c) end to end
