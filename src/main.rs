@@ -12,7 +12,9 @@ use hookwire::{
 
 /// mimalloc instead of glibc malloc: the ingress hot path allocates per
 /// request, and glibc's malloc/free showed up as ~10% of its CPU profile
-/// (see docs/BENCHMARKS.md).
+/// (see docs/BENCHMARKS.md). The `system-alloc` feature keeps glibc's, for
+/// heap profilers that see only `malloc` (heaptrack, massif).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

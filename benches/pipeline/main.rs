@@ -22,6 +22,8 @@
 //! Every end-to-end phase also reports the CPU hookwire, RabbitMQ and the
 //! bench itself (load generator and sink) used per delivery, and RabbitMQ's
 //! share of the cores the other two left it (≥ 95%: RabbitMQ is the limit).
+//! `--concurrency N` sets every bench subscription's `concurrency` (default
+//! 64; hookwire's own default is 16).
 //! `--no-archive` runs hookwire with `[archive] enabled = false`, to show what
 //! keeping every event in the archive stream costs.
 //!
@@ -76,6 +78,8 @@ static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
 /// Whether hookwire runs with the event log on (unless `--no-event-log`;
 /// flipped by `--compare-event-log`).
 static EVENT_LOG: AtomicBool = AtomicBool::new(false);
+/// Each bench subscription's `concurrency` (`--concurrency N`, default 64).
+static SUBSCRIPTION_CONCURRENCY: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(64);
 /// The hookwire binary the phases run: this build's, or `--baseline`'s.
 static BINARY: Mutex<Option<String>> = Mutex::new(None);
 
@@ -99,6 +103,9 @@ fn main() {
         let scrape = value_of("--scrape").map(|s| Duration::from_secs(s.parse().expect("--scrape SECONDS")));
         runtime.block_on(soak(Duration::from_secs(minutes * 60), scrape));
         return;
+    }
+    if let Some(n) = value_of("--concurrency") {
+        SUBSCRIPTION_CONCURRENCY.store(n.parse().expect("--concurrency N"), Ordering::Relaxed);
     }
     let rounds = value_of("--rounds").map_or(3, |n| n.parse().expect("--rounds N"));
     if args.iter().any(|a| a == "--compare-event-log") {
@@ -438,6 +445,13 @@ async fn raw_variants(duration: Duration, rounds: usize) {
 /// Two variants of hookwire (`set(false)`, `set(true)`) alternated `rounds`
 /// times, paced then saturated, with `subscriptions` subscriptions; prints
 /// the medians side by side.
+/// Which variant goes first in `round`: the first in odd rounds, the second
+/// in even ones, so a machine that slows down (or speeds up) during a run
+/// does not favour one of the two.
+fn order(round: usize) -> [bool; 2] {
+    if round % 2 == 1 { [false, true] } else { [true, false] }
+}
+
 async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels: [&str; 2], set: impl Fn(bool)) {
     println!(
         "{} vs {}: end to end, {CONCURRENCY} senders, {BODY_BYTES} B bodies, {subscriptions} subscription(s), {duration:?} per phase, {rounds} rounds",
@@ -450,7 +464,7 @@ async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels
     };
     let mut paced: [Vec<EndToEnd>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        for second in [false, true] {
+        for second in order(round) {
             let run = phase(second, Some(PACED_RATE)).await;
             println!(
                 "round {round}, {:<10}: at {PACED_RATE:.0}/s p50 {:.2} ms p99 {:.2} ms",
@@ -463,7 +477,7 @@ async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels
     }
     let mut saturated: [Vec<EndToEnd>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        for second in [false, true] {
+        for second in order(round) {
             let run = phase(second, None).await;
             println!(
                 "round {round}, {:<10}: saturated {:.0} delivered/s (accepted {:.0}/s), peak RSS {:.1} MiB",
@@ -569,8 +583,9 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
     let mut consumers = Vec::new();
     for queue in &queues {
         let channel = conn.create_channel().await.unwrap();
-        // hookwire's prefetch with the event log on: 8 × concurrency 64.
-        channel.basic_qos(512, BasicQosOptions::default()).await.unwrap();
+        // hookwire's prefetch with the event log on: 8 × concurrency.
+        let prefetch = 8 * SUBSCRIPTION_CONCURRENCY.load(Ordering::Relaxed);
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.unwrap();
         let options = BasicConsumeOptions::default();
         let mut deliveries =
             channel.basic_consume(queue.as_str().into(), "".into(), options, FieldTable::default()).await.unwrap();
@@ -652,7 +667,8 @@ fn subscriptions_toml(count: usize, url: &str) -> String {
     (1..=count)
         .map(|i| {
             let name = if i == 1 { "sink".to_owned() } else { format!("sink-{i}") };
-            format!("[subscriptions.{name}]\ntopics = [\"bench.#\"]\nurl = \"{url}\"\nconcurrency = 64\n")
+            let concurrency = SUBSCRIPTION_CONCURRENCY.load(Ordering::Relaxed);
+            format!("[subscriptions.{name}]\ntopics = [\"bench.#\"]\nurl = \"{url}\"\nconcurrency = {concurrency}\n")
         })
         .collect()
 }

@@ -247,7 +247,8 @@ impl Supervisor {
     async fn connect(&self) -> Result<Session, String> {
         let url = &self.urls[self.next.load(Ordering::Relaxed) % self.urls.len()];
         let properties = ConnectionProperties::default().with_connection_name("hookwire".into());
-        let connection = tokio::time::timeout(self.connect_timeout, Connection::connect(url, properties))
+        let uri = with_frame_max(url)?;
+        let connection = tokio::time::timeout(self.connect_timeout, Connection::connect_uri(uri, properties))
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -315,5 +316,38 @@ async fn wait_for_failure(
                 }
             }
         }
+    }
+}
+
+/// The largest AMQP frame hookwire asks for, unless the URL names one
+/// (`?frame_max=`). lapin keeps a send and a receive buffer of 32 frames
+/// for each connection, and RabbitMQ's default frame of 128 KiB made them
+/// 4 MiB each: 8 MiB of a worker's heap, a tenth of its peak at fan-out 10
+/// (docs/BENCHMARKS.md). A 1 KiB event still goes in one frame; a larger
+/// body is split, at 8 bytes per extra frame.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` parsed, with [`FRAME_MAX`] unless it asks for its own frame size
+/// (the broker's limit applies either way: the smaller one is used).
+fn with_frame_max(url: &str) -> Result<lapin::uri::AMQPUri, String> {
+    let mut uri: lapin::uri::AMQPUri =
+        url.parse().map_err(|e: String| format!("{}: {e}", crate::config::redact_url(url)))?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_small_unless_the_url_asks_otherwise() {
+        let uri = with_frame_max("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let own = with_frame_max("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072&heartbeat=10").unwrap();
+        assert_eq!(own.query.frame_max, Some(131_072));
+        assert_eq!(own.query.heartbeat, Some(10));
+        let error = with_frame_max("amqp://guest:s3cret@[::1/%2f").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }
