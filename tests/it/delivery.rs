@@ -244,3 +244,55 @@ async fn queue_depths_are_exported_per_subscription() {
     token.cancel();
     poller.await.unwrap();
 }
+
+/// `adaptive_concurrency` (on by default): a destination that answers in
+/// its time however many requests it has (a 50 ms API with many servers)
+/// gets up to `concurrency` at once; one that answers 503 is held at the
+/// floor of 2, and says so in `hookwire_concurrency_limit`.
+#[tokio::test]
+async fn the_concurrency_limit_follows_the_destination() {
+    use futures_util::StreamExt;
+    let slow = Sink::start(Behavior::Delay(Duration::from_millis(50))).await;
+    let refusing = Sink::start(Behavior::Status(503)).await;
+    let app = TestApp::start(&format!(
+        "[subscriptions.limit-slow]\ntopics = [\"acme.invoice.*\"]\nurl = \"{}\"\nconcurrency = 24\n\n\
+         [subscriptions.limit-refusing]\ntopics = [\"acme.refund.*\"]\nurl = \"{}\"\nconcurrency = 24\n\
+         retry = [\"1m\"]\ncircuit_breaker = {{ failures = 0 }}\n",
+        slow.url("/"),
+        refusing.url("/")
+    ))
+    .await;
+    let limit = |subscription: &'static str| {
+        let app = &app;
+        async move {
+            let line = format!("hookwire_concurrency_limit{{subscription=\"{subscription}\"}} ");
+            let metrics = app.metrics().await;
+            metrics.lines().find_map(|l| l.strip_prefix(line.as_str())).and_then(|v| v.trim().parse::<f64>().ok())
+        }
+    };
+    assert_eq!(limit("limit-slow").await, Some(4.0), "an adaptive limit starts at 4");
+
+    // 400 events, 24 at a time: enough windows of 50 ms to grow from 4.
+    let posts = futures_util::stream::iter(0..400)
+        .map(|n| {
+            let app = &app;
+            async move {
+                let kind = if n % 10 == 0 { "refund.created" } else { "invoice.paid" };
+                app.post_acme(&format!("evt_limit_{n}"), &format!(r#"{{"type":"{kind}"}}"#)).await.status()
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(posts.iter().all(|s| *s == 202), "every event accepted");
+
+    crate::helpers::eventually(T, "the slow-but-parallel destination's limit at concurrency", || async {
+        limit("limit-slow").await == Some(24.0)
+    })
+    .await;
+    crate::helpers::eventually(T, "the refusing destination's limit at the floor", || async {
+        limit("limit-refusing").await == Some(2.0)
+    })
+    .await;
+    slow.wait_for(360, T).await;
+}
