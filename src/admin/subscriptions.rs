@@ -21,13 +21,13 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use lapin::Channel;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::api::{ApiState, Caller, QueueStats, SubscriptionStatus, unavailable};
 use crate::{
-    broker::Topology,
+    broker::{Topology, depth},
     catalog::{
         Change, Outcome,
         audit::{self, AuditRecord},
@@ -770,18 +770,19 @@ async fn close(state: &ApiState, channel: Channel) {
 }
 
 async fn depth(state: &ApiState, channel: &Channel, name: String) -> Result<QueueStats, ApiError> {
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = tokio::time::timeout(
-        state.broker.operation_timeout,
-        channel.queue_declare(name.as_str().into(), passive, FieldTable::default()),
-    )
-    .await
-    .map_err(|_| unavailable())?
-    .map_err(|e| {
-        tracing::warn!(queue = %name, error = %e, "reading queue depth failed");
-        unavailable()
-    })?;
-    Ok(QueueStats { name, messages: declared.message_count(), consumers: declared.consumer_count() })
+    match depth::read(channel, &name, state.broker.operation_timeout).await {
+        Ok(Some(counts)) => Ok(QueueStats { name, messages: counts.messages, consumers: counts.consumers }),
+        // The topology declares every queue it lists: missing is a broker
+        // that lost it (or a declare still to come), not an empty queue.
+        Ok(None) => {
+            tracing::warn!(queue = %name, "reading queue depth failed: no such queue");
+            Err(unavailable())
+        }
+        Err(error) => {
+            tracing::warn!(queue = %name, %error, "reading queue depth failed");
+            Err(unavailable())
+        }
+    }
 }
 
 /// The key of a subscription's dead letters in a `409`'s `messages` (the
@@ -812,16 +813,8 @@ async fn discard_dead_letters(state: &ApiState, name: &str) -> Result<(), String
 /// own, since asking about a missing queue closes the channel.
 async fn retired_depth(state: &ApiState, queue: &str) -> Result<u32, ApiError> {
     let channel = open_channel(state).await?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = tokio::time::timeout(
-        state.broker.operation_timeout,
-        channel.queue_declare(queue.into(), passive, FieldTable::default()),
-    )
-    .await
-    .map_err(|_| unavailable())?;
-    let messages = match declared {
-        Ok(declared) => declared.message_count(),
-        Err(error) if error.to_string().contains("NOT_FOUND") => 0,
+    let messages = match depth::read(&channel, queue, state.broker.operation_timeout).await {
+        Ok(counts) => counts.map_or(0, |counts| counts.messages),
         Err(error) => {
             tracing::warn!(%queue, %error, "reading queue depth failed");
             return Err(unavailable());

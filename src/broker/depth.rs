@@ -7,7 +7,8 @@
 //! touching the queue, so a poll every [`POLL_EVERY`] costs one round trip
 //! per queue. Processes with the worker role poll (every one of them: the
 //! value is the broker's, so each reports the same; dashboards take the
-//! max). The API's subscription status reads the same numbers on demand.
+//! max). The API's subscription status reads the same numbers on demand,
+//! through [`read`].
 
 use std::{collections::HashSet, time::Duration};
 
@@ -21,6 +22,38 @@ use crate::telemetry::metric;
 /// Often enough for a dashboard (Prometheus scrapes every 15-30 s), rare
 /// enough to cost RabbitMQ nothing measurable even at 100 subscriptions.
 pub const POLL_EVERY: Duration = Duration::from_secs(15);
+
+/// A queue's counts, as a passive declare answers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Ready messages (not those delivered and unacked).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Why a queue's counts could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("RabbitMQ did not answer in time")]
+    TimedOut,
+    #[error("{0}")]
+    Broker(lapin::Error),
+}
+
+/// Reads `queue`'s counts by a passive declare, which neither creates nor
+/// touches it; `Ok(None)`: there is no such queue. A missing queue closes
+/// `channel` (AMQP's rule), so a caller that reads on asks for another.
+pub async fn read(channel: &Channel, queue: &str, timeout: Duration) -> Result<Option<Counts>, ReadError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    match tokio::time::timeout(timeout, channel.queue_declare(queue.into(), passive, FieldTable::default())).await {
+        Ok(Ok(declared)) => {
+            Ok(Some(Counts { messages: declared.message_count(), consumers: declared.consumer_count() }))
+        }
+        Ok(Err(error)) if error.to_string().contains("NOT_FOUND") => Ok(None),
+        Ok(Err(error)) => Err(ReadError::Broker(error)),
+        Err(_) => Err(ReadError::TimedOut),
+    }
+}
 
 /// Polls until `token` is cancelled.
 pub fn spawn(broker: Broker, every: Duration, token: CancellationToken) -> JoinHandle<()> {
@@ -108,16 +141,14 @@ impl Poller {
                 channel
             }
         };
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        match tokio::time::timeout(timeout, channel.queue_declare(queue.into(), passive, FieldTable::default())).await {
-            Ok(Ok(declared)) => Some(u64::from(declared.message_count())),
-            // A missing queue closes the channel; the next read opens another.
-            Ok(Err(error)) if error.to_string().contains("NOT_FOUND") => Some(0),
-            Ok(Err(error)) => {
+        match read(&channel, queue, timeout).await {
+            Ok(Some(counts)) => Some(u64::from(counts.messages)),
+            // A missing queue closed the channel; the next read opens another.
+            Ok(None) => Some(0),
+            Err(error) => {
                 tracing::debug!(%queue, %error, "reading a queue depth failed");
                 None
             }
-            Err(_) => None,
         }
     }
 }
