@@ -163,12 +163,11 @@ pub fn check(config_path: &Path) -> ExitCode {
     for (name, sub) in &config.subscriptions {
         let retry: Vec<String> = sub.retry.iter().map(|d| format_duration(*d)).collect();
         line(format!(
-            "  {name}: {} topics={:?} timeout={} concurrency={}{} retry=[{}]",
+            "  {name}: {} topics={:?} timeout={} concurrency={} retry=[{}]",
             redact_url(&sub.url),
             sub.topics,
             format_duration(sub.timeout),
             sub.concurrency,
-            if sub.adaptive_concurrency { " (adaptive)" } else { "" },
             retry.join(", "),
         ));
     }

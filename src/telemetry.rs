@@ -37,9 +37,6 @@ pub mod metric {
     pub const BROKER_RECONNECTS: &str = "hookwire_broker_reconnects_total";
     /// Gauge; label `subscription`: deliveries being processed now.
     pub const IN_FLIGHT: &str = "hookwire_deliveries_in_flight";
-    /// Gauge; label `subscription`: how many requests may be out to the
-    /// destination at once now (`delivery::limit`; `concurrency` when fixed).
-    pub const CONCURRENCY_LIMIT: &str = "hookwire_concurrency_limit";
     /// Gauge; label `subscription`: 1 while the circuit breaker is open.
     pub const CIRCUIT_OPEN: &str = "hookwire_circuit_open";
     /// Counter; labels `subscription`, `state` (`open`, `closed`).
@@ -144,7 +141,6 @@ fn describe() {
     metrics::describe_gauge!(BROKER_BLOCKED, "1 while RabbitMQ blocks publishing (memory or disk alarm)");
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
-    metrics::describe_gauge!(CONCURRENCY_LIMIT, "Requests that may be out to a subscription's destination at once");
     metrics::describe_gauge!(QUEUE_MESSAGES, "Messages waiting in a subscription's work or retry queues");
     metrics::describe_gauge!(DEAD_LETTERS, "Dead letters not yet replayed or purged, per subscription");
     metrics::describe_gauge!(UNROUTED_HELD, "Unrouted events not yet replayed or purged");

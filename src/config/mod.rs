@@ -362,11 +362,6 @@ pub struct SubscriptionConfig {
     pub timeout: Duration,
     #[serde(default = "default_concurrency")]
     pub concurrency: u16,
-    /// Let the number of requests out at once follow the destination's
-    /// answers, up to `concurrency` (`delivery::limit`); `false`: always
-    /// `concurrency`.
-    #[serde(default = "yes")]
-    pub adaptive_concurrency: bool,
     #[serde(
         default = "default_retry",
         deserialize_with = "duration::deserialize_list",
@@ -484,10 +479,6 @@ fn default_timeout() -> Duration {
 
 fn default_concurrency() -> u16 {
     16
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_retry() -> Vec<Duration> {

@@ -228,13 +228,7 @@ impl Destination {
         let failed = |error: String| Outcome::Failed(Failure { error, ..Default::default() });
         let mut answer = match tokio::time::timeout(self.timeout, self.connections.send(request)).await {
             Ok(Ok(answer)) => answer,
-            Err(_) | Ok(Err(client::Failure::ConnectTimeout)) => {
-                return Outcome::Failed(Failure {
-                    error: "timed out".to_owned(),
-                    timed_out: true,
-                    ..Default::default()
-                });
-            }
+            Err(_) | Ok(Err(client::Failure::ConnectTimeout)) => return failed("timed out".to_owned()),
             Ok(Err(client::Failure::Connect(error))) => return failed(format!("connection failed: {error}")),
             Ok(Err(client::Failure::Request(error))) => {
                 return failed(format!("request failed: {}", client::deepest(&error)));
@@ -264,7 +258,6 @@ impl Destination {
             error: format!("HTTP {}", status.as_u16()),
             retry_after,
             response: (!text.is_empty()).then_some(text),
-            timed_out: false,
         })
     }
 

@@ -7,8 +7,6 @@
 //!   settled deliveries.
 //! - `http` — one attempt against a destination.
 //! - `client` — a destination's connections, kept open and reused.
-//! - `limit` — how many requests to a destination are out at once
-//!   (adaptive, up to `concurrency`).
 //! - `retry` — what follows an attempt (`is_retriable`, `next`).
 //! - `set` — the process's workers by subscription name, reconciled toward
 //!   the desired subscriptions.
@@ -17,7 +15,6 @@ pub mod acks;
 pub mod breaker;
 pub mod client;
 pub mod http;
-pub mod limit;
 pub mod retry;
 pub mod set;
 pub mod transform;

@@ -24,8 +24,6 @@ pub enum Outcome {
 pub struct Failure {
     pub status: Option<u16>,
     pub error: String,
-    /// No answer within the subscription's `timeout` (connecting included).
-    pub timed_out: bool,
     /// What the destination asked for, from `Retry-After` (on 429/503 only).
     pub retry_after: Option<Duration>,
     /// The start of the response body, size-capped.
@@ -122,7 +120,6 @@ mod tests {
             error: "x".into(),
             retry_after: retry_after.map(Duration::from_secs),
             response: None,
-            timed_out: status.is_none(),
         })
     }
 

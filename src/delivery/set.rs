@@ -144,7 +144,6 @@ impl WorkerSet {
             jq,
             policy: retry::Policy { schedule: sub.retry.clone(), dead_letter_on: sub.dead_letter_on.clone() },
             concurrency: sub.concurrency,
-            limit: Arc::new(super::limit::Limit::new(name, sub.concurrency, sub.adaptive_concurrency)),
             broker: self.broker.clone(),
             drain_timeout: self.drain_timeout,
             recorder: self.recorder.clone(),

@@ -38,7 +38,6 @@ use super::{
     acks::Acks,
     breaker::{Breaker, Health},
     http::{Destination, Outgoing},
-    limit::{Limit, Load},
     retry::{self, Next, Outcome},
     transform::{Jq, Verdict},
 };
@@ -72,10 +71,7 @@ pub struct Worker {
     /// `None` inside: not known yet (see `operator::control`); wait.
     pub paused: Option<tokio::sync::watch::Receiver<Option<bool>>>,
     pub policy: retry::Policy,
-    /// At most this many deliveries at once (the prefetch follows it).
     pub concurrency: u16,
-    /// Of those, how many requests may be out to the destination now.
-    pub limit: Arc<Limit>,
     pub broker: Broker,
     /// How long shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
@@ -427,35 +423,9 @@ impl Worker {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
-        let slot = self.limit.acquire().await;
         let started = Instant::now();
         let outgoing = Outgoing { envelope: &envelope, body, content_type, attempt };
-        let outcome = match self.limit.straggler_after() {
-            None => {
-                let outcome = self.destination.send(outgoing).await;
-                drop(slot);
-                outcome
-            }
-            Some(after) => {
-                let send = self.destination.send(outgoing);
-                tokio::pin!(send);
-                tokio::select! {
-                    biased;
-                    outcome = &mut send => {
-                        let (status, timed_out) = match &outcome {
-                            Outcome::Delivered { status } => (Some(*status), false),
-                            Outcome::Failed(failure) => (failure.status, failure.timed_out),
-                        };
-                        slot.answered(started.elapsed(), Load::of(status, timed_out));
-                        outcome
-                    }
-                    () = tokio::time::sleep(after) => {
-                        slot.straggling();
-                        send.await
-                    }
-                }
-            }
-        };
+        let outcome = self.destination.send(outgoing).await;
         self.record_attempt(story, &envelope.id, attempt, started.elapsed(), &outcome);
         if let Some(breaker) = &self.breaker {
             let (status, delivered) = match &outcome {
