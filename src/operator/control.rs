@@ -26,7 +26,7 @@ use std::{
 
 use lapin::{
     BasicProperties,
-    options::{QueueDeclareOptions, QueueDeleteOptions},
+    options::QueueDeleteOptions,
     types::{AMQPValue, FieldTable},
 };
 use serde::{Deserialize, Serialize};
@@ -261,20 +261,14 @@ impl Control {
             let flag = format!("{}.paused", subscription.work);
             // A channel per look: asking about a missing queue closes it.
             let channel = bounded(timeout, session.connection.create_channel()).await?;
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            if let Ok(Ok(declared)) = tokio::time::timeout(
-                timeout,
-                channel.queue_declare(flag.as_str().into(), passive, FieldTable::default()),
-            )
-            .await
-            {
+            if let Ok(Some(declared)) = crate::broker::depth::read(&channel, &flag, timeout).await {
                 let recorded =
                     self.followed.lock().expect("control lock").paused.contains_key(&subscription.subscription);
-                if declared.message_count() > 0 && !recorded {
+                if declared.messages > 0 && !recorded {
                     self.append(&subscription.subscription, true).await?;
                 }
                 bounded(timeout, channel.queue_delete(flag.as_str().into(), QueueDeleteOptions::default())).await?;
-                tracing::info!(subscription = %subscription.subscription, paused = declared.message_count() > 0, "pause flag of an earlier version moved to the pauses stream");
+                tracing::info!(subscription = %subscription.subscription, paused = declared.messages > 0, "pause flag of an earlier version moved to the pauses stream");
             }
             let _ = tokio::time::timeout(timeout, channel.close(200, "looked".into())).await;
         }

@@ -372,7 +372,7 @@ impl Letters {
 
     /// `None`: `queue` does not exist; else how many letters were moved.
     async fn move_legacy(&self, session: &Session, queue: &str, pile: &Pile) -> Result<Option<u64>, String> {
-        use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+        use lapin::options::{BasicGetOptions, QueueDeleteOptions};
         let timeout = self.inner.broker.operation_timeout;
         let bounded = |what: &'static str| move |_| format!("{what} timed out");
         // A channel of its own: asking about a missing queue closes it.
@@ -380,11 +380,13 @@ impl Letters {
             .await
             .map_err(bounded("opening a channel"))?
             .map_err(|e| e.to_string())?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let exists = tokio::time::timeout(timeout, channel.queue_declare(queue.into(), passive, FieldTable::default()))
-            .await
-            .map_err(bounded("queue.declare"))?
-            .is_ok();
+        let exists = match crate::broker::depth::read(&channel, queue, timeout).await {
+            Ok(counts) => counts.is_some(),
+            Err(crate::broker::depth::ReadError::TimedOut) => return Err("queue.declare timed out".to_owned()),
+            // As before: a declare RabbitMQ refused for another reason
+            // counts as no queue to move from.
+            Err(crate::broker::depth::ReadError::Broker(_)) => false,
+        };
         if !exists {
             return Ok(None);
         }
