@@ -456,6 +456,12 @@ fn default_dead_letter_on() -> Vec<u16> {
     vec![410]
 }
 
+/// Headers that frame a request or manage its connection (RFC 9110 and
+/// 9112): a static one would contradict what hookwire writes, and a wrong
+/// `Content-Length` or `Transfer-Encoding` desynchronises the connection.
+const FRAMING_HEADERS: [&str; 8] =
+    ["content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "expect"];
+
 fn default_method() -> String {
     "POST".to_owned()
 }
@@ -748,6 +754,11 @@ impl SubscriptionConfig {
                     key(&format!("headers.{name}")),
                     "not a valid HTTP header name and value",
                 ));
+            } else if FRAMING_HEADERS.iter().any(|framing| name.eq_ignore_ascii_case(framing)) {
+                out.push(ConfigError::invalid(
+                    key(&format!("headers.{name}")),
+                    "says how the request is framed or the connection kept; hookwire sets it",
+                ));
             }
         }
         if let Some(i) = self.retry.iter().position(|d| d.as_millis() == 0) {
@@ -902,6 +913,18 @@ retry = ["1s", "5s", "30s", "2m", "10m"]
         assert_eq!(source.scheme, SchemeKind::StandardWebhooks);
         assert_eq!(source.secrets[0].expose(), "whsec_c2VjcmV0LXZhbHVlLWZvci10ZXN0cw==");
         assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn static_headers_may_not_frame_the_request() {
+        for name in ["Content-Length", "transfer-encoding", "Connection", "expect"] {
+            let e = error(
+                &EXAMPLE.replace("concurrency = 16", &format!("concurrency = 16\nheaders = {{ {name} = \"x\" }}")),
+            );
+            assert!(e.starts_with(&format!("subscriptions.billing.headers.{name}:")), "{e}");
+        }
+        let fine = EXAMPLE.replace("concurrency = 16", "concurrency = 16\nheaders = { Content-Type = \"text/plain\" }");
+        assert!(parse(&fine).is_ok(), "a header a delivery may replace is allowed");
     }
 
     #[test]

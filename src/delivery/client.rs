@@ -1,31 +1,44 @@
 //! The connections of one destination: HTTP/1.1 over TCP or TLS, kept open
-//! and reused, at most one request on each at a time.
+//! and reused, at most one request on each at a time, written and read by
+//! the delivery's own task.
 //!
 //! Why not a general-purpose client: a webhook destination is one origin,
 //! known when the subscription is made, and every request to it has the
-//! same shape. A general client (it was reqwest on hyper-util's pool) does
-//! per request what can be done once here: parse and clone the URL, look
-//! up the pool by origin, merge default headers, box a timer and a future.
-//! That was 12% of the worker's CPU per delivery at fan-out 10, with as
-//! much again in its allocations (docs/BENCHMARKS.md, issue 12).
+//! same shape. reqwest (on hyper-util's pool) did per request what can be
+//! done once here: parse and clone the URL, look up the pool by origin,
+//! merge default headers, box a timer and a future; that was 12% of the
+//! worker's CPU per delivery at fan-out 10. hyper's connection API, which
+//! replaced it, still runs each connection as a task of its own, fed by a
+//! channel: every delivery woke that task to write, and was woken by it
+//! with the answer, and each connection held the channel's blocks and an
+//! 8 KiB write buffer, idle or not (23 MiB of the 43 MiB heap at fan-out 10
+//! × 64). Here the delivery's task writes the request and reads the answer
+//! itself; a connection at rest is its socket and a small read buffer
+//! (docs/BENCHMARKS.md, issue 12, session 13).
+//!
+//! What is read: RFC 9112's message framing for answers (`Content-Length`,
+//! `chunked`, until close; none for `1xx`, `204` and `304`), interim `1xx`
+//! answers skipped, `Connection: close` and HTTP/1.0 honoured. What is not
+//! needed by a webhook sender is not here: no `Expect: 100-continue`, no
+//! pipelining, no upgrades, no HTTP/2.
 //!
 //! Must not: know about events, signatures or retries (`http` does).
 
 use std::{
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::{
@@ -33,7 +46,14 @@ use tokio_rustls::{
     rustls::{self, pki_types::ServerName},
 };
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+/// Bytes read from a connection at a time, and the read buffer it keeps. An
+/// answer's head is a status line and a few headers; a longer one is read
+/// in more steps (the buffer grows while a head does not fit).
+const READ_BUFFER: usize = 2048;
+/// An answer's head (status line and headers) may not be longer.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers an answer's head may have.
+const MAX_HEADERS: usize = 96;
 
 /// Where the connections go: the URL's host and port, and how to reach it.
 pub struct Origin {
@@ -47,6 +67,13 @@ pub struct Origin {
 pub enum Host {
     Name(String),
     Address(std::net::IpAddr),
+}
+
+/// One request, written as it will go on the wire: the request line and
+/// headers (ending in the blank line), then the body.
+pub struct Request {
+    pub head: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// Open connections to one origin. Cheap to share (`Arc`).
@@ -64,7 +91,7 @@ pub struct Connections {
 }
 
 struct Idle {
-    sender: Sender,
+    connection: Connection,
     since: Instant,
 }
 
@@ -75,24 +102,90 @@ pub enum Failure {
     Connect(String),
     /// Connecting took longer than the connect timeout.
     ConnectTimeout,
-    /// The request failed once on its way (the connection broke).
-    Request(hyper::Error),
+    /// The request failed on its way or its answer could not be read.
+    Request(String),
 }
 
-/// A response whose connection goes back to the idle ones once its body is
-/// read to the end ([`Answer::finish`]); dropped before that, the
-/// connection is closed (it may still carry the rest of the body).
+/// An answer's head. Its connection goes back to the idle ones once the
+/// body is read to its end ([`Answer::read_body`], [`Answer::finish`]);
+/// dropped before that, the connection is closed.
 pub struct Answer<'a> {
-    pub response: Response<Incoming>,
-    sender: Sender,
+    pub status: u16,
+    /// The `Retry-After` header, as sent.
+    pub retry_after: Option<String>,
+    body: Framing,
+    /// The connection may take another request once the body is read.
+    keep_alive: bool,
+    connection: Connection,
     connections: &'a Connections,
 }
 
+/// How an answer's body ends (RFC 9112, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body at all (`1xx`, `204`, `304`), or one read to its end.
+    Done,
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunks; `Chunked(n)`: `n` bytes of the current chunk are left (then
+    /// its CRLF), or at 0 the next chunk's size line.
+    Chunked(ChunkState),
+    /// Everything until the server closes the connection.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Next: a chunk's size line.
+    Size,
+    /// This many bytes of chunk data, then its CRLF.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
 impl Answer<'_> {
-    /// The body was read to its end: the connection can take another request.
-    pub fn finish(self) {
-        self.connections.put_back(self.sender);
+    /// Reads the body to its end, keeping its first `keep` bytes in
+    /// `kept`; gives up past `max` bytes. `true` if the body ended.
+    pub async fn read_body(&mut self, kept: &mut Vec<u8>, keep: usize, max: usize) -> bool {
+        let mut read = 0;
+        loop {
+            match self.connection.body_step(&mut self.body, kept, keep, &mut read) {
+                _ if read > max => return false,
+                Step::Ended => return true,
+                Step::Malformed => return false,
+                Step::More => {}
+            }
+            match self.connection.fill().await {
+                Ok(0) if self.body == Framing::UntilClose => {
+                    self.body = Framing::Done;
+                    self.keep_alive = false;
+                    return true;
+                }
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
     }
+
+    /// The body was read to its end: the connection can take another
+    /// request, unless the server said it will close it or sent more than
+    /// the answer held.
+    pub fn finish(self) {
+        if self.keep_alive && self.body == Framing::Done && self.connection.buffer.is_empty() {
+            self.connections.put_back(self.connection);
+        }
+    }
+}
+
+/// What one pass over the buffered bytes of a body found.
+enum Step {
+    Ended,
+    /// Needs more bytes from the connection.
+    More,
+    Malformed,
 }
 
 impl Connections {
@@ -100,51 +193,50 @@ impl Connections {
         Self { origin, idle: Arc::default(), reaping: AtomicBool::new(false), max_idle, idle_timeout, connect_timeout }
     }
 
-    /// Sends `request` on an idle connection, or on a new one. A request an
-    /// idle connection could not take (the server had closed it) goes on
-    /// the next one: it was never written, so it is not sent twice.
-    pub async fn send(&self, mut request: Request<Full<Bytes>>) -> Result<Answer<'_>, Failure> {
+    /// Sends `request` on an idle connection, or on a new one, and reads
+    /// the answer's head. A request an idle connection could not take (its
+    /// write failed: the server had closed or reset it) goes on the next
+    /// one: it never reached the server whole, so it is not sent twice.
+    pub async fn send(&self, request: &Request) -> Result<Answer<'_>, Failure> {
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(sender) => (sender, true),
-                // Boxed: connecting (DNS, TCP, TLS, the handshake) is most of
-                // this future's size, and every delivery's task would carry it.
+            let (mut connection, reused) = match self.take_idle() {
+                Some(connection) => (connection, true),
+                // Boxed: connecting (DNS, TCP, TLS) is most of this future's
+                // size, and every delivery's task would carry it.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue;
-                }
-                return Err(Failure::Connect("the connection closed at once".to_owned()));
+            match connection.write(request).await {
+                Ok(()) => {}
+                Err(_) if reused => continue,
+                Err(error) => return Err(Failure::Request(error.to_string())),
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(Answer { response, sender, connections: self }),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(Failure::Request(error.into_error())),
-                },
-            }
+            let head = connection.read_head().await.map_err(Failure::Request)?;
+            return Ok(Answer {
+                status: head.status,
+                retry_after: head.retry_after,
+                body: head.body,
+                keep_alive: head.keep_alive,
+                connection,
+                connections: self,
+            });
         }
     }
 
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("never poisoned");
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
+        while let Some(Idle { mut connection, since }) = idle.pop() {
+            if since.elapsed() < self.idle_timeout && !connection.closed() {
+                return Some(connection);
             }
         }
         None
     }
 
-    fn put_back(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put_back(&self, connection: Connection) {
         {
             let mut idle = self.idle.lock().expect("never poisoned");
             if idle.len() < self.max_idle {
-                idle.push(Idle { sender, since: Instant::now() });
+                idle.push(Idle { connection, since: Instant::now() });
             }
         }
         if !self.reaping.swap(true, Ordering::Relaxed) {
@@ -152,18 +244,18 @@ impl Connections {
         }
     }
 
-    async fn connect(&self) -> Result<Sender, Failure> {
+    async fn connect(&self) -> Result<Connection, Failure> {
         let connecting = async {
             let stream = self.tcp().await?;
             // Requests are written whole; Nagle would only hold the last segment.
             let _ = stream.set_nodelay(true);
-            match &self.origin.tls {
-                None => handshake(stream).await,
-                Some((tls, name)) => {
-                    let stream = tls.connect(name.clone(), stream).await.map_err(|e| Failure::Connect(deepest(&e)))?;
-                    handshake(stream).await
-                }
-            }
+            let stream = match &self.origin.tls {
+                None => Stream::Plain(stream),
+                Some((tls, name)) => Stream::Tls(Box::new(
+                    tls.connect(name.clone(), stream).await.map_err(|e| Failure::Connect(deepest(&e)))?,
+                )),
+            };
+            Ok(Connection { stream, buffer: Vec::with_capacity(READ_BUFFER) })
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(connected) => connected,
@@ -213,9 +305,9 @@ fn keep_alive(stream: &TcpStream) {
     let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(30)));
 }
 
-/// Closes idle connections past `timeout` (and forgets closed ones) until
-/// their owner is gone, so a burst's connections do not stay open, holding
-/// a socket and their buffers, once the traffic stops.
+/// Closes idle connections past `timeout`, and those the destination
+/// closed, until their owner is gone, so a burst's connections do not stay
+/// open, holding a socket each, once the traffic stops.
 async fn reap(idle: Weak<Mutex<Vec<Idle>>>, timeout: Duration) {
     let mut tick = tokio::time::interval(timeout / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,33 +315,288 @@ async fn reap(idle: Weak<Mutex<Vec<Idle>>>, timeout: Duration) {
         tick.tick().await;
         let Some(idle) = idle.upgrade() else { return };
         let mut idle = idle.lock().expect("never poisoned");
-        idle.retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+        idle.retain_mut(|i| i.since.elapsed() < timeout && !i.connection.closed());
     }
 }
 
-/// Bytes a connection reads at a time, and so the read buffer it keeps.
-/// hyper's adaptive default starts at 8 KiB and grows; a destination's
-/// answer is a status line and a few headers, and a subscription holds up to
-/// `concurrency` connections (640 at fan-out 10 × 64, 5 MiB of buffers at
-/// 8 KiB). A longer answer is read in more steps, and the buffer grows while
-/// a head does not fit.
-const READ_BUFFER: usize = 2048;
+/// A socket, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed: rustls's state is a few KiB, and most destinations in a
+    /// worker's hot loop are plain or TLS, not both.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
-/// The HTTP/1.1 handshake on a fresh stream; the connection runs as its own
-/// task until either side closes it.
-async fn handshake<S>(stream: S) -> Result<Sender, Failure>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = http1::Builder::new();
-    builder.read_buf_exact_size(Some(READ_BUFFER));
-    let (sender, connection) =
-        builder.handshake(TokioIo::new(stream)).await.map_err(|e| Failure::Connect(deepest(&e)))?;
-    tokio::spawn(async move {
-        // Its errors reach the request that was on it, if any.
-        let _ = connection.await;
-    });
-    Ok(sender)
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection and the bytes read from it but not yet used.
+struct Connection {
+    stream: Stream,
+    buffer: Vec<u8>,
+}
+
+/// What an answer's head says.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    retry_after: Option<String>,
+    body: Framing,
+    keep_alive: bool,
+}
+
+impl Connection {
+    async fn write(&mut self, request: &Request) -> io::Result<()> {
+        // One `writev` for head and body on a plain socket.
+        let mut bytes = Buf::chain(&request.head[..], &request.body[..]);
+        self.stream.write_all_buf(&mut bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads more bytes into the buffer; 0 at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.buffer.capacity() - self.buffer.len() < READ_BUFFER / 4 {
+            self.buffer.reserve(READ_BUFFER);
+        }
+        self.stream.read_buf(&mut self.buffer).await
+    }
+
+    /// Whether an idle connection is unusable: the server closed or reset
+    /// it, or sent bytes nobody asked for (a `408`, say). Polled once
+    /// without waiting: a socket with nothing to read costs no system call
+    /// (the runtime knows it has not become readable).
+    fn closed(&mut self) -> bool {
+        if !self.buffer.is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let mut read = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(Waker::noop());
+        !matches!(Pin::new(&mut self.stream).poll_read(&mut cx, &mut read), Poll::Pending)
+    }
+
+    /// Reads an answer's head, skipping interim (`1xx`) answers.
+    async fn read_head(&mut self) -> Result<Head, String> {
+        loop {
+            if !self.buffer.is_empty() {
+                match parse_head(&self.buffer)? {
+                    Parsed::Interim(length) => {
+                        self.buffer.drain(..length);
+                        continue;
+                    }
+                    Parsed::Head(head, length) => {
+                        self.buffer.drain(..length);
+                        return Ok(head);
+                    }
+                    Parsed::Partial if self.buffer.len() >= MAX_HEAD => {
+                        return Err(format!("the answer's head is over {} KiB", MAX_HEAD / 1024));
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            match self.fill().await {
+                Ok(0) if self.buffer.is_empty() => return Err("connection closed before an answer".to_owned()),
+                Ok(0) => return Err("connection closed within the answer's head".to_owned()),
+                Ok(_) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    /// Consumes what the buffer holds of a body framed by `body`, keeping
+    /// the first `keep` bytes of its content in `kept` and counting it all
+    /// in `read`.
+    fn body_step(&mut self, body: &mut Framing, kept: &mut Vec<u8>, keep: usize, read: &mut usize) -> Step {
+        let mut at = 0;
+        let mut take = |data: &[u8], read: &mut usize| {
+            *read += data.len();
+            let room = keep.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..room.min(data.len())]);
+        };
+        let step = loop {
+            let rest = &self.buffer[at..];
+            match body {
+                Framing::Done => break Step::Ended,
+                Framing::UntilClose => {
+                    take(rest, read);
+                    at += rest.len();
+                    break Step::More;
+                }
+                Framing::Length(left) => {
+                    let n = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    take(&rest[..n], read);
+                    at += n;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *body = Framing::Done;
+                    } else {
+                        break Step::More;
+                    }
+                }
+                Framing::Chunked(ChunkState::Size) => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((length, 0))) => {
+                        at += length;
+                        *body = Framing::Chunked(ChunkState::Trailers);
+                    }
+                    Ok(httparse::Status::Complete((length, size))) => {
+                        at += length;
+                        *body = Framing::Chunked(ChunkState::Data(size));
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() < MAX_HEAD => break Step::More,
+                    Ok(httparse::Status::Partial) | Err(_) => break Step::Malformed,
+                },
+                Framing::Chunked(ChunkState::Data(left)) => {
+                    let n = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    take(&rest[..n], read);
+                    at += n;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *body = Framing::Chunked(ChunkState::DataEnd);
+                    } else {
+                        break Step::More;
+                    }
+                }
+                Framing::Chunked(ChunkState::DataEnd) => match rest {
+                    [b'\r', b'\n', ..] => {
+                        at += 2;
+                        *body = Framing::Chunked(ChunkState::Size);
+                    }
+                    [] | [b'\r'] => break Step::More,
+                    _ => break Step::Malformed,
+                },
+                Framing::Chunked(ChunkState::Trailers) => match rest.windows(2).position(|w| w == b"\r\n") {
+                    // The empty line ends the trailers, and the body.
+                    Some(0) => {
+                        at += 2;
+                        *body = Framing::Done;
+                    }
+                    // A trailer field: not used.
+                    Some(line) => at += line + 2,
+                    None if rest.len() < MAX_HEAD => break Step::More,
+                    None => break Step::Malformed,
+                },
+            }
+        };
+        self.buffer.drain(..at);
+        step
+    }
+}
+
+enum Parsed {
+    /// A `1xx` answer other than `101` this long: another answer follows.
+    Interim(usize),
+    Head(Head, usize),
+    Partial,
+}
+
+fn parse_head(bytes: &[u8]) -> Result<Parsed, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let length = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(error) => return Err(format!("not an HTTP/1.1 answer: {error}")),
+    };
+    let status = response.code.expect("a complete head has a status");
+    if (100..200).contains(&status) && status != 101 {
+        return Ok(Parsed::Interim(length));
+    }
+    let mut keep_alive = response.version == Some(1);
+    let (mut chunked, mut encoded, mut content_length, mut retry_after) = (false, false, None, None);
+    for header in response.headers.iter() {
+        let value = || std::str::from_utf8(header.value).map(str::trim).unwrap_or_default();
+        if header.name.eq_ignore_ascii_case("connection") {
+            for token in value().split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") && response.version == Some(0) {
+                    keep_alive = true;
+                }
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only the last coding says how the body ends.
+            encoded = true;
+            chunked = value().rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            // A list of equal values is one value (RFC 9110, 8.6); anything else is an error.
+            for part in value().split(',').map(str::trim) {
+                let n: u64 = part
+                    .parse()
+                    .ok()
+                    .filter(|_| part.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| "the answer's Content-Length is not a number".to_owned())?;
+                if content_length.is_some_and(|m| m != n) {
+                    return Err("the answer has conflicting Content-Length values".to_owned());
+                }
+                content_length = Some(n);
+            }
+        } else if header.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = Some(value().to_owned());
+        }
+    }
+    let body = if status == 101 || status == 204 || status == 304 {
+        Framing::Done
+    } else if encoded && chunked {
+        Framing::Chunked(ChunkState::Size)
+    } else if encoded {
+        Framing::UntilClose
+    } else if let Some(n) = content_length {
+        if n == 0 { Framing::Done } else { Framing::Length(n) }
+    } else {
+        Framing::UntilClose
+    };
+    // A body that ends with the connection, or a protocol switch, leaves nothing to reuse.
+    if body == Framing::UntilClose || status == 101 {
+        keep_alive = false;
+    }
+    Ok(Parsed::Head(Head { status, retry_after, body, keep_alive }, length))
 }
 
 /// A TLS client configuration that trusts the system's roots plus `extra`
@@ -278,4 +625,234 @@ pub fn deepest(error: &(dyn std::error::Error + 'static)) -> String {
         deepest = source;
     }
     deepest.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The answers real servers send, byte for byte, from a socket on
+    //! loopback: framing, interim answers, reuse and its refusal.
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A server that reads each request's head and body, then writes the
+    /// next of `answers` (raw bytes) on the same connection; it counts the
+    /// connections it accepts.
+    async fn server(answers: Vec<&'static [u8]>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let answers = Arc::new(Mutex::new(answers.into_iter()));
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        // A request: the head, then `content-length` bytes.
+                        let (head_end, length) = loop {
+                            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                                let length = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length: "))
+                                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                                break (end + 4, length);
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        while buffer.len() < head_end + length {
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buffer.drain(..head_end + length);
+                        let Some(answer) = answers.lock().unwrap().next() else { return };
+                        if answer.is_empty() {
+                            return; // close without an answer
+                        }
+                        // Byte by byte for the first few: a head split anywhere still parses.
+                        for byte in &answer[..answer.len().min(40)] {
+                            if socket.write_all(std::slice::from_ref(byte)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if socket.write_all(&answer[answer.len().min(40)..]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    fn connections(port: u16) -> Connections {
+        let origin = Origin { host: Host::Address([127, 0, 0, 1].into()), port, tls: None };
+        Connections::new(origin, 4, Duration::from_secs(4), Duration::from_secs(1))
+    }
+
+    fn request() -> Request {
+        let head = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n".to_vec();
+        Request { head, body: Bytes::from_static(b"hello") }
+    }
+
+    /// Sends one request and reads its answer; the status, what the body
+    /// held (first 256 bytes) and whether it ended.
+    async fn exchange(connections: &Connections) -> Result<(u16, Option<String>, String, bool), Failure> {
+        let mut answer = connections.send(&request()).await?;
+        let mut kept = Vec::new();
+        let ended = answer.read_body(&mut kept, 256, 64 * 1024).await;
+        let (status, retry_after) = (answer.status, answer.retry_after.clone());
+        if ended {
+            answer.finish();
+        }
+        Ok((status, retry_after, String::from_utf8(kept).unwrap(), ended))
+    }
+
+    #[tokio::test]
+    async fn content_length_and_chunked_bodies_are_read_to_their_end_on_one_connection() {
+        let (port, accepted) = server(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nbusy\r\n7\r\n, later\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+        ])
+        .await;
+        let connections = connections(port);
+        assert_eq!(exchange(&connections).await.unwrap(), (200, None, "ok".into(), true));
+        assert_eq!(exchange(&connections).await.unwrap(), (503, Some("7".into()), "busy, later".into(), true));
+        assert_eq!(exchange(&connections).await.unwrap(), (204, None, String::new(), true));
+        assert_eq!(exchange(&connections).await.unwrap(), (201, None, String::new(), true));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "every answer ended cleanly, so one connection took them all");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_answer_closes_is_not_reused() {
+        let (port, accepted) = server(vec![
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ])
+        .await;
+        let connections = connections(port);
+        assert_eq!(exchange(&connections).await.unwrap().0, 200);
+        assert_eq!(exchange(&connections).await.unwrap().0, 200);
+        // No length: the body is what comes until the server closes. This
+        // server closes only when the client does, so the body never ends.
+        let mut answer = connections.send(&request()).await.unwrap();
+        let mut kept = Vec::new();
+        let read = tokio::time::timeout(Duration::from_millis(200), answer.read_body(&mut kept, 256, 1024)).await;
+        assert!(read.is_err(), "a close-delimited body ends only with the connection");
+        assert_eq!(kept, b"until the end");
+        drop(answer);
+        // More bytes than the answer said: not a connection to trust again.
+        assert_eq!(exchange(&connections).await.unwrap(), (200, None, "ok".into(), true));
+        assert_eq!(exchange(&connections).await.unwrap().0, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_close_after_the_request_is_written_is_a_failed_attempt_not_a_resend() {
+        // The server reads the second request and closes without an answer:
+        // it may have acted on it, so the request is not sent again here
+        // (the worker schedules a retry, with the same event id).
+        let (port, accepted) = server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b""]).await;
+        let connections = connections(port);
+        let mut answer = connections.send(&request()).await.unwrap();
+        assert!(answer.read_body(&mut Vec::new(), 0, 0).await);
+        answer.finish();
+        assert_eq!(connections.idle.lock().unwrap().len(), 1);
+        let failed = exchange(&connections).await.expect_err("closed without an answer");
+        assert!(matches!(&failed, Failure::Request(e) if e.contains("closed before an answer")), "{failed:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_its_server_is_seen_as_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer).await.unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+            // Then closes it, as a server's keep-alive timeout does.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        let connections = connections(port);
+        let mut answer = connections.send(&request()).await.unwrap();
+        assert!(answer.read_body(&mut Vec::new(), 0, 0).await);
+        answer.finish();
+        let mut idle = connections.idle.lock().unwrap().pop().unwrap().connection;
+        assert!(!idle.closed(), "open while the server keeps it");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(idle.closed(), "the server's close is seen without a request");
+    }
+
+    #[test]
+    fn heads_that_do_not_frame_a_body_are_refused() {
+        for (head, error) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..], "conflicting Content-Length"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "not a number"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n", "not a number"),
+            (b"SMTP ready\r\n\r\n", "not an HTTP/1.1 answer"),
+        ] {
+            let Err(got) = parse_head(head) else { panic!("{:?} parsed", String::from_utf8_lossy(head)) };
+            assert!(got.contains(error), "{got}");
+        }
+        // Equal values in a list are one value; Transfer-Encoding wins over a length.
+        let Ok(Parsed::Head(head, _)) = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!(head.body, Framing::Length(3));
+        let Ok(Parsed::Head(head, _)) =
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(head.body, Framing::Chunked(ChunkState::Size));
+        let Ok(Parsed::Head(head, _)) = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!((head.body, head.keep_alive), (Framing::UntilClose, false));
+        let Ok(Parsed::Head(head, _)) =
+            parse_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(head.keep_alive, "HTTP/1.0 keeps a connection it says it keeps");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_not_read_and_its_connection_not_kept() {
+        let (port, accepted) = server(vec![
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 20\r\n\r\n01234567890123456789",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ])
+        .await;
+        let connections = connections(port);
+        let mut answer = connections.send(&request()).await.unwrap();
+        let mut kept = Vec::new();
+        assert!(!answer.read_body(&mut kept, 4, 10).await, "20 bytes is over a limit of 10");
+        assert_eq!(kept, b"0123");
+        drop(answer);
+        assert_eq!(exchange(&connections).await.unwrap().0, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
 }

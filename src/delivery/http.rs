@@ -6,14 +6,16 @@
 //! subscription has a `signing_secret`, a Standard Webhooks signature any
 //! Standard Webhooks library can verify.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    io::Write as _,
+    time::{Duration, Instant, SystemTime},
+};
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{
-    Method, Request, Uri,
-    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT},
+    Method, Uri,
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT},
 };
 use url::{Position, Url};
 
@@ -48,16 +50,22 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 const SOURCE: HeaderName = HeaderName::from_static("hookwire-source");
 const ATTEMPT: HeaderName = HeaderName::from_static("hookwire-attempt");
 const EVENT_TYPE: HeaderName = HeaderName::from_static("hookwire-event-type");
+/// The headers a delivery sets itself. A static header of one of these
+/// names (`headers` in the config) is sent only when the delivery has no
+/// value of its own, as when each replaced it in a header map.
+const PER_DELIVERY: [HeaderName; 7] =
+    [WEBHOOK_ID, WEBHOOK_TIMESTAMP, WEBHOOK_SIGNATURE, SOURCE, ATTEMPT, EVENT_TYPE, CONTENT_TYPE];
 
 pub struct Destination {
     connections: Connections,
     /// The URL's host, for the breaker's log lines and the API.
     host: String,
-    /// Path and query: what the request line carries.
-    target: Uri,
-    method: Method,
-    /// `Host`, `User-Agent`, the static headers and `Authorization`, built once.
-    headers: HeaderMap,
+    /// The request line, `Host`, `User-Agent`, the static headers and
+    /// `Authorization`, written once as they go on the wire.
+    head: Vec<u8>,
+    /// Static headers a delivery's own header of the same name replaces
+    /// ([`PER_DELIVERY`]).
+    defaults: HeaderMap,
     /// Bounds a whole attempt: connecting, the request and reading the answer.
     timeout: Duration,
     /// Standard Webhooks keys (decoded `whsec_` secrets), in rotation order.
@@ -179,13 +187,23 @@ impl Destination {
             .collect::<Result<_, _>>()?;
         let connect_timeout = config.timeout.min(Duration::from_secs(5));
         let origin = Origin { host, port, tls };
+        let method =
+            Method::from_bytes(config.method.as_bytes()).map_err(|_| ConfigError::invalid(key("method"), "invalid"))?;
+        let mut head = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+        let mut defaults = HeaderMap::new();
+        for (name, value) in headers {
+            let name = name.expect("each name once: built with insert");
+            if PER_DELIVERY.contains(&name) {
+                defaults.insert(name, value);
+            } else {
+                write_header(&mut head, name.as_str(), value.as_bytes());
+            }
+        }
         Ok(Self {
             connections: Connections::new(origin, usize::from(config.concurrency), IDLE_TIMEOUT, connect_timeout),
             host: url.host_str().unwrap_or_default().to_owned(),
-            target,
-            method: Method::from_bytes(config.method.as_bytes())
-                .map_err(|_| ConfigError::invalid(key("method"), "invalid"))?,
-            headers,
+            head,
+            defaults,
             timeout: config.timeout,
             signing_keys,
             previous_keys_until: config
@@ -226,86 +244,79 @@ impl Destination {
             Err(error) => return Outcome::Failed(Failure { error, ..Default::default() }),
         };
         let failed = |error: String| Outcome::Failed(Failure { error, ..Default::default() });
-        let mut answer = match tokio::time::timeout(self.timeout, self.connections.send(request)).await {
+        let mut answer = match tokio::time::timeout(self.timeout, self.connections.send(&request)).await {
             Ok(Ok(answer)) => answer,
             Err(_) | Ok(Err(client::Failure::ConnectTimeout)) => return failed("timed out".to_owned()),
             Ok(Err(client::Failure::Connect(error))) => return failed(format!("connection failed: {error}")),
-            Ok(Err(client::Failure::Request(error))) => {
-                return failed(format!("request failed: {}", client::deepest(&error)));
-            }
+            Ok(Err(client::Failure::Request(error))) => return failed(format!("request failed: {error}")),
         };
-        let status = answer.response.status();
-        let retry_after = answer
-            .response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
+        let status = answer.status;
+        let retry_after = answer.retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
         // Read the answer to its end (so the connection can be reused),
         // keeping the first bytes of a failure's.
         let mut snippet = Vec::new();
         let left = self.timeout.saturating_sub(started.elapsed()).max(BODY_GRACE);
-        let read = drain(answer.response.body_mut(), &mut snippet);
+        let read = answer.read_body(&mut snippet, SNIPPET, MAX_DRAIN);
         if let Ok(true) = tokio::time::timeout(left, read).await {
             answer.finish();
         }
-        if status.is_success() {
-            return Outcome::Delivered { status: status.as_u16() };
+        if (200..300).contains(&status) {
+            return Outcome::Delivered { status };
         }
         let text = String::from_utf8_lossy(&snippet).trim().to_owned();
         Outcome::Failed(Failure {
-            status: Some(status.as_u16()),
-            error: format!("HTTP {}", status.as_u16()),
+            status: Some(status),
+            error: format!("HTTP {status}"),
             retry_after,
             response: (!text.is_empty()).then_some(text),
         })
     }
 
-    fn request(&self, outgoing: &Outgoing<'_>, now: SystemTime) -> Result<Request<Full<Bytes>>, String> {
+    /// The request as it goes on the wire: the head built once, then this
+    /// delivery's headers, `Content-Length` and the body.
+    fn request(&self, outgoing: &Outgoing<'_>, now: SystemTime) -> Result<client::Request, String> {
         let envelope = outgoing.envelope;
         let timestamp = crate::ingress::verify::unix_seconds(now).to_string();
-        let mut headers = self.headers.clone();
+        let mut head = Vec::with_capacity(self.head.len() + 256);
+        head.extend_from_slice(&self.head);
         // The id, source and type came through the ingress as header-safe
         // text; one that is not is a bug upstream, reported on the attempt.
-        let value = |text: &str| HeaderValue::from_str(text).map_err(|_| format!("not a valid header value: {text:?}"));
-        headers.insert(WEBHOOK_ID, value(&envelope.id)?);
-        headers.insert(WEBHOOK_TIMESTAMP, value(&timestamp)?);
-        headers.insert(SOURCE, value(&envelope.source)?);
-        headers.insert(ATTEMPT, HeaderValue::from(outgoing.attempt));
-        if let Some(signature) = self.signature(&envelope.id, &timestamp, &outgoing.body) {
-            headers.insert(WEBHOOK_SIGNATURE, value(&signature)?);
-        }
+        let mut own = |name: &HeaderName, text: Option<&str>| -> Result<(), String> {
+            match text {
+                Some(text) if valid_value(text) => write_header(&mut head, name.as_str(), text.as_bytes()),
+                Some(text) => return Err(format!("not a valid header value: {text:?}")),
+                None => {
+                    if let Some(value) = self.defaults.get(name) {
+                        write_header(&mut head, name.as_str(), value.as_bytes());
+                    }
+                }
+            }
+            Ok(())
+        };
+        own(&WEBHOOK_ID, Some(&envelope.id))?;
+        own(&WEBHOOK_TIMESTAMP, Some(&timestamp))?;
+        own(&SOURCE, Some(&envelope.source))?;
+        own(&ATTEMPT, Some(&outgoing.attempt.to_string()))?;
+        own(&WEBHOOK_SIGNATURE, self.signature(&envelope.id, &timestamp, &outgoing.body).as_deref())?;
         // An event type that is not a valid header value is left out, as before.
-        if let Ok(value) = HeaderValue::from_str(&envelope.event_type) {
-            headers.insert(EVENT_TYPE, value);
-        }
-        if let Some(content_type) = outgoing.content_type {
-            headers.insert(CONTENT_TYPE, value(content_type)?);
-        }
-        let mut request = Request::new(Full::new(outgoing.body.clone()));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.target.clone();
-        *request.headers_mut() = headers;
-        Ok(request)
+        own(&EVENT_TYPE, Some(envelope.event_type.as_str()).filter(|t| valid_value(t)))?;
+        own(&CONTENT_TYPE, outgoing.content_type)?;
+        // Then the blank line that ends the head.
+        let _ = write!(head, "content-length: {}\r\n\r\n", outgoing.body.len());
+        Ok(client::Request { head, body: outgoing.body.clone() })
     }
 }
 
-/// Reads `body` to its end, up to [`MAX_DRAIN`] bytes, keeping the first
-/// [`SNIPPET`] of them; `true` if it ended (the connection can be reused).
-async fn drain(body: &mut hyper::body::Incoming, snippet: &mut Vec<u8>) -> bool {
-    let mut read = 0;
-    while read <= MAX_DRAIN {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Some(chunk) = frame.data_ref() {
-                    read += chunk.len();
-                    let room = SNIPPET.saturating_sub(snippet.len());
-                    snippet.extend_from_slice(&chunk[..room.min(chunk.len())]);
-                }
-            }
-            Some(Err(_)) => return false,
-            None => return true,
-        }
-    }
-    false
+/// `name: value` and its line end, as HTTP/1.1 writes a header field.
+fn write_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// What a header value may hold (as `HeaderValue` checks it): no control
+/// characters but tab, so no value can end its line early.
+fn valid_value(text: &str) -> bool {
+    text.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t')
 }

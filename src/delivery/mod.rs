@@ -6,7 +6,8 @@
 //! - `acks` — a consumer channel's acks, one `multiple` ack per run of
 //!   settled deliveries.
 //! - `http` — one attempt against a destination.
-//! - `client` — a destination's connections, kept open and reused.
+//! - `client` — a destination's HTTP/1.1 connections, kept open and reused,
+//!   written and read by the delivering task itself.
 //! - `retry` — what follows an attempt (`is_retriable`, `next`).
 //! - `set` — the process's workers by subscription name, reconciled toward
 //!   the desired subscriptions.
