@@ -459,7 +459,7 @@ fn default_dead_letter_on() -> Vec<u16> {
 /// Headers that frame a request or manage its connection (RFC 9110 and
 /// 9112): a static one would contradict what hookwire writes, and a wrong
 /// `Content-Length` or `Transfer-Encoding` desynchronises the connection.
-const FRAMING_HEADERS: [&str; 8] =
+pub const FRAMING_HEADERS: [&str; 8] =
     ["content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "expect"];
 
 fn default_method() -> String {

@@ -54,6 +54,9 @@ const READ_BUFFER: usize = 2048;
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers an answer's head may have.
 const MAX_HEADERS: usize = 96;
+/// How long an answer that came before the request was written whole may
+/// take to be read, once the write failed: it is already here, or it is not.
+const EARLY_ANSWER: Duration = Duration::from_millis(100);
 
 /// Where the connections go: the URL's host and port, and how to reach it.
 pub struct Origin {
@@ -175,7 +178,10 @@ impl Answer<'_> {
     /// the answer held.
     pub fn finish(self) {
         if self.keep_alive && self.body == Framing::Done && self.connection.buffer.is_empty() {
-            self.connections.put_back(self.connection);
+            let mut connection = self.connection;
+            // A long head grew the buffer; an idle connection keeps the usual size.
+            connection.buffer.shrink_to(READ_BUFFER);
+            self.connections.put_back(connection);
         }
     }
 }
@@ -205,12 +211,17 @@ impl Connections {
                 // size, and every delivery's task would carry it.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match connection.write(request).await {
-                Ok(()) => {}
+            let head = match connection.write(request).await {
+                Ok(()) => connection.read_head().await.map_err(Failure::Request)?,
                 Err(_) if reused => continue,
-                Err(error) => return Err(Failure::Request(error.to_string())),
-            }
-            let head = connection.read_head().await.map_err(Failure::Request)?;
+                // A destination may answer before it has read the whole
+                // request (a `413`, a `401`) and close: that answer, if it
+                // came, is the attempt's outcome rather than the broken pipe.
+                Err(error) => match tokio::time::timeout(EARLY_ANSWER, connection.read_head()).await {
+                    Ok(Ok(head)) => Head { keep_alive: false, ..head },
+                    _ => return Err(Failure::Request(error.to_string())),
+                },
+            };
             return Ok(Answer {
                 status: head.status,
                 retry_after: head.retry_after,
@@ -417,9 +428,21 @@ impl Connection {
             return true;
         }
         let mut byte = [0u8; 1];
-        let mut read = ReadBuf::new(&mut byte);
-        let mut cx = Context::from_waker(Waker::noop());
-        !matches!(Pin::new(&mut self.stream).poll_read(&mut cx, &mut read), Poll::Pending)
+        match &mut self.stream {
+            Stream::Plain(stream) => {
+                !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(stream) => {
+                // Unconstrained: a task that used up its cooperative budget
+                // would get `Pending` from any socket, closed or not.
+                let mut read = ReadBuf::new(&mut byte);
+                let mut poll = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                    Pin::new(stream.as_mut()).poll_read(cx, &mut read)
+                })));
+                let mut cx = Context::from_waker(Waker::noop());
+                !matches!(poll.as_mut().poll(&mut cx), Poll::Pending)
+            }
+        }
     }
 
     /// Reads an answer's head, skipping interim (`1xx`) answers.
@@ -451,12 +474,11 @@ impl Connection {
     }
 
     /// Consumes what the buffer holds of a body framed by `body`, keeping
-    /// the first `keep` bytes of its content in `kept` and counting it all
-    /// in `read`.
+    /// the first `keep` bytes of its content in `kept` and counting every
+    /// byte consumed in `read`.
     fn body_step(&mut self, body: &mut Framing, kept: &mut Vec<u8>, keep: usize, read: &mut usize) -> Step {
         let mut at = 0;
-        let mut take = |data: &[u8], read: &mut usize| {
-            *read += data.len();
+        let mut take = |data: &[u8]| {
             let room = keep.saturating_sub(kept.len());
             kept.extend_from_slice(&data[..room.min(data.len())]);
         };
@@ -465,13 +487,13 @@ impl Connection {
             match body {
                 Framing::Done => break Step::Ended,
                 Framing::UntilClose => {
-                    take(rest, read);
+                    take(rest);
                     at += rest.len();
                     break Step::More;
                 }
                 Framing::Length(left) => {
                     let n = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    take(&rest[..n], read);
+                    take(&rest[..n]);
                     at += n;
                     *left -= n as u64;
                     if *left == 0 {
@@ -479,6 +501,17 @@ impl Connection {
                     } else {
                         break Step::More;
                     }
+                }
+                // A size line starts with a hex digit (httparse reads an empty
+                // one as 0, the last chunk) and ends at its first LF, which
+                // must follow a CR (httparse lets a bare LF end an extension).
+                Framing::Chunked(ChunkState::Size) if rest.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                    break Step::Malformed;
+                }
+                Framing::Chunked(ChunkState::Size)
+                    if rest.iter().position(|&b| b == b'\n').is_some_and(|lf| lf == 0 || rest[lf - 1] != b'\r') =>
+                {
+                    break Step::Malformed;
                 }
                 Framing::Chunked(ChunkState::Size) => match httparse::parse_chunk_size(rest) {
                     Ok(httparse::Status::Complete((length, 0))) => {
@@ -494,7 +527,7 @@ impl Connection {
                 },
                 Framing::Chunked(ChunkState::Data(left)) => {
                     let n = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    take(&rest[..n], read);
+                    take(&rest[..n]);
                     at += n;
                     *left -= n as u64;
                     if *left == 0 {
@@ -524,6 +557,10 @@ impl Connection {
                 },
             }
         };
+        // Every byte counts against the limit, chunk sizes, extensions and
+        // trailers too: a body of tiny chunks with long extensions is no
+        // cheaper to read than its bytes.
+        *read += at;
         self.buffer.drain(..at);
         step
     }
@@ -548,17 +585,16 @@ fn parse_head(bytes: &[u8]) -> Result<Parsed, String> {
     if (100..200).contains(&status) && status != 101 {
         return Ok(Parsed::Interim(length));
     }
-    let mut keep_alive = response.version == Some(1);
+    let http_1_0 = response.version == Some(0);
+    let (mut close, mut keep_alive_asked) = (false, false);
     let (mut chunked, mut encoded, mut content_length, mut retry_after) = (false, false, None, None);
     for header in response.headers.iter() {
         let value = || std::str::from_utf8(header.value).map(str::trim).unwrap_or_default();
         if header.name.eq_ignore_ascii_case("connection") {
+            // `close` anywhere wins over `keep-alive` anywhere.
             for token in value().split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") && response.version == Some(0) {
-                    keep_alive = true;
-                }
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive_asked |= token.eq_ignore_ascii_case("keep-alive");
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             // Only the last coding says how the body ends.
@@ -592,10 +628,12 @@ fn parse_head(bytes: &[u8]) -> Result<Parsed, String> {
     } else {
         Framing::UntilClose
     };
-    // A body that ends with the connection, or a protocol switch, leaves nothing to reuse.
-    if body == Framing::UntilClose || status == 101 {
-        keep_alive = false;
-    }
+    // Nothing to reuse after a body that ends with the connection or a
+    // protocol switch; nor after framing RFC 9112 (6.1, 6.3) calls faulty:
+    // a transfer coding in HTTP/1.0, or one beside a `Content-Length`.
+    let faulty = encoded && (http_1_0 || content_length.is_some());
+    let keep_alive =
+        !close && (!http_1_0 || keep_alive_asked) && !faulty && body != Framing::UntilClose && status != 101;
     Ok(Parsed::Head(Head { status, retry_after, body, keep_alive }, length))
 }
 
@@ -837,6 +875,64 @@ mod tests {
             panic!()
         };
         assert!(head.keep_alive, "HTTP/1.0 keeps a connection it says it keeps");
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_with_a_broken_size_line_are_not_read_to_an_end() {
+        for broken in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;ext\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n",
+        ] {
+            let (port, _) = server(vec![broken]).await;
+            let connections = connections(port);
+            let mut answer = connections.send(&request()).await.unwrap();
+            assert!(!answer.read_body(&mut Vec::new(), 256, 1024).await, "{:?}", String::from_utf8_lossy(broken));
+        }
+        // Chunk extensions count against the limit like the data does.
+        let (port, _) = server(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nx\r\n0\r\n\r\n",
+        ])
+        .await;
+        let connections = connections(port);
+        let mut answer = connections.send(&request()).await.unwrap();
+        assert!(!answer.read_body(&mut Vec::new(), 256, 32).await);
+    }
+
+    #[test]
+    fn a_close_is_not_undone_and_faulty_framing_is_not_kept() {
+        let keep_alive = |head: &[u8]| match parse_head(head) {
+            Ok(Parsed::Head(head, _)) => head.keep_alive,
+            _ => panic!("{:?} did not parse", String::from_utf8_lossy(head)),
+        };
+        assert!(!keep_alive(b"HTTP/1.1 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep_alive(
+            b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keep_alive(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(!keep_alive(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(keep_alive(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_request_was_read_whole_is_the_outcome() {
+        // The destination reads the head only, refuses the body and closes,
+        // as a server with a body limit does.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 1024];
+            let _ = socket.read(&mut buffer).await.unwrap();
+            socket.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        let connections = connections(port);
+        let head = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 33554432\r\n\r\n".to_vec();
+        let request = Request { head, body: Bytes::from(vec![b'x'; 32 << 20]) };
+        let answer = connections.send(&request).await.unwrap();
+        assert_eq!(answer.status, 413);
+        assert!(!answer.keep_alive);
     }
 
     #[tokio::test]

@@ -146,6 +146,14 @@ impl Destination {
             else {
                 return Err(ConfigError::invalid(key(&format!("headers.{header}")), "not a valid HTTP header"));
             };
+            // Refused in configs and by the API; a definition stored before
+            // that still runs, without the header (hookwire writes the
+            // framing, and a second `Content-Length` or `Transfer-Encoding`
+            // would make the request ambiguous to the destination).
+            if crate::config::FRAMING_HEADERS.contains(&header.as_str()) {
+                tracing::warn!(subscription = %name, header = %header, "a static header that frames the request is not sent");
+                continue;
+            }
             value.set_sensitive(true);
             headers.insert(header, value);
         }
@@ -315,8 +323,44 @@ fn write_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b"\r\n");
 }
 
-/// What a header value may hold (as `HeaderValue` checks it): no control
-/// characters but tab, so no value can end its line early.
+/// What a per-delivery header value may hold: visible ASCII, space and
+/// tab. No control character can end its line early, and no byte outside
+/// ASCII reaches a destination that would read it in another charset.
 fn valid_value(text: &str) -> bool {
-    text.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t')
+    text.bytes().all(|b| (b' '..=b'~').contains(&b) || b == b'\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(definition: serde_json::Value) -> Destination {
+        let config: SubscriptionConfig = serde_json::from_value(definition).unwrap();
+        Destination::new("s", &config).unwrap()
+    }
+
+    #[test]
+    fn the_head_is_written_once_with_static_headers_and_without_framing_ones() {
+        // A definition stored before framing headers were refused still loads.
+        let d = destination(serde_json::json!({
+            "topics": ["a.#"], "url": "http://user:pw@example.test:8080/hook?x=1", "method": "PUT",
+            "headers": {"X-Team": "billing", "Transfer-Encoding": "chunked", "Content-Type": "text/plain"}
+        }));
+        let head = String::from_utf8(d.head.clone()).unwrap();
+        assert!(head.starts_with("PUT /hook?x=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: example.test:8080\r\n"), "{head}");
+        assert!(head.contains("\r\nx-team: billing\r\n"), "{head}");
+        assert!(head.contains("\r\nauthorization: Basic dXNlcjpwdw==\r\n"), "{head}");
+        assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
+        assert!(!head.contains("content-type"), "a header a delivery sets is not in the fixed head: {head}");
+        assert_eq!(d.defaults.get(CONTENT_TYPE).unwrap(), "text/plain");
+    }
+
+    #[test]
+    fn per_delivery_values_are_visible_ascii() {
+        assert!(valid_value("evt_01H a\tb ~"));
+        for bad in ["a\r\nx-injected: 1", "a\n", "\u{7f}", "tÿpe", "\0"] {
+            assert!(!valid_value(bad), "{bad:?}");
+        }
+    }
 }
