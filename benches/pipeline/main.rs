@@ -14,8 +14,9 @@
 //!     and renames 5 fields (jq), to show what a typical transform costs.
 //! hookwire runs with its event log on (SQLite in a temporary directory), as
 //! by default; `--no-event-log` turns it off;
-//! `--compare-event-log [--rounds N]` runs only (c) with the log off and on,
-//! alternated N times (default 3), and prints the medians side by side.
+//! `--compare-event-log [--fan-out S] [--rounds N]` runs only (c) with the
+//! log off and on, to S subscriptions (default 1), alternated N times
+//! (default 3), and prints the medians side by side.
 //! `--baseline PATH [--fan-out N] [--rounds N]` does the same with another
 //! hookwire binary (e.g. main's, built in a worktree) against this build,
 //! with N subscriptions (default 1): a change measured side by side.
@@ -109,8 +110,9 @@ fn main() {
     }
     let rounds = value_of("--rounds").map_or(3, |n| n.parse().expect("--rounds N"));
     if args.iter().any(|a| a == "--compare-event-log") {
+        let subscriptions = value_of("--fan-out").map_or(1, |n| n.parse().expect("--fan-out N"));
         let set = |on: bool| EVENT_LOG.store(on, Ordering::Relaxed);
-        runtime.block_on(compare(Duration::from_secs(seconds), rounds, 1, ["log off", "log on"], set));
+        runtime.block_on(compare(Duration::from_secs(seconds), rounds, subscriptions, ["log off", "log on"], set));
         return;
     }
     if args.iter().any(|a| a == "--raw-variants") {

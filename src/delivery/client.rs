@@ -251,7 +251,7 @@ impl Connections {
             }
         }
         if !self.reaping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(&self.idle), self.idle_timeout));
+            tokio::spawn(reap(Arc::downgrade(&self.idle), self.idle_timeout, self.max_idle));
         }
     }
 
@@ -319,14 +319,25 @@ fn keep_alive(stream: &TcpStream) {
 /// Closes idle connections past `timeout`, and those the destination
 /// closed, until their owner is gone, so a burst's connections do not stay
 /// open, holding a socket each, once the traffic stops.
-async fn reap(idle: Weak<Mutex<Vec<Idle>>>, timeout: Duration) {
+async fn reap(idle: Weak<Mutex<Vec<Idle>>>, timeout: Duration, max_idle: usize) {
     let mut tick = tokio::time::interval(timeout / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(idle) = idle.upgrade() else { return };
+        // Checked outside the lock (a TLS connection may have records to
+        // read), so deliveries taking and putting back connections do not
+        // wait for up to `concurrency` sockets to be polled.
+        let mut kept = std::mem::take(&mut *idle.lock().expect("never poisoned"));
+        kept.retain_mut(|i| i.since.elapsed() < timeout && !i.connection.closed());
         let mut idle = idle.lock().expect("never poisoned");
-        idle.retain_mut(|i| i.since.elapsed() < timeout && !i.connection.closed());
+        // Those put back meanwhile are the most recently used: after these.
+        // Deliveries that found none idle meanwhile opened new ones, so the
+        // oldest beyond the bound are closed.
+        let newer = std::mem::replace(&mut *idle, kept);
+        idle.extend(newer);
+        let over = idle.len().saturating_sub(max_idle);
+        idle.drain(..over);
     }
 }
 
