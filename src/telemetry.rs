@@ -50,6 +50,7 @@ pub mod metric {
     /// waiting in the subscription's queues, as RabbitMQ last said
     /// (`broker::depth`, workers only).
     pub const QUEUE_MESSAGES: &str = "hookwire_queue_messages";
+    pub const QUEUE_CONSUMERS: &str = "hookwire_queue_consumers";
     /// Gauge per subscription: 1 while an operator has it paused.
     pub const PAUSED: &str = "hookwire_subscription_paused";
     /// Counter: audit records that could not be stored.
@@ -142,6 +143,7 @@ fn describe() {
     metrics::describe_counter!(BROKER_RECONNECTS, "RabbitMQ connections lost");
     metrics::describe_gauge!(IN_FLIGHT, "Deliveries being processed");
     metrics::describe_gauge!(QUEUE_MESSAGES, "Messages waiting in a subscription's work or retry queues");
+    metrics::describe_gauge!(QUEUE_CONSUMERS, "Consumers RabbitMQ counts on a subscription's work queue");
     metrics::describe_gauge!(DEAD_LETTERS, "Dead letters not yet replayed or purged, per subscription");
     metrics::describe_gauge!(UNROUTED_HELD, "Unrouted events not yet replayed or purged");
     metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a subscription's circuit breaker is open");

@@ -1,5 +1,8 @@
 //! Queue depths as metrics: how many events wait in each subscription's
-//! work queue and in its retry queues (`hookwire_queue_messages`).
+//! work queue and in its retry queues (`hookwire_queue_messages`), and how
+//! many consumers RabbitMQ counts on the work queue
+//! (`hookwire_queue_consumers`: the exact "nobody consumes it", which no
+//! worker can tell of itself).
 //!
 //! hookwire's own counters see deliveries, not the backlog behind them, and
 //! a subscription falling behind shows first as a growing queue. RabbitMQ
@@ -97,8 +100,9 @@ impl Poller {
             seen.insert(sub.subscription.clone());
             // A queue that cannot be read now keeps its last value: a gauge
             // that drops to 0 on an error would read as "caught up".
-            if let Some(work) = self.messages(&session, &sub.work).await {
-                set(&sub.subscription, "work", work);
+            if let Some(work) = self.counts(&session, &sub.work).await {
+                set(&sub.subscription, "work", u64::from(work.messages));
+                consumers(&sub.subscription, work.consumers);
             }
             if let Some(retrying) = self.retrying(&session, sub).await {
                 set(&sub.subscription, "retry", retrying);
@@ -108,6 +112,7 @@ impl Poller {
         for gone in self.reported.difference(&seen) {
             set(gone, "work", 0);
             set(gone, "retry", 0);
+            consumers(gone, 0);
         }
         self.reported = seen;
     }
@@ -126,6 +131,12 @@ impl Poller {
     /// Ready messages in `queue`: `Some(0)` if it does not exist (deleted or
     /// swept meanwhile), `None` if RabbitMQ did not answer.
     async fn messages(&mut self, session: &super::Session, queue: &str) -> Option<u64> {
+        self.counts(session, queue).await.map(|counts| u64::from(counts.messages))
+    }
+
+    /// `queue`'s counts: zeros if it does not exist, `None` if RabbitMQ did
+    /// not answer.
+    async fn counts(&mut self, session: &super::Session, queue: &str) -> Option<Counts> {
         let timeout = self.broker.operation_timeout;
         let channel = match &self.channel {
             Some((generation, channel)) if *generation == session.generation && channel.status().connected() => {
@@ -142,9 +153,9 @@ impl Poller {
             }
         };
         match read(&channel, queue, timeout).await {
-            Ok(Some(counts)) => Some(u64::from(counts.messages)),
+            Ok(Some(counts)) => Some(counts),
             // A missing queue closed the channel; the next read opens another.
-            Ok(None) => Some(0),
+            Ok(None) => Some(Counts { messages: 0, consumers: 0 }),
             Err(error) => {
                 tracing::debug!(%queue, %error, "reading a queue depth failed");
                 None
@@ -156,4 +167,8 @@ impl Poller {
 fn set(subscription: &str, queue: &'static str, messages: u64) {
     metrics::gauge!(metric::QUEUE_MESSAGES, "subscription" => subscription.to_owned(), "queue" => queue)
         .set(messages as f64);
+}
+
+fn consumers(subscription: &str, consumers: u32) {
+    metrics::gauge!(metric::QUEUE_CONSUMERS, "subscription" => subscription.to_owned()).set(f64::from(consumers));
 }
