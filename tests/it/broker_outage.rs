@@ -211,3 +211,54 @@ async fn several_broker_addresses_fail_over_to_the_next() {
     }
     sink.wait_for_ids(&accepted, T).await;
 }
+
+/// Issue 11: publishes whose confirms were pending when the connection was
+/// lost are answered `503`, never `202`, even though RabbitMQ may have
+/// stored them. The proxy holds back everything the broker sends (the
+/// confirms) while the ingress publishes, then drops the connection; the
+/// answers come at the loss, long before the publish timeout.
+#[tokio::test]
+async fn confirms_pending_at_a_lost_connection_are_answered_503() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let sink = Sink::start(Behavior::Ok).await;
+    let publish_timeout = Duration::from_secs(30);
+    let app = TestApp::start_adjusted(
+        &proxy.url(),
+        &format!("[subscriptions.billing]\ntopics = [\"acme.#\"]\nurl = \"{}\"\n", sink.url("/")),
+        |c| c.ingress.publish_timeout = publish_timeout,
+    )
+    .await;
+    let app = std::sync::Arc::new(app);
+    assert_eq!(app.post_acme("before", r#"{"type":"a"}"#).await.status(), 202);
+    sink.wait_for(1, T).await;
+
+    proxy.stall(true);
+    let started = std::time::Instant::now();
+    let pending: Vec<_> = (0..8)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { app.post_acme(&format!("pending-{i}"), r#"{"type":"a"}"#).await })
+        })
+        .collect();
+    // The publishes have gone out and wait for confirms that are held back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(pending.iter().all(|p| !p.is_finished()), "nothing is answered while the confirms are held");
+    proxy.down();
+    for answer in pending {
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), 503, "a publish whose confirm never came is not accepted");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    assert!(started.elapsed() < publish_timeout / 2, "answered at the loss, not at the publish timeout");
+
+    proxy.up();
+    let ready = app.admin_url("/readyz");
+    eventually(T, "ready again", || {
+        let (http, ready) = (app.http.clone(), ready.clone());
+        async move { http.get(ready).send().await.unwrap().status() == 200 }
+    })
+    .await;
+    assert_eq!(app.post_acme("after", r#"{"type":"a"}"#).await.status(), 202);
+    sink.wait_for_ids(&["after".to_owned()], T).await;
+}

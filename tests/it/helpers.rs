@@ -242,6 +242,8 @@ async fn record(
 pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    /// Holds what the broker sends (confirms included) while set.
+    stalled: Arc<AtomicBool>,
     cut: Arc<Mutex<CancellationToken>>,
     token: CancellationToken,
 }
@@ -251,12 +253,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(Mutex::new(CancellationToken::new()));
         let token = CancellationToken::new();
         let (up2, cut2, stop, upstream) = (up.clone(), cut.clone(), token.clone(), upstream.to_owned());
+        let stalled2 = stalled.clone();
         tokio::spawn(async move {
             loop {
-                let (mut client, _) = tokio::select! {
+                let (client, _) = tokio::select! {
                     _ = stop.cancelled() => return,
                     accepted = listener.accept() => accepted.unwrap(),
                 };
@@ -265,19 +269,43 @@ impl Proxy {
                     continue;
                 }
                 let conn_cut = cut2.lock().unwrap().clone();
-                let upstream = upstream.clone();
+                let (upstream, stalled) = (upstream.clone(), stalled2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let upward = tokio::io::copy(&mut from_client, &mut to_server);
+                    let downward = async {
+                        let mut buf = vec![0; 16 * 1024];
+                        loop {
+                            let n = from_server.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            while stalled.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            to_client.write_all(&buf[..n]).await?;
+                        }
                     };
                     tokio::select! {
                         _ = conn_cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = upward => {}
+                        _ = downward => {}
                     }
                 });
             }
         });
-        Self { addr, up, cut, token }
+        Self { addr, up, stalled, cut, token }
+    }
+
+    /// Stops passing on what the broker sends (publisher confirms among
+    /// it), or starts again; what the client sends still goes through.
+    pub fn stall(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -293,6 +321,7 @@ impl Proxy {
     }
 
     pub fn up(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
     }
 }
