@@ -34,7 +34,11 @@
 //! never. Memory must not depend on the scrape schedule (issue 13).
 //! `--fan-out N[,M...]` runs only (c) saturated with N subscriptions to the
 //! same sink, for each N (issue 12): deliveries/s, CPU per delivery, peak
-//! RSS, and the time to start and become ready with N subscriptions.
+//! RSS, and the time to start and become ready with N subscriptions. Each
+//! first measures RabbitMQ alone through the same fanout; `--raw-like
+//! props,headers,args` makes those messages and queues carry what
+//! hookwire's do (any subset), and `--raw-ack-every N` sets how many
+//! deliveries its consumers ack at once (default 32).
 //! `--ingress [--baseline PATH] [--rounds N]` runs only (a) and (b), in N
 //! rounds (default 3): each round both raw ceilings, then the ingress (and
 //! the baseline binary's), each ratio within its round; then the medians
@@ -81,6 +85,11 @@ static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
 static EVENT_LOG: AtomicBool = AtomicBool::new(false);
 /// Each bench subscription's `concurrency` (`--concurrency N`, default 64).
 static SUBSCRIPTION_CONCURRENCY: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(64);
+/// `--raw-like WORDS`: what the raw fan-out's messages and queues share
+/// with hookwire's (`props`, `headers`, `args`; see `raw_fan_out`).
+static RAW_LIKE: Mutex<String> = Mutex::new(String::new());
+/// `--raw-ack-every N`: the raw fan-out's consumers ack N at a time (32).
+static RAW_ACK_EVERY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(32);
 /// The hookwire binary the phases run: this build's, or `--baseline`'s.
 static BINARY: Mutex<Option<String>> = Mutex::new(None);
 
@@ -104,6 +113,12 @@ fn main() {
         let scrape = value_of("--scrape").map(|s| Duration::from_secs(s.parse().expect("--scrape SECONDS")));
         runtime.block_on(soak(Duration::from_secs(minutes * 60), scrape));
         return;
+    }
+    if let Some(words) = value_of("--raw-like") {
+        *RAW_LIKE.lock().unwrap() = words.clone();
+    }
+    if let Some(n) = value_of("--raw-ack-every") {
+        RAW_ACK_EVERY.store(n.parse().expect("--raw-ack-every N"), Ordering::Relaxed);
     }
     if let Some(n) = value_of("--concurrency") {
         SUBSCRIPTION_CONCURRENCY.store(n.parse().expect("--concurrency N"), Ordering::Relaxed);
@@ -568,9 +583,22 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
     args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
     setup.queue_declare(stream.as_str().into(), durable, args).await.unwrap();
     let queues: Vec<String> = (0..n).map(|i| format!("{base}.q{i}")).collect();
+    // `--raw-like`: `args`, the arguments hookwire's work queues carry
+    // (at-least-once dead-lettering, reject-publish, a delivery limit);
+    // `props` and `headers`, the properties and the header table of
+    // hookwire's envelope (a sender's id, timestamp and user agent among
+    // them). What each costs RabbitMQ, apart (docs/BENCHMARKS.md, session 14).
+    let variant = RAW_LIKE.lock().unwrap().clone();
     for queue in &queues {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        if variant.contains("args") {
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(format!("{queue}.dead").into()));
+            args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+            args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
+        }
         setup.queue_declare(queue.as_str().into(), durable, args).await.unwrap();
     }
     for target in queues.iter().chain([&stream]) {
@@ -592,13 +620,14 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
         let mut deliveries =
             channel.basic_consume(queue.as_str().into(), "".into(), options, FieldTable::default()).await.unwrap();
         let delivered = delivered.clone();
+        let ack_every = RAW_ACK_EVERY.load(Ordering::Relaxed);
         consumers.push(tokio::spawn(async move {
             use futures_util::StreamExt;
             let mut unacked = 0;
             while let Some(Ok(delivery)) = deliveries.next().await {
                 delivered.fetch_add(1, Ordering::Relaxed);
                 unacked += 1;
-                if unacked == 32 {
+                if unacked == ack_every {
                     delivery.acker.ack(BasicAckOptions { multiple: true }).await.unwrap();
                     unacked = 0;
                 }
@@ -612,9 +641,33 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let (sent, stop, payload, exchange) = (sent.clone(), stop.clone(), payload.clone(), exchange.clone());
+        let headers = variant.contains("headers");
+        let props_only = variant.contains("props");
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let props = BasicProperties::default().with_delivery_mode(2);
+                let mut props = BasicProperties::default().with_delivery_mode(2);
+                if headers {
+                    let mut h = FieldTable::default();
+                    for (k, v) in [
+                        ("hookwire-source", "acme"),
+                        ("hookwire-event-type", "invoice.paid"),
+                        ("hookwire-received-at", "2026-12-07T12:00:00.123456Z"),
+                        ("hookwire-h-webhook-id", "msg_2mAbCdEfGhIjKlMnOpQrStUvWx"),
+                        ("hookwire-h-webhook-timestamp", "1733572800"),
+                        ("hookwire-h-user-agent", "acme-webhooks/1.0"),
+                    ] {
+                        h.insert(k.into(), AMQPValue::LongString(v.into()));
+                    }
+                    h.insert("hookwire-attempts".into(), AMQPValue::LongLongInt(0));
+                    props = props.with_headers(h);
+                }
+                if props_only {
+                    props = props
+                        .with_message_id("msg_2mAbCdEfGhIjKlMnOpQrStUvWx".into())
+                        .with_timestamp(1733572800)
+                        .with_app_id("hookwire".into())
+                        .with_content_type("application/json".into());
+                }
                 let options = BasicPublishOptions::default();
                 let confirm =
                     channel.basic_publish(exchange.as_str().into(), "".into(), options, &payload, props).await.unwrap();
