@@ -641,12 +641,12 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let (sent, stop, payload, exchange) = (sent.clone(), stop.clone(), payload.clone(), exchange.clone());
-        let headers = variant.contains("headers");
-        let props_only = variant.contains("props");
+        let with_headers = variant.contains("headers");
+        let with_props = variant.contains("props");
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let mut props = BasicProperties::default().with_delivery_mode(2);
-                if headers {
+                if with_headers {
                     let mut h = FieldTable::default();
                     for (k, v) in [
                         ("hookwire-source", "acme"),
@@ -661,7 +661,7 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
                     h.insert("hookwire-attempts".into(), AMQPValue::LongLongInt(0));
                     props = props.with_headers(h);
                 }
-                if props_only {
+                if with_props {
                     props = props
                         .with_message_id("msg_2mAbCdEfGhIjKlMnOpQrStUvWx".into())
                         .with_timestamp(1733572800)

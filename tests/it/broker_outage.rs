@@ -24,12 +24,7 @@ async fn outage_gives_503_and_both_sides_recover() {
     sink.wait_for(1, T).await;
 
     proxy.down();
-    let ready = app.admin_url("/readyz");
-    eventually(T, "readyz reports the outage", || {
-        let (http, ready) = (app.http.clone(), ready.clone());
-        async move { http.get(ready).send().await.unwrap().status() == 503 }
-    })
-    .await;
+    app.wait_readyz(503, "readyz reports the outage").await;
     for i in 0..5 {
         let response = app.post_acme(&format!("during-{i}"), r#"{"type":"a"}"#).await;
         assert_eq!(response.status(), 503);
@@ -38,11 +33,7 @@ async fn outage_gives_503_and_both_sides_recover() {
     }
 
     proxy.up();
-    eventually(T, "readyz recovers", || {
-        let (http, ready) = (app.http.clone(), ready.clone());
-        async move { http.get(ready).send().await.unwrap().status() == 200 }
-    })
-    .await;
+    app.wait_readyz(200, "readyz recovers").await;
     assert_eq!(app.post_acme("after", r#"{"type":"a"}"#).await.status(), 202);
     eventually(T, "the event accepted after recovery is delivered", || {
         let delivered = sink.received().iter().any(|r| r.header("webhook-id") == "after");
@@ -154,12 +145,7 @@ async fn a_resource_alarm_gives_fast_503s_and_not_ready_until_it_clears() {
     assert!(app.metrics().await.contains("hookwire_broker_blocked"));
 
     node.ctl(&["set_disk_free_limit", "50MB"]);
-    let ready = app.admin_url("/readyz");
-    eventually(T, "readyz recovers when the alarm clears", || {
-        let (http, ready) = (app.http.clone(), ready.clone());
-        async move { http.get(ready).send().await.unwrap().status() == 200 }
-    })
-    .await;
+    app.wait_readyz(200, "readyz recovers when the alarm clears").await;
     for i in 0..5 {
         let id = format!("after-{i}");
         assert_eq!(app.post_acme(&id, r#"{"type":"a"}"#).await.status(), 202);
@@ -184,16 +170,11 @@ async fn several_broker_addresses_fail_over_to_the_next() {
     )
     .await;
     let mut accepted = Vec::new();
-    let ready = app.admin_url("/readyz");
     // Each address goes down in turn while the other is up.
     for (round, (down, up)) in [(&first, &second), (&second, &first), (&first, &second)].into_iter().enumerate() {
         up.up();
         down.down();
-        eventually(T, "ready again on the other address", || {
-            let (http, ready) = (app.http.clone(), ready.clone());
-            async move { http.get(ready).send().await.unwrap().status() == 200 }
-        })
-        .await;
+        app.wait_readyz(200, "ready again on the other address").await;
         for i in 0..3 {
             let id = format!("round-{round}-{i}");
             // A 503 is allowed while the switch is in progress; a 202 is a promise.
@@ -253,12 +234,7 @@ async fn confirms_pending_at_a_lost_connection_are_answered_503() {
     assert!(started.elapsed() < publish_timeout / 2, "answered at the loss, not at the publish timeout");
 
     proxy.up();
-    let ready = app.admin_url("/readyz");
-    eventually(T, "ready again", || {
-        let (http, ready) = (app.http.clone(), ready.clone());
-        async move { http.get(ready).send().await.unwrap().status() == 200 }
-    })
-    .await;
+    app.wait_readyz(200, "ready again").await;
     assert_eq!(app.post_acme("after", r#"{"type":"a"}"#).await.status(), 202);
     sink.wait_for_ids(&["after".to_owned()], T).await;
 }

@@ -545,6 +545,17 @@ impl TestApp {
         format!("http://{}{path}", self.app().admin_addr)
     }
 
+    /// Waits up to 30 s until `/readyz` answers `status` (200: ready, 503:
+    /// not).
+    pub async fn wait_readyz(&self, status: u16, what: &str) {
+        let ready = self.admin_url("/readyz");
+        eventually(Duration::from_secs(30), what, || {
+            let (http, ready) = (self.http.clone(), ready.clone());
+            async move { http.get(ready).send().await.unwrap().status() == status }
+        })
+        .await;
+    }
+
     /// Headers that make `body` valid for `source`, as `hookwire sign` makes them.
     pub fn sign(&self, source: &str, body: &[u8], id: &str) -> Vec<(String, String)> {
         self.sources.get(source).unwrap().scheme.sign(body, SystemTime::now(), id).expect("test sources can sign")
