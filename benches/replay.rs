@@ -168,12 +168,12 @@ async fn seed(queue: &str, count: usize) {
             state.record_failure(Attempt::new(now, Some(503), "HTTP 503 Service Unavailable"));
         }
         state.dead_letter_reason = Some("retries_exhausted".into());
-        let mut properties = message::encode(&envelope, &state);
+        let (mut properties, body) = message::encode(&envelope, &state);
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(message::DEAD_LETTER_OF.into(), lapin::types::AMQPValue::LongString("bench".into()));
         properties = properties.with_headers(headers);
         let confirm = channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &envelope.body, properties)
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, properties)
             .await
             .unwrap();
         pending.push(confirm);

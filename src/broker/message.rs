@@ -1,11 +1,28 @@
 //! How an [`Envelope`] and its delivery history travel as an AMQP message.
 //!
-//! Body: the sender's raw bytes. Properties: `message-id` = event id,
-//! `content-type`, `timestamp`, persistent delivery mode. Everything else is a
-//! flat `hookwire-*` header with a string or integer value: flat because
-//! RabbitMQ streams (the archive, later) do not keep nested header tables.
+//! Body: the event, framed: [`MAGIC`], one line of JSON with the envelope's
+//! metadata (id, source, event type, received time, content type, forwarded
+//! headers), then the sender's bytes, exactly. It is what the event is, the
+//! same in every copy.
+//!
+//! Properties: persistent delivery mode and, only when there is something
+//! to say, flat `hookwire-*` headers with what has happened to this copy
+//! (attempts, history, dead-letter reason, replay mark): a fresh event
+//! carries no header table. RabbitMQ handles a message's header table and
+//! properties on every delivery, and at fan-out 10 the envelope as headers
+//! cost it 8–10 µs per delivery, a fifth of its deliveries/s
+//! (docs/BENCHMARKS.md, session 14). Headers stay flat (strings, integers)
+//! because RabbitMQ streams (the archive, the letters) do not keep nested
+//! header tables.
+//!
+//! Messages written before bodies were framed (the metadata in headers and
+//! properties, the body bare) still decode: across an upgrade they wait in
+//! queues, the letters stream and the archive.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use bytes::Bytes;
 use lapin::{
@@ -16,11 +33,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 
-pub const SOURCE: &str = "hookwire-source";
-pub const EVENT_TYPE: &str = "hookwire-event-type";
-pub const RECEIVED_AT: &str = "hookwire-received-at";
-/// Prefix of forwarded request headers: `hookwire-header-user-agent`.
-pub const HEADER_PREFIX: &str = "hookwire-header-";
+/// How a framed body starts; the number is the frame's version.
+pub const MAGIC: &[u8] = b"hookwire/1 ";
+/// What [`DecodeError`]s call the framed metadata.
+const ENVELOPE: &str = "hookwire envelope";
+
+/// Where messages written before framing kept the envelope (read only).
+const SOURCE: &str = "hookwire-source";
+const EVENT_TYPE: &str = "hookwire-event-type";
+const RECEIVED_AT: &str = "hookwire-received-at";
+const HEADER_PREFIX: &str = "hookwire-header-";
 /// Attempts made so far (0 for a fresh event).
 pub const ATTEMPTS: &str = "hookwire-attempts";
 /// JSON array of [`Attempt`]s, oldest first.
@@ -120,7 +142,7 @@ impl DeliveryState {
 pub enum DecodeError {
     #[error("message has no {0}")]
     Missing(&'static str),
-    #[error("message header {0} is malformed")]
+    #[error("message's {0} is malformed")]
     Malformed(&'static str),
 }
 
@@ -145,37 +167,69 @@ pub fn ceil_stored(at: SystemTime) -> SystemTime {
     if floor == at { floor } else { floor + Duration::from_millis(1) }
 }
 
-pub fn encode(envelope: &Envelope, state: &DeliveryState) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    let mut put = |key: &str, value: &str| {
-        headers.insert(key.to_owned().into(), AMQPValue::LongString(value.to_owned().into()));
+/// The message that carries `envelope` with `state`: its properties and
+/// its body (the framed event).
+pub fn encode(envelope: &Envelope, state: &DeliveryState) -> (BasicProperties, Vec<u8>) {
+    (properties(state), frame(envelope))
+}
+
+/// The body of every copy of `envelope`: [`MAGIC`], the metadata as one
+/// line of JSON, then the sender's bytes.
+pub fn frame(envelope: &Envelope) -> Vec<u8> {
+    let meta = Meta {
+        id: Cow::Borrowed(&envelope.id),
+        source: Cow::Borrowed(&envelope.source),
+        event_type: Cow::Borrowed(&envelope.event_type),
+        received_at_ms: envelope.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        content_type: envelope.content_type.as_deref().map(Cow::Borrowed),
+        headers: Cow::Borrowed(&envelope.headers),
     };
-    put(SOURCE, &envelope.source);
-    put(EVENT_TYPE, &envelope.event_type);
-    put(RECEIVED_AT, &rfc3339(envelope.received_at));
-    for (name, value) in &envelope.headers {
-        put(&format!("{HEADER_PREFIX}{name}"), value);
-    }
+    let mut out = Vec::with_capacity(MAGIC.len() + 192 + envelope.body.len());
+    out.extend_from_slice(MAGIC);
+    // JSON escapes every control character, so the line cannot hold a
+    // newline of its own and the first one ends it.
+    serde_json::to_writer(&mut out, &meta).expect("envelope metadata serializes");
+    out.push(b'\n');
+    out.extend_from_slice(&envelope.body);
+    out
+}
+
+/// Persistent, with headers only for what has happened to this copy: a
+/// fresh event's properties are its delivery mode alone.
+pub fn properties(state: &DeliveryState) -> BasicProperties {
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    let mut headers = FieldTable::default();
+    let mut put = |key: &str, value: String| {
+        headers.insert(key.to_owned().into(), AMQPValue::LongString(value.into()));
+    };
     if !state.history.is_empty() {
-        put(HISTORY, &serde_json::to_string(&state.history).expect("attempts serialize"));
+        put(HISTORY, serde_json::to_string(&state.history).expect("attempts serialize"));
     }
     if let Some(reason) = &state.dead_letter_reason {
-        put(DEAD_LETTER_REASON, reason);
+        put(DEAD_LETTER_REASON, reason.clone());
     }
     if let Some(Replayed { reason, at_ms }) = &state.replayed {
-        put(REPLAYED, &format!("{at_ms} {reason}"));
+        put(REPLAYED, format!("{at_ms} {reason}"));
     }
-    headers.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(state.attempts)));
-    let mut properties = BasicProperties::default()
-        .with_message_id(envelope.id.as_str().into())
-        .with_delivery_mode(2)
-        .with_timestamp(envelope.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
-        .with_app_id("hookwire".into())
-        .with_headers(headers);
-    if let Some(content_type) = &envelope.content_type {
-        properties = properties.with_content_type(content_type.as_str().into());
+    if state.attempts > 0 {
+        headers.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(state.attempts)));
     }
-    properties
+    if headers.inner().is_empty() { properties } else { properties.with_headers(headers) }
+}
+
+/// The envelope metadata in a framed body. Unknown keys are ignored, so a
+/// later version may add some without a new [`MAGIC`].
+#[derive(Serialize, Deserialize)]
+struct Meta<'a> {
+    id: Cow<'a, str>,
+    source: Cow<'a, str>,
+    event_type: Cow<'a, str>,
+    /// Milliseconds since the epoch: the precision stored times keep.
+    received_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    headers: Cow<'a, [(String, String)]>,
 }
 
 fn string(value: &AMQPValue) -> Option<String> {
@@ -199,11 +253,59 @@ fn integer(value: &AMQPValue) -> Option<i64> {
     }
 }
 
-pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<(Envelope, DeliveryState), DecodeError> {
+/// The envelope and this copy's delivery state, from a framed body or, for
+/// a message written before bodies were framed, from its headers.
+pub fn decode(properties: &BasicProperties, data: Bytes) -> Result<(Envelope, DeliveryState), DecodeError> {
     let empty = FieldTable::default();
-    let headers = properties.headers().as_ref().unwrap_or(&empty);
+    let headers = properties.headers().as_ref().unwrap_or(&empty).inner();
+    let envelope =
+        if headers.contains_key(RECEIVED_AT) { unheader(properties, headers, data)? } else { unframe(data)? };
+    let attempts = match headers.get(ATTEMPTS) {
+        None => 0,
+        Some(v) => integer(v).and_then(|i| u32::try_from(i).ok()).ok_or(DecodeError::Malformed(ATTEMPTS))?,
+    };
+    let history = match headers.get(HISTORY) {
+        None => Vec::new(),
+        Some(v) => string(v).and_then(|s| serde_json::from_str(&s).ok()).ok_or(DecodeError::Malformed(HISTORY))?,
+    };
+    let state = DeliveryState {
+        attempts,
+        history,
+        dead_letter_reason: headers.get(DEAD_LETTER_REASON).and_then(string),
+        // Malformed is ignored rather than refused: it only feeds the story.
+        replayed: headers.get(REPLAYED).and_then(string).and_then(|value| {
+            let (at_ms, reason) = value.split_once(' ')?;
+            Some(Replayed { reason: reason.to_owned(), at_ms: at_ms.parse().ok()? })
+        }),
+    };
+    Ok((envelope, state))
+}
+
+/// See [`frame`]. The body is a slice of `data`, not a copy.
+fn unframe(data: Bytes) -> Result<Envelope, DecodeError> {
+    let rest = data.strip_prefix(MAGIC).ok_or(DecodeError::Missing(ENVELOPE))?;
+    let line = rest.iter().position(|&b| b == b'\n').ok_or(DecodeError::Malformed(ENVELOPE))?;
+    let meta: Meta = serde_json::from_slice(&rest[..line]).map_err(|_| DecodeError::Malformed(ENVELOPE))?;
+    Ok(Envelope {
+        id: meta.id.into_owned(),
+        source: meta.source.into_owned(),
+        event_type: meta.event_type.into_owned(),
+        received_at: UNIX_EPOCH + Duration::from_millis(meta.received_at_ms),
+        content_type: meta.content_type.map(Cow::into_owned),
+        headers: meta.headers.into_owned(),
+        body: data.slice(MAGIC.len() + line + 1..),
+    })
+}
+
+/// A message written before bodies were framed: the metadata in
+/// `hookwire-*` headers and properties, the body bare.
+fn unheader(
+    properties: &BasicProperties,
+    headers: &std::collections::BTreeMap<lapin::types::ShortString, AMQPValue>,
+    body: Bytes,
+) -> Result<Envelope, DecodeError> {
     let get = |key: &'static str| -> Result<String, DecodeError> {
-        let value = headers.inner().get(key).ok_or(DecodeError::Missing(key))?;
+        let value = headers.get(key).ok_or(DecodeError::Missing(key))?;
         string(value).ok_or(DecodeError::Malformed(key))
     };
     let id =
@@ -211,11 +313,10 @@ pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<(Envelope, De
     let received_at =
         humantime::parse_rfc3339_weak(&get(RECEIVED_AT)?).map_err(|_| DecodeError::Malformed(RECEIVED_AT))?;
     let forwarded = headers
-        .inner()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().strip_prefix(HEADER_PREFIX)?.to_owned(), string(v)?)))
         .collect();
-    let envelope = Envelope {
+    Ok(Envelope {
         id,
         source: get(SOURCE)?,
         event_type: get(EVENT_TYPE)?,
@@ -223,26 +324,7 @@ pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<(Envelope, De
         content_type: properties.content_type().as_ref().map(|s| s.as_str().to_owned()),
         headers: forwarded,
         body,
-    };
-    let attempts = match headers.inner().get(ATTEMPTS) {
-        None => 0,
-        Some(v) => integer(v).and_then(|i| u32::try_from(i).ok()).ok_or(DecodeError::Malformed(ATTEMPTS))?,
-    };
-    let history = match headers.inner().get(HISTORY) {
-        None => Vec::new(),
-        Some(v) => string(v).and_then(|s| serde_json::from_str(&s).ok()).ok_or(DecodeError::Malformed(HISTORY))?,
-    };
-    let state = DeliveryState {
-        attempts,
-        history,
-        dead_letter_reason: headers.inner().get(DEAD_LETTER_REASON).and_then(string),
-        // Malformed is ignored rather than refused: it only feeds the story.
-        replayed: headers.inner().get(REPLAYED).and_then(string).and_then(|value| {
-            let (at_ms, reason) = value.split_once(' ')?;
-            Some(Replayed { reason: reason.to_owned(), at_ms: at_ms.parse().ok()? })
-        }),
-    };
-    Ok((envelope, state))
+    })
 }
 
 /// Seconds since the epoch, for `webhook-timestamp`.
@@ -261,18 +343,22 @@ mod tests {
             event_type: "invoice.paid".into(),
             received_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             content_type: Some("application/json".into()),
-            headers: vec![("user-agent".into(), "acme/1".into())],
-            body: Bytes::from_static(b"{\"a\": 1}"),
+            headers: vec![("user-agent".into(), "acme/1".into()), ("x-note".into(), "line\nbreak \"quoted\"".into())],
+            body: Bytes::from_static(b"{\"a\": 1}\n{\"b\": 2}"),
         }
+    }
+
+    fn decode_encoded(envelope: &Envelope, state: &DeliveryState) -> (Envelope, DeliveryState) {
+        let (properties, body) = encode(envelope, state);
+        decode(&properties, Bytes::from(body)).unwrap()
     }
 
     #[test]
     fn a_malformed_replay_mark_is_ignored_not_refused() {
-        let mut props = encode(&envelope(), &DeliveryState::default());
-        let mut headers = props.headers().clone().unwrap();
+        let (props, body) = encode(&envelope(), &DeliveryState::default());
+        let mut headers = FieldTable::default();
         headers.insert(REPLAYED.into(), AMQPValue::LongString("soon dead_letters".into()));
-        props = props.with_headers(headers);
-        let (_, state) = decode(&props, Bytes::new()).unwrap();
+        let (_, state) = decode(&props.with_headers(headers), Bytes::from(body)).unwrap();
         assert_eq!(state.replayed, None);
     }
 
@@ -283,8 +369,7 @@ mod tests {
         state.record_failure(Attempt::new(SystemTime::now(), None, &"x".repeat(1000)));
         state.dead_letter_reason = Some("retries_exhausted".into());
         state.replayed = Some(Replayed { reason: "dead_letters".into(), at_ms: 1_700_000_000_456 });
-        let props = encode(&envelope(), &state);
-        let (decoded, decoded_state) = decode(&props, Bytes::from_static(b"{\"a\": 1}")).unwrap();
+        let (decoded, decoded_state) = decode_encoded(&envelope(), &state);
         assert_eq!(decoded, envelope());
         assert_eq!(decoded_state, state);
         assert_eq!(decoded_state.attempts, 2);
@@ -292,17 +377,96 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_event_is_its_body_and_a_delivery_mode() {
+        let bare = Envelope { content_type: None, headers: Vec::new(), ..envelope() };
+        let (props, body) = encode(&bare, &DeliveryState::default());
+        assert_eq!(props, BasicProperties::default().with_delivery_mode(2));
+        let line = format!(
+            "hookwire/1 {}\n",
+            r#"{"id":"evt_1","source":"acme","event_type":"invoice.paid","received_at_ms":1700000000123}"#
+        );
+        assert_eq!(body, [line.as_bytes(), &bare.body[..]].concat());
+        assert_eq!(decode(&props, Bytes::from(body)).unwrap(), (bare, DeliveryState::default()));
+    }
+
+    #[test]
+    fn the_body_is_a_slice_of_the_message_not_a_copy() {
+        let (props, body) = encode(&envelope(), &DeliveryState::default());
+        let data = Bytes::from(body);
+        let (decoded, _) = decode(&props, data.clone()).unwrap();
+        assert_eq!(decoded.body.as_ptr(), data[data.len() - decoded.body.len()..].as_ptr());
+    }
+
+    #[test]
+    fn unknown_metadata_is_ignored() {
+        let body =
+            "hookwire/1 {\"id\":\"e\",\"source\":\"s\",\"event_type\":\"t\",\"received_at_ms\":5,\"later\":[1]}\nhi";
+        let (decoded, _) = decode(&BasicProperties::default(), Bytes::from(body)).unwrap();
+        assert_eq!((decoded.id.as_str(), &decoded.body[..]), ("e", &b"hi"[..]));
+    }
+
+    /// What hookwire wrote before bodies were framed, built by hand.
+    fn unframed(state_headers: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        for (key, value) in [
+            (SOURCE, "acme"),
+            (EVENT_TYPE, "invoice.paid"),
+            (RECEIVED_AT, "2023-11-14T22:13:20.123Z"),
+            ("hookwire-header-user-agent", "acme/1"),
+        ] {
+            headers.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
+        for (key, value) in state_headers {
+            headers.insert((*key).into(), value.clone());
+        }
+        BasicProperties::default()
+            .with_message_id("evt_1".into())
+            .with_delivery_mode(2)
+            .with_timestamp(1_700_000_000)
+            .with_app_id("hookwire".into())
+            .with_content_type("application/json".into())
+            .with_headers(headers)
+    }
+
+    #[test]
+    fn messages_written_before_framing_still_decode() {
+        let history = r#"[{"at":"2023-11-14T22:14:00.000Z","status":503,"error":"HTTP 503"}]"#;
+        let props = unframed(&[
+            (ATTEMPTS, AMQPValue::LongLongInt(1)),
+            (HISTORY, AMQPValue::LongString(history.into())),
+            (DEAD_LETTER_REASON, AMQPValue::LongString("retries_exhausted".into())),
+        ]);
+        let (decoded, state) = decode(&props, Bytes::from_static(b"{\"a\": 1}")).unwrap();
+        let expected = Envelope {
+            headers: vec![("user-agent".into(), "acme/1".into())],
+            body: Bytes::from_static(b"{\"a\": 1}"),
+            ..envelope()
+        };
+        assert_eq!(decoded, expected);
+        assert_eq!((state.attempts, state.history[0].status), (1, Some(503)));
+        assert_eq!(state.dead_letter_reason.as_deref(), Some("retries_exhausted"));
+        // Retried or replayed now, it travels framed, and decodes the same.
+        assert_eq!(decode_encoded(&decoded, &state), (expected, state));
+    }
+
+    #[test]
     fn fresh_event_has_no_attempts() {
-        let props = encode(&envelope(), &DeliveryState::default());
-        let (_, state) = decode(&props, Bytes::new()).unwrap();
+        let (_, state) = decode_encoded(&envelope(), &DeliveryState::default());
         assert_eq!(state, DeliveryState::default());
     }
 
     #[test]
     fn foreign_messages_are_rejected() {
-        assert_eq!(decode(&BasicProperties::default(), Bytes::new()).unwrap_err(), DecodeError::Missing("message-id"));
-        let props = BasicProperties::default().with_message_id("x".into());
-        assert_eq!(decode(&props, Bytes::new()).unwrap_err(), DecodeError::Missing(RECEIVED_AT));
+        let none = BasicProperties::default();
+        assert_eq!(decode(&none, Bytes::from_static(b"{}")).unwrap_err(), DecodeError::Missing(ENVELOPE));
+        let cut = Bytes::from_static(b"hookwire/1 {\"id\":\"e\"");
+        assert_eq!(decode(&none, cut).unwrap_err(), DecodeError::Malformed(ENVELOPE));
+        let incomplete = Bytes::from_static(b"hookwire/1 {\"id\":\"e\"}\n{}");
+        assert_eq!(decode(&none, incomplete).unwrap_err(), DecodeError::Malformed(ENVELOPE));
+        let mut headers = FieldTable::default();
+        headers.insert(RECEIVED_AT.into(), AMQPValue::LongString("2023-11-14T22:13:20Z".into()));
+        let props = BasicProperties::default().with_headers(headers);
+        assert_eq!(decode(&props, Bytes::new()).unwrap_err(), DecodeError::Missing("message-id"));
     }
 
     #[test]

@@ -464,11 +464,11 @@ impl Worker {
                 let queue = &self.queues.retry_queue(queue).expect("every scheduled delay has a queue").name;
                 // The queue's TTL caps the wait; the message's own expiration
                 // places it (jitter, Retry-After) within that cap.
-                let properties =
-                    message::encode(&envelope, &state).with_expiration(wait.as_millis().max(1).to_string().into());
+                let (properties, body) = message::encode(&envelope, &state);
+                let properties = properties.with_expiration(wait.as_millis().max(1).to_string().into());
                 // Boxed, as the dead letter below: publishing is the rare path,
                 // and its future would otherwise size every delivery's task.
-                Box::pin(self.store(session, queue, properties, &envelope.body)).await?;
+                Box::pin(self.store(session, queue, properties, &body)).await?;
                 self.meters.retried.increment(1);
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
                 self.record_outcome(story, &envelope.id, "retrying", None);
@@ -492,7 +492,8 @@ impl Worker {
         story: &mut Vec<Record>,
     ) -> Result<(), crate::broker::PublishError> {
         state.dead_letter_reason = Some(reason.to_owned());
-        self.store_dead(session, message::encode(envelope, &state), &envelope.body).await?;
+        let (properties, body) = message::encode(envelope, &state);
+        self.store_dead(session, properties, &body).await?;
         self.meters.dead_lettered.increment(1);
         metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
         tracing::warn!(?status, %error, reason, attempts = state.attempts, "dead-lettered");

@@ -221,8 +221,8 @@ fn rejection_error(rejection: &Rejection) -> ApiError {
 /// Publishes the event and waits for its confirm; on failure, the reason
 /// (for the event log) and the `503`.
 async fn publish(state: &IngressState, envelope: &Envelope, routing_key: &str) -> Result<(), (&'static str, ApiError)> {
-    let properties = message::encode(envelope, &Default::default());
-    state.publisher.publish(&state.accepted_exchange, routing_key, properties, &envelope.body).await.map_err(|error| {
+    let (properties, body) = message::encode(envelope, &Default::default());
+    state.publisher.publish(&state.accepted_exchange, routing_key, properties, &body).await.map_err(|error| {
         count(&envelope.source, "unavailable");
         match error {
             // No connection, or a resource alarm: the broker supervisor has

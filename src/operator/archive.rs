@@ -160,17 +160,11 @@ impl Operator {
                     continue;
                 }
                 let replayed = DeliveryState { replayed: Some(Replayed::now(reason)), ..Default::default() };
-                let properties = message::encode(&envelope, &replayed);
+                let (properties, body) = message::encode(&envelope, &replayed);
                 let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let confirm = bounded(
                     timeout,
-                    publisher.basic_publish(
-                        "".into(),
-                        queues.work.as_str().into(),
-                        options,
-                        &envelope.body,
-                        properties,
-                    ),
+                    publisher.basic_publish("".into(), queues.work.as_str().into(), options, &body, properties),
                 )
                 .await?;
                 pending.push(async move { tokio::time::timeout(timeout, confirm).await });

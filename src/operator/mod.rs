@@ -213,12 +213,13 @@ impl Operator {
                     dead_letter_reason: None,
                     replayed: Some(Replayed::now("dead_letters")),
                 };
-                let properties = message::encode(envelope, &fresh);
+                let (properties, body) = message::encode(envelope, &fresh);
                 (
                     Decision::Move {
                         exchange: String::new(),
                         routing_key: queues.work.clone(),
                         properties: Box::new(properties),
+                        body: body.into(),
                     },
                     Flow::Continue,
                 )
@@ -272,7 +273,13 @@ impl Operator {
                 // Straight to the topic exchange: the archive has it already.
                 let exchange = topology.events_exchange.clone();
                 (
-                    Decision::Move { exchange, routing_key, properties: Box::new(message.properties.clone()) },
+                    Decision::Move {
+                        exchange,
+                        routing_key,
+                        // As it came: the event unchanged, no history to reset.
+                        properties: Box::new(message.properties.clone()),
+                        body: message.data.clone(),
+                    },
                     Flow::Continue,
                 )
             },

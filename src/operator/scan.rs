@@ -67,26 +67,42 @@ pub enum Access {
 /// One message as a scan sees it.
 pub struct Message {
     pub properties: BasicProperties,
-    pub body: Bytes,
+    /// The body as stored (for hookwire's messages, the framed event).
+    pub data: Bytes,
     /// The envelope and delivery history, or why the message is not ours.
     pub decoded: Result<(Envelope, DeliveryState), DecodeError>,
 }
 
 impl Message {
-    /// The event id, also for messages that do not decode (when they have one).
+    /// The event id, also for messages that do not decode (when their
+    /// `message-id` property has one).
     pub fn id(&self) -> Option<&str> {
-        self.properties.message_id().as_ref().map(|id| id.as_str())
+        match &self.decoded {
+            Ok((envelope, _)) => Some(&envelope.id),
+            Err(_) => self.properties.message_id().as_ref().map(|id| id.as_str()),
+        }
+    }
+
+    /// The sender's bytes; all of the stored body for a message that does
+    /// not decode.
+    pub fn payload(&self) -> &Bytes {
+        match &self.decoded {
+            Ok((envelope, _)) => &envelope.body,
+            Err(_) => &self.data,
+        }
     }
 }
 
 pub enum Decision {
     Keep,
     Remove,
-    /// Publish to `exchange` with `routing_key`, confirmed, then remove.
+    /// Publish `properties` and `body` to `exchange` with `routing_key`,
+    /// confirmed, then remove.
     Move {
         exchange: String,
         routing_key: String,
         properties: Box<BasicProperties>,
+        body: Bytes,
     },
 }
 
@@ -196,8 +212,8 @@ pub async fn scan(
             continue;
         }
         let properties = without_stream_headers(delivery.properties);
-        let body = Bytes::from(delivery.data);
-        let message = Message { decoded: message::decode(&properties, body.clone()), properties, body };
+        let data = Bytes::from(delivery.data);
+        let message = Message { decoded: message::decode(&properties, data.clone()), properties, data };
         let (decision, flow) = visit(&message);
         stop = matches!(flow, Flow::Stop);
         progress.send_modify(|r| r.scanned += 1);
@@ -212,13 +228,13 @@ pub async fn scan(
                     break Err(error);
                 }
             }
-            Decision::Move { exchange, routing_key, properties } => {
+            Decision::Move { exchange, routing_key, properties, body } => {
                 let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let publish = publisher.basic_publish(
                     exchange.as_str().into(),
                     routing_key.as_str().into(),
                     options,
-                    &message.body,
+                    &body,
                     *properties,
                 );
                 match bounded(timeout, publish).await {

@@ -171,8 +171,9 @@ pub struct Detail {
 }
 
 pub fn summary(message: &Message) -> Summary {
-    let preview_end = floor_char_boundary(&message.body, PREVIEW_BYTES);
-    let preview = String::from_utf8_lossy(&message.body[..preview_end]).into_owned();
+    let body = message.payload();
+    let preview_end = floor_char_boundary(body, PREVIEW_BYTES);
+    let preview = String::from_utf8_lossy(&body[..preview_end]).into_owned();
     let base = Summary {
         event_id: message.id().unwrap_or_default().to_owned(),
         source: None,
@@ -185,8 +186,8 @@ pub fn summary(message: &Message) -> Summary {
         first_failure_at: None,
         last_failure_at: None,
         content_type: message.properties.content_type().as_ref().map(|c| c.as_str().to_owned()),
-        body_bytes: message.body.len(),
-        body_truncated: preview_end < message.body.len(),
+        body_bytes: body.len(),
+        body_truncated: preview_end < body.len(),
         body_preview: preview,
     };
     let Ok((envelope, state)) = &message.decoded else {
@@ -197,6 +198,7 @@ pub fn summary(message: &Message) -> Summary {
         source: Some(envelope.source.clone()),
         event_type: Some(envelope.event_type.clone()),
         received_at: Some(message::rfc3339(envelope.received_at)),
+        content_type: envelope.content_type.clone(),
         attempts: state.attempts,
         reason: reason(message, state),
         last_status: last.and_then(|a| a.status),
@@ -236,12 +238,13 @@ pub fn detail(message: &Message) -> Detail {
         Ok((envelope, state)) => (envelope.headers.iter().cloned().collect(), state.history.clone()),
         Err(_) => (BTreeMap::new(), Vec::new()),
     };
-    let text = std::str::from_utf8(&message.body).ok().map(str::to_owned);
+    let body = message.payload();
+    let text = std::str::from_utf8(body).ok().map(str::to_owned);
     Detail {
         summary: summary(message),
         headers,
         history,
-        body_base64: text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&message.body)),
+        body_base64: text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(body)),
         body: text,
     }
 }
@@ -290,8 +293,9 @@ mod tests {
         let mut state = crate::broker::message::DeliveryState::default();
         state.record_failure(Attempt::new(failed_at, Some(status), "HTTP error"));
         state.dead_letter_reason = Some("retries_exhausted".into());
-        let properties = message::encode(&envelope, &state);
-        Message { decoded: message::decode(&properties, envelope.body.clone()), properties, body: envelope.body }
+        let (properties, body) = message::encode(&envelope, &state);
+        let data = bytes::Bytes::from(body);
+        Message { decoded: message::decode(&properties, data.clone()), properties, data }
     }
 
     #[test]
@@ -353,7 +357,7 @@ mod tests {
         let junk = Message {
             decoded: message::decode(&properties, bytes::Bytes::new()),
             properties,
-            body: bytes::Bytes::new(),
+            data: bytes::Bytes::new(),
         };
         let matches = |s: Selector| s.compile().unwrap().matches(&junk);
         assert!(matches(Selector { reason: Some("malformed".into()), ..Default::default() }));

@@ -494,3 +494,61 @@ async fn the_brokers_own_dead_letters_are_listed_under_their_subscription() {
     assert_eq!(app.depth(&work).await, 0);
     assert!(ids(&app.api_get("/api/v1/unrouted").await).is_empty());
 }
+
+/// Across an upgrade, messages written before bodies were framed (the
+/// envelope in headers) still wait in work queues and the letters stream:
+/// they are delivered, browsed and replayed as before, and a replayed copy
+/// travels in today's format.
+#[tokio::test]
+async fn messages_written_before_framing_are_delivered_browsed_and_replayed() {
+    use crate::helpers::unframed;
+    let sink = Sink::start(Behavior::Ok).await;
+    let app = TestApp::operator(&subscription(&sink)).await;
+    let dead = Pile::Dead("billing".into());
+    let failed_at = SystemTime::now();
+
+    let (queued, _) = dead_letter("evt_queued", "invoice.paid", 503, 0, failed_at);
+    let work = app.topology.subscription("billing").unwrap().work.clone();
+    app.publish_all(&work, [unframed(&queued, &Default::default())]).await;
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(got[0].body, queued.body);
+    assert_eq!(got[0].header("webhook-id"), "evt_queued");
+    assert_eq!(got[0].header("hookwire-source"), "acme");
+    assert_eq!(got[0].header("hookwire-event-type"), "invoice.paid");
+    assert_eq!(got[0].header("content-type"), "application/json");
+    assert_eq!(got[0].header("hookwire-attempt"), "1");
+
+    let (letter, state) = dead_letter("evt_old", "invoice.paid", 503, 2, failed_at);
+    app.put_letters(&dead, [unframed(&letter, &state)]).await;
+    app.wait_letters(&dead, 1, T).await;
+    let one = app.api_get("/api/v1/subscriptions/billing/dead-letters/evt_old").await;
+    assert_eq!((one["source"].as_str(), one["type"].as_str()), (Some("acme"), Some("invoice.paid")));
+    assert_eq!((one["attempts"].as_u64(), one["reason"].as_str()), (Some(2), Some("retries_exhausted")));
+    assert_eq!(one["body"].as_str().unwrap().as_bytes(), &letter.body[..]);
+    assert_eq!(one["content_type"], "application/json");
+    assert_eq!(one["headers"]["user-agent"], "acme/1");
+
+    let replay = "/api/v1/subscriptions/billing/dead-letters/replay";
+    let (status, report) = app.api_send(Method::POST, replay, json!({"ids": ["evt_old"]})).await;
+    assert_eq!((status, report["replayed"].as_u64()), (200, Some(1)), "{report}");
+    let got = sink.wait_for(2, T).await;
+    assert_eq!(got[1].body, letter.body);
+    assert_eq!(got[1].header("webhook-id"), "evt_old");
+    assert_eq!(got[1].header("hookwire-event-type"), "invoice.paid");
+    assert_eq!(got[1].header("hookwire-attempt"), "1");
+    app.wait_letters(&dead, 0, T).await;
+
+    // The other way round: an earlier worker, given today's format, kept
+    // the message as it came and called it malformed. It replays.
+    let (framed, _) = dead_letter("evt_new", "invoice.paid", 503, 0, failed_at);
+    let (properties, body) = hookwire::broker::message::encode(&framed, &Default::default());
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert("hookwire-dead-letter-reason".into(), lapin::types::AMQPValue::LongString("malformed".into()));
+    app.put_letters(&dead, [(properties.with_headers(headers), body)]).await;
+    app.wait_letters(&dead, 1, T).await;
+    let (_, report) = app.api_send(Method::POST, replay, json!({"reason": "malformed"})).await;
+    assert_eq!(report["replayed"], 1, "{report}");
+    let got = sink.wait_for(3, T).await;
+    assert_eq!((got[2].header("webhook-id"), &got[2].body), ("evt_new", &framed.body));
+    app.wait_letters(&dead, 0, T).await;
+}

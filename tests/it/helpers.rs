@@ -795,27 +795,40 @@ impl TestApp {
 
     /// Publishes `messages` straight into `queue`, confirmed.
     pub async fn seed(&self, queue: &str, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
-        let encoded = messages.into_iter().map(|(envelope, state)| (message::encode(&envelope, &state), envelope.body));
+        let encoded = messages.into_iter().map(|(envelope, state)| message::encode(&envelope, &state));
         self.publish_all(queue, encoded).await;
     }
 
     /// Puts `messages` on `pile` as a worker (dead letters) or the alternate
     /// exchange (unrouted events) would.
     pub async fn seed_letters(&self, pile: &Pile, messages: impl IntoIterator<Item = (Envelope, DeliveryState)>) {
-        let encoded = messages.into_iter().map(|(envelope, state)| {
-            let mut properties = message::encode(&envelope, &state);
+        let encoded = messages.into_iter().map(|(envelope, state)| message::encode(&envelope, &state));
+        self.put_letters(pile, encoded).await;
+    }
+
+    /// Puts messages already encoded on `pile`, as [`Self::seed_letters`].
+    pub async fn put_letters(
+        &self,
+        pile: &Pile,
+        messages: impl IntoIterator<Item = (lapin::BasicProperties, Vec<u8>)>,
+    ) {
+        let tagged = messages.into_iter().map(|(mut properties, body)| {
             if let Pile::Dead(name) = pile {
                 let mut headers = properties.headers().clone().unwrap_or_default();
                 headers.insert(message::DEAD_LETTER_OF.into(), AMQPValue::LongString(name.as_str().into()));
                 properties = properties.with_headers(headers);
             }
-            (properties, envelope.body)
+            (properties, body)
         });
-        self.publish_all(&self.topology.letters, encoded).await;
+        self.publish_all(&self.topology.letters, tagged).await;
     }
 
     /// Publishes each `(properties, body)` to `queue`, all confirmed.
-    async fn publish_all(&self, queue: &str, messages: impl IntoIterator<Item = (lapin::BasicProperties, Bytes)>) {
+    pub async fn publish_all(
+        &self,
+        queue: &str,
+        messages: impl IntoIterator<Item = (lapin::BasicProperties, Vec<u8>)>,
+    ) {
         let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
@@ -857,6 +870,41 @@ pub fn dead_letter(
     }
     state.dead_letter_reason = Some("retries_exhausted".into());
     (envelope, state)
+}
+
+/// `envelope` and `state` as hookwire wrote them before bodies were framed
+/// (session 15): the envelope in `hookwire-*` headers and properties, the
+/// body bare. Written out by hand, as that version's `message::encode` did,
+/// so the test of reading them does not depend on today's code.
+pub fn unframed(envelope: &Envelope, state: &DeliveryState) -> (lapin::BasicProperties, Vec<u8>) {
+    let mut headers = FieldTable::default();
+    let mut put = |key: &str, value: String| {
+        headers.insert(key.to_owned().into(), AMQPValue::LongString(value.into()));
+    };
+    put("hookwire-source", envelope.source.clone());
+    put("hookwire-event-type", envelope.event_type.clone());
+    put("hookwire-received-at", message::rfc3339(envelope.received_at));
+    for (name, value) in &envelope.headers {
+        put(&format!("hookwire-header-{name}"), value.clone());
+    }
+    if !state.history.is_empty() {
+        put("hookwire-history", serde_json::to_string(&state.history).unwrap());
+    }
+    if let Some(reason) = &state.dead_letter_reason {
+        put("hookwire-dead-letter-reason", reason.clone());
+    }
+    headers.insert("hookwire-attempts".into(), AMQPValue::LongLongInt(i64::from(state.attempts)));
+    let received = envelope.received_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut properties = lapin::BasicProperties::default()
+        .with_message_id(envelope.id.as_str().into())
+        .with_delivery_mode(2)
+        .with_timestamp(received)
+        .with_app_id("hookwire".into())
+        .with_headers(headers);
+    if let Some(content_type) = &envelope.content_type {
+        properties = properties.with_content_type(content_type.as_str().into());
+    }
+    (properties, envelope.body.to_vec())
 }
 
 /// Deletes the namespace's queues and exchanges on drop, panicking test or
