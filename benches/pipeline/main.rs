@@ -36,8 +36,10 @@
 //! same sink, for each N (issue 12): deliveries/s, CPU per delivery, peak
 //! RSS, and the time to start and become ready with N subscriptions. Each
 //! first measures RabbitMQ alone through the same fanout; `--raw-like
-//! props,headers,args` makes those messages and queues carry what
-//! hookwire's do (any subset), and `--raw-ack-every N` sets how many
+//! props,headers,args,topic` makes those queues carry hookwire's queue
+//! arguments, the routing go through a topic exchange as hookwire's does,
+//! and those messages carry what hookwire's carried until session 15 (any
+//! subset), and `--raw-ack-every N` sets how many
 //! deliveries its consumers ack at once (default 32).
 //! `--ingress [--baseline PATH] [--rounds N]` runs only (a) and (b), in N
 //! rounds (default 3): each round both raw ceilings, then the ingress (and
@@ -85,8 +87,10 @@ static NO_ARCHIVE: AtomicBool = AtomicBool::new(false);
 static EVENT_LOG: AtomicBool = AtomicBool::new(false);
 /// Each bench subscription's `concurrency` (`--concurrency N`, default 64).
 static SUBSCRIPTION_CONCURRENCY: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(64);
-/// `--raw-like WORDS`: what the raw fan-out's messages and queues share
-/// with hookwire's (`props`, `headers`, `args`; see `raw_fan_out`).
+/// `--raw-like WORDS`: what the raw fan-out's messages, queues and routing
+/// share with hookwire's (`args`, `topic`), or with what hookwire's messages carried before
+/// session 15 framed the envelope in the body (`props`, `headers`); see
+/// `raw_fan_out`.
 static RAW_LIKE: Mutex<String> = Mutex::new(String::new());
 /// `--raw-ack-every N`: the raw fan-out's consumers ack N at a time (32).
 static RAW_ACK_EVERY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(32);
@@ -341,8 +345,9 @@ impl Raw {
 /// to the archive stream and to the topic exchange `ns.events`, with its
 /// alternate exchange, bound to a subscription's quorum queue), and 64
 /// lapin publishers publish to it as the ingress does: `properties` the
-/// envelope's (message id, timestamp, app id, content type and the source,
-/// type and receipt headers) or none, `mandatory` or not, on `channels`
+/// message hookwire makes of an envelope (since session 15 the envelope
+/// framed in the body, see `broker::message`) or the bare body with
+/// persistent delivery mode, `mandatory` or not, on `channels`
 /// confirm channels (the ingress uses a pool of a few).
 #[derive(Clone, Copy)]
 struct AsIngress {
@@ -364,10 +369,11 @@ async fn raw_as_ingress(duration: Duration, variant: AsIngress) -> Raw {
         headers: Vec::new(),
         body: body(0).into(),
     };
-    let properties = if variant.properties {
-        hookwire::broker::message::encode(&envelope, &Default::default())
+    let (properties, payload) = if variant.properties {
+        let (properties, body) = hookwire::broker::message::encode(&envelope, &Default::default());
+        (properties, bytes::Bytes::from(body))
     } else {
-        BasicProperties::default().with_delivery_mode(2)
+        (BasicProperties::default().with_delivery_mode(2), envelope.body.clone())
     };
     let key = envelope.routing_key();
     let sent = Arc::new(AtomicU64::new(0));
@@ -381,7 +387,7 @@ async fn raw_as_ingress(duration: Duration, variant: AsIngress) -> Raw {
     let mut tasks = Vec::new();
     for i in 0..CONCURRENCY {
         let channel = channels[i % channels.len()].clone();
-        let (sent, stop, payload) = (sent.clone(), stop.clone(), envelope.body.clone());
+        let (sent, stop, payload) = (sent.clone(), stop.clone(), payload.clone());
         let (exchange, key, properties) = (exchange.clone(), key.clone(), properties.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -585,10 +591,32 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
     let queues: Vec<String> = (0..n).map(|i| format!("{base}.q{i}")).collect();
     // `--raw-like`: `args`, the arguments hookwire's work queues carry
     // (at-least-once dead-lettering, reject-publish, a delivery limit);
-    // `props` and `headers`, the properties and the header table of
-    // hookwire's envelope (a sender's id, timestamp and user agent among
-    // them). What each costs RabbitMQ, apart (docs/BENCHMARKS.md, session 14).
+    // `props` and `headers`, the properties and the header table that
+    // carried hookwire's envelope until session 15 (a sender's id, timestamp
+    // and user agent among them). What each costs RabbitMQ, apart
+    // (docs/BENCHMARKS.md, session 14); hookwire's messages now carry
+    // neither, only the envelope framed in the body. `topic`: hookwire's
+    // routing, the queues bound by pattern (`bench.#`) to a topic exchange
+    // with an alternate exchange, itself bound to the fanout.
     let variant = RAW_LIKE.lock().unwrap().clone();
+    let routed_by = if variant.contains("topic") {
+        let topic = format!("{base}.events");
+        let (unrouted, mut args) = (format!("{base}.unrouted"), FieldTable::default());
+        setup
+            .exchange_declare(unrouted.as_str().into(), lapin::ExchangeKind::Fanout, options, args.clone())
+            .await
+            .unwrap();
+        args.insert("alternate-exchange".into(), AMQPValue::LongString(unrouted.into()));
+        setup.exchange_declare(topic.as_str().into(), lapin::ExchangeKind::Topic, options, args).await.unwrap();
+        let bind = lapin::options::ExchangeBindOptions::default();
+        setup
+            .exchange_bind(topic.as_str().into(), exchange.as_str().into(), "".into(), bind, FieldTable::default())
+            .await
+            .unwrap();
+        (topic, "bench.#")
+    } else {
+        (exchange.clone(), "")
+    };
     for queue in &queues {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
@@ -601,10 +629,11 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
         }
         setup.queue_declare(queue.as_str().into(), durable, args).await.unwrap();
     }
-    for target in queues.iter().chain([&stream]) {
+    for (target, source, key) in queues.iter().map(|q| (q, &routed_by.0, routed_by.1)).chain([(&stream, &exchange, "")])
+    {
         let bind = lapin::options::QueueBindOptions::default();
         setup
-            .queue_bind(target.as_str().into(), exchange.as_str().into(), "".into(), bind, FieldTable::default())
+            .queue_bind(target.as_str().into(), source.as_str().into(), key.into(), bind, FieldTable::default())
             .await
             .unwrap();
     }
@@ -643,6 +672,9 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
         let (sent, stop, payload, exchange) = (sent.clone(), stop.clone(), payload.clone(), exchange.clone());
         let with_headers = variant.contains("headers");
         let with_props = variant.contains("props");
+        // As the ingress publishes: a routing key, and `mandatory` (which
+        // the alternate exchange answers).
+        let (key, mandatory) = if variant.contains("topic") { ("bench.invoice.paid", true) } else { ("", false) };
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let mut props = BasicProperties::default().with_delivery_mode(2);
@@ -668,9 +700,11 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
                         .with_app_id("hookwire".into())
                         .with_content_type("application/json".into());
                 }
-                let options = BasicPublishOptions::default();
-                let confirm =
-                    channel.basic_publish(exchange.as_str().into(), "".into(), options, &payload, props).await.unwrap();
+                let options = BasicPublishOptions { mandatory, ..Default::default() };
+                let confirm = channel
+                    .basic_publish(exchange.as_str().into(), key.into(), options, &payload, props)
+                    .await
+                    .unwrap();
                 assert!(confirm.await.unwrap().is_ack());
                 sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -688,7 +722,11 @@ async fn raw_fan_out(duration: Duration, n: usize) -> RawFanOut {
     for queue in queues.iter().chain([&stream]) {
         setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
     }
-    setup.exchange_delete(exchange.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
+    for name in [format!("{base}.events"), format!("{base}.unrouted"), exchange] {
+        // The topic exchanges exist only with `topic`; deleting one that
+        // does not is not an error in RabbitMQ.
+        setup.exchange_delete(name.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
+    }
     let _ = conn.close(200, "done".into()).await;
     for consumer in consumers {
         consumer.abort();
