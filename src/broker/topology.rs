@@ -572,9 +572,20 @@ impl Topology {
 
     /// Deletes every queue and exchange of the namespace, messages included.
     /// For tests and for operators retiring a namespace.
+    ///
+    /// Also the queues an earlier version made that this one only drains
+    /// (each subscription's classic `NAME.dead` and `NAME.paused`, and the
+    /// `ns.unrouted` queue): a namespace first run by an old binary would
+    /// otherwise leave them behind. Deleting a queue that does not exist is
+    /// not an error in AMQP.
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let retired = self.subscriptions.iter().flat_map(|s| s.retired.iter().map(|r| r.name.clone()));
-        for queue in self.queues().into_iter().map(|q| q.name).chain(retired) {
+        let earlier = self
+            .subscriptions
+            .iter()
+            .flat_map(|s| [format!("{}.dead", s.work), format!("{}.paused", s.work)])
+            .chain([self.unrouted_exchange.clone()]);
+        for queue in self.queues().into_iter().map(|q| q.name).chain(retired).chain(earlier) {
             channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
         }
         for exchange in [&self.accepted_exchange, &self.events_exchange, &self.unrouted_exchange] {

@@ -452,6 +452,14 @@ async fn letters_of_an_earlier_version_are_moved_into_the_stream() {
     // The kept work queue still delivers.
     assert_eq!(app.post_acme("evt_new", r#"{"type":"invoice.paid"}"#).await.status(), 202);
     sink.wait_for(1, T).await;
+
+    // Retiring the namespace removes the earlier version's queues too.
+    app.stop().await;
+    let conn = app.connect().await;
+    app.topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
+    let _ = conn.close(200, "".into()).await;
+    assert!(!app.queue_exists(&old_dead).await, "the old dead-letter queue is deleted with the namespace");
+    assert!(!app.queue_exists(&work).await);
 }
 
 /// What RabbitMQ dead-letters itself (a work queue's delivery limit, when a
