@@ -20,6 +20,9 @@ if [ ! -x target/test-venv/bin/python ] || ! target/test-venv/bin/python -c 'imp
   fi
   target/test-venv/bin/pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
 fi
+# What killed runs left on the broker (their streams hold file descriptors
+# for good); namespaces of runs that may still be going are kept.
+deploy/sweep-test-namespaces.sh "${HOOKWIRE_SWEEP_MINUTES:-120}"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

@@ -91,7 +91,7 @@ async fn starts_without_the_broker_and_connects_when_it_appears() {
     .await;
     app.shutdown().await;
     // Clean up the namespace this test declared.
-    let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
+    let conn = crate::helpers::connect_to(AMQP_URL).await;
     namespace_topology.delete(&conn.create_channel().await.unwrap()).await.unwrap();
     crate::helpers::remove_event_log(&namespace_topology.namespace);
 }

@@ -156,8 +156,7 @@ async fn serve_reloads_its_file_on_sighup_and_on_change_and_refuses_a_broken_one
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     child.wait().unwrap();
     let config = hookwire::config::Config::from_toml(&base, &|_| None).unwrap();
-    let conn =
-        lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
+    let conn = crate::helpers::connect_to(crate::helpers::AMQP_URL).await;
     hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
     crate::helpers::remove_event_log(&config.rabbitmq.namespace);
 }
@@ -360,8 +359,7 @@ async fn no_secret_reaches_the_log_at_debug_level() {
             }
         }
     }
-    let conn =
-        lapin::Connection::connect(crate::helpers::AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
+    let conn = crate::helpers::connect_to(crate::helpers::AMQP_URL).await;
     hookwire::broker::Topology::from_config(&config).delete(&conn.create_channel().await.unwrap()).await.unwrap();
     crate::helpers::remove_event_log(&config.rabbitmq.namespace);
 }

@@ -127,7 +127,7 @@ async fn batched_acks_ack_only_what_settled() {
     use hookwire::delivery::acks::{Acks, STRAGGLER_WAIT};
     use lapin::{options::*, types::FieldTable};
 
-    let connection = lapin::Connection::connect(crate::helpers::AMQP_URL, Default::default()).await.unwrap();
+    let connection = crate::helpers::connect_to(crate::helpers::AMQP_URL).await;
     let channel = connection.create_channel().await.unwrap();
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let queue = format!("it-acks-{}", uuid::Uuid::now_v7().simple());

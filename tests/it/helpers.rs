@@ -44,6 +44,22 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const ACME_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 
+/// A connection of the test's own to RabbitMQ at `url`, or a panic saying
+/// why. Bounded: a broker out of file descriptors accepts TCP connections
+/// but never answers the AMQP handshake, and an unbounded connect would
+/// hang the test (and the suite) instead of failing it.
+pub async fn connect_to(url: &str) -> Connection {
+    const CONNECT: Duration = Duration::from_secs(30);
+    match tokio::time::timeout(CONNECT, Connection::connect(url, ConnectionProperties::default())).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => panic!("connecting to RabbitMQ: {error}"),
+        Err(_) => panic!(
+            "RabbitMQ accepted no AMQP connection within {CONNECT:?}; a broker out of file descriptors does \
+             this (deploy/ensure-rabbitmq.sh)"
+        ),
+    }
+}
+
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
@@ -524,8 +540,7 @@ impl TestApp {
 
     /// A connection of the test's own to the app's broker.
     pub async fn connect(&self) -> Connection {
-        let url = self.config.rabbitmq.url[0].expose();
-        Connection::connect(url, ConnectionProperties::default()).await.unwrap()
+        connect_to(self.config.rabbitmq.url[0].expose()).await
     }
 
     /// The running app's catalog.
@@ -924,15 +939,28 @@ impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         let topology = self.topology.lock().unwrap().clone();
         remove_event_log(&topology.namespace);
-        let _ = std::thread::spawn(move || {
+        let namespace = topology.namespace.clone();
+        let cleaned = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            // Bounded, so that a sick broker fails the test rather than
+            // hanging it in its cleanup.
+            // (The timer is made inside the runtime: `timeout` needs one.)
             runtime.block_on(async {
-                let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
-                let channel = conn.create_channel().await?;
-                topology.delete(&channel).await?;
-                conn.close(200, "".into()).await
+                let clean = async {
+                    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+                    let channel = conn.create_channel().await?;
+                    topology.delete(&channel).await?;
+                    conn.close(200, "".into()).await
+                };
+                tokio::time::timeout(Duration::from_secs(60), clean).await
             })
         })
         .join();
+        match cleaned {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => eprintln!("namespace {namespace} left behind: {error}"),
+            Ok(Err(_)) => eprintln!("namespace {namespace} left behind: RabbitMQ did not answer within 60 s"),
+            Err(_) => eprintln!("namespace {namespace} left behind: its cleanup panicked"),
+        }
     }
 }

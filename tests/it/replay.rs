@@ -20,14 +20,16 @@ fn subscription(name: &str, topics: &str, sink: &Sink) -> String {
 #[tokio::test]
 async fn pause_stops_deliveries_in_every_process_and_resume_restarts_them() {
     let sink = Sink::start(Behavior::Ok).await;
+    // Metrics are one registry per test process, labelled by subscription
+    // name: a name no other test uses keeps their gauges apart.
     // Small prefetch, so most events wait in the queue itself.
-    let app = TestApp::operator(&(subscription("billing", "\"acme.#\"", &sink) + "concurrency = 2\n")).await;
+    let app = TestApp::operator(&(subscription("payroll", "\"acme.#\"", &sink) + "concurrency = 2\n")).await;
     // A second worker process on the same namespace: pause must reach it too.
     let second = app::start(app.config.clone(), Role::Worker).await.unwrap();
 
-    let (status, paused) = app.api_send(Method::POST, "/api/v1/subscriptions/billing/pause", json!({})).await;
+    let (status, paused) = app.api_send(Method::POST, "/api/v1/subscriptions/payroll/pause", json!({})).await;
     assert_eq!(status, 200, "{paused}");
-    assert_eq!(paused, json!({"subscription": "billing", "paused": true}));
+    assert_eq!(paused, json!({"subscription": "payroll", "paused": true}));
     let list = app.api_get("/api/v1/subscriptions").await;
     assert_eq!(list[0]["paused"], true);
 
@@ -36,11 +38,11 @@ async fn pause_stops_deliveries_in_every_process_and_resume_restarts_them() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sink.received().is_empty(), "paused, yet {} delivered", sink.received().len());
-    let work = app.topology.subscription("billing").unwrap().work.clone();
+    let work = app.topology.subscription("payroll").unwrap().work.clone();
     assert!(app.depth(&work).await > 0, "events keep queueing while paused");
-    assert!(app.metrics().await.contains("hookwire_subscription_paused{subscription=\"billing\"} 1"));
+    assert!(app.metrics().await.contains("hookwire_subscription_paused{subscription=\"payroll\"} 1"));
 
-    let (status, resumed) = app.api_send(Method::POST, "/api/v1/subscriptions/billing/resume", json!({})).await;
+    let (status, resumed) = app.api_send(Method::POST, "/api/v1/subscriptions/payroll/resume", json!({})).await;
     assert_eq!((status, resumed["paused"].as_bool()), (200, Some(false)));
     sink.wait_for(20, T).await;
     second.shutdown().await;
