@@ -68,6 +68,7 @@ async fn run(backend: EventLogBackend, events: u64) {
         batch.push(Record {
             event: event.clone(),
             at_ms,
+            event_at_ms: None,
             what: What::Received {
                 source: if n % 2 == 0 { "stripe" } else { "github" }.to_owned(),
                 event_type: if n % 3 == 0 { "invoice.paid" } else { "customer.updated" }.to_owned(),
@@ -79,6 +80,7 @@ async fn run(backend: EventLogBackend, events: u64) {
         batch.push(Record {
             event,
             at_ms: at_ms + 5,
+            event_at_ms: Some(at_ms),
             what: What::Attempt {
                 subscription,
                 attempt: 1,

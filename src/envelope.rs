@@ -26,6 +26,12 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// `received_at` in milliseconds since the Unix epoch: how messages
+    /// carry it, and the `at_ms` of the event's `received` record.
+    pub fn received_at_ms(&self) -> u64 {
+        self.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
     /// `{source}.{event_type}`, the key subscriptions' topic patterns match.
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.source, routing_word(&self.event_type))

@@ -180,7 +180,7 @@ pub fn frame(envelope: &Envelope) -> Vec<u8> {
         id: Cow::Borrowed(&envelope.id),
         source: Cow::Borrowed(&envelope.source),
         event_type: Cow::Borrowed(&envelope.event_type),
-        received_at_ms: envelope.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        received_at_ms: envelope.received_at_ms(),
         content_type: envelope.content_type.as_deref().map(Cow::Borrowed),
         headers: Cow::Borrowed(&envelope.headers),
     };

@@ -404,7 +404,7 @@ impl Worker {
         let attempt = state.attempts + 1;
         // Taken, so a retry or dead letter of this copy does not carry it.
         if let Some(replayed) = state.replayed.take() {
-            self.record_replayed(story, &envelope.id, replayed);
+            self.record_replayed(story, &envelope, replayed);
         }
         let (body, content_type) = match &self.jq {
             None => (envelope.body.clone(), envelope.content_type.as_deref()),
@@ -414,7 +414,7 @@ impl Worker {
                 Verdict::Filtered => {
                     self.meters.filtered.increment(1);
                     tracing::debug!("filtered out");
-                    self.record_outcome(story, &envelope.id, "filtered", None);
+                    self.record_outcome(story, &envelope, "filtered", None);
                     return Ok(());
                 }
                 Verdict::Failed(error) => {
@@ -431,7 +431,7 @@ impl Worker {
         let started = Instant::now();
         let outgoing = Outgoing { envelope: &envelope, body, content_type, attempt };
         let outcome = self.destination.send(outgoing).await;
-        self.record_attempt(story, &envelope.id, attempt, started.elapsed(), &outcome);
+        self.record_attempt(story, &envelope, attempt, started.elapsed(), &outcome);
         if let Some(breaker) = &self.breaker {
             let (status, delivered) = match &outcome {
                 Outcome::Delivered { status } => (Some(*status), true),
@@ -450,7 +450,7 @@ impl Worker {
                 self.meters.end_to_end.record(age.as_secs_f64());
                 self.meters.delivered.increment(1);
                 tracing::debug!(status, "delivered");
-                self.record_outcome(story, &envelope.id, "delivered", None);
+                self.record_outcome(story, &envelope, "delivered", None);
                 return Ok(());
             }
             Outcome::Failed(failure) => failure.clone(),
@@ -471,7 +471,7 @@ impl Worker {
                 Box::pin(self.store(session, queue, properties, &body)).await?;
                 self.meters.retried.increment(1);
                 tracing::info!(?status, %error, retry_in = ?wait, "delivery failed; scheduled a retry");
-                self.record_outcome(story, &envelope.id, "retrying", None);
+                self.record_outcome(story, &envelope, "retrying", None);
             }
             Next::DeadLetter { reason } => {
                 return Box::pin(self.dead_letter(session, &envelope, state, reason, (status, error), story)).await;
@@ -497,13 +497,20 @@ impl Worker {
         self.meters.dead_lettered.increment(1);
         metrics::counter!(metric::DEAD_LETTERED, "subscription" => self.name.clone(), "reason" => reason).increment(1);
         tracing::warn!(?status, %error, reason, attempts = state.attempts, "dead-lettered");
-        self.record_outcome(story, &envelope.id, "dead_lettered", Some(reason));
+        self.record_outcome(story, envelope, "dead_lettered", Some(reason));
         Ok(())
     }
 
     /// Records one attempt in the event log (when it is on): status or
     /// error, duration, the first bytes of the answer. Never headers.
-    fn record_attempt(&self, story: &mut Vec<Record>, event: &str, attempt: u32, took: Duration, outcome: &Outcome) {
+    fn record_attempt(
+        &self,
+        story: &mut Vec<Record>,
+        event: &crate::envelope::Envelope,
+        attempt: u32,
+        took: Duration,
+        outcome: &Outcome,
+    ) {
         if self.recorder.is_none() {
             return;
         }
@@ -523,7 +530,7 @@ impl Worker {
             outcome: None,
             reason: None,
         };
-        story.push(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
+        story.push(Record::after(&event.id, event.received_at_ms(), crate::eventlog::now_ms(), what));
     }
 
     /// Records that an operator sent this copy again (when the log is on),
@@ -531,7 +538,7 @@ impl Worker {
     /// committed before the copy's ack like the rest of the story, and a
     /// crash of either process cannot lose it. (A copy delivered twice
     /// after a crash records it twice; the story shows it once.)
-    fn record_replayed(&self, story: &mut Vec<Record>, event: &str, replayed: message::Replayed) {
+    fn record_replayed(&self, story: &mut Vec<Record>, event: &crate::envelope::Envelope, replayed: message::Replayed) {
         if self.recorder.is_none() {
             return;
         }
@@ -540,13 +547,19 @@ impl Worker {
             outcome: "replayed".to_owned(),
             reason: Some(replayed.reason),
         };
-        story.push(Record { event: event.to_owned(), at_ms: replayed.at_ms, what });
+        story.push(Record::after(&event.id, event.received_at_ms(), replayed.at_ms, what));
     }
 
     /// Records where the event stands for this subscription (when the log
     /// is on): in the attempt that settled it, if there was one (one row to
     /// store instead of two), else on its own.
-    fn record_outcome(&self, story: &mut Vec<Record>, event: &str, outcome: &str, reason: Option<&str>) {
+    fn record_outcome(
+        &self,
+        story: &mut Vec<Record>,
+        event: &crate::envelope::Envelope,
+        outcome: &str,
+        reason: Option<&str>,
+    ) {
         if self.recorder.is_none() {
             return;
         }
@@ -563,7 +576,7 @@ impl Worker {
             outcome: outcome.to_owned(),
             reason: reason.map(str::to_owned),
         };
-        story.push(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what });
+        story.push(Record::after(&event.id, event.received_at_ms(), crate::eventlog::now_ms(), what));
     }
 
     /// Publishes to one of this subscription's queues (through the default

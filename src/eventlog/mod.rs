@@ -47,8 +47,31 @@ pub struct Record {
     pub event: String,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// For what happens to an event after it arrived (attempts,
+    /// outcomes): when it arrived, the `at_ms` of its `received` record.
+    /// The SQLite store files these rows under (arrival, id), which grows
+    /// at one end like the time it is written in, instead of under the id
+    /// alone, whose random order costs a commit an index page per row
+    /// (docs/BENCHMARKS.md, session 16). A timeline finds them from the
+    /// arrivals. Not part of the record's JSON: its `received` says it.
+    #[serde(skip)]
+    pub event_at_ms: Option<u64>,
     #[serde(flatten)]
     pub what: What,
+}
+
+impl Record {
+    /// A record that has no arrival to file it under (a `received` or
+    /// `refused` one, or one about a message whose envelope is unreadable).
+    pub fn new(event: impl Into<String>, at_ms: u64, what: What) -> Self {
+        Self { event: event.into(), at_ms, event_at_ms: None, what }
+    }
+
+    /// A record of what happened to an event after it arrived at
+    /// `event_at_ms`.
+    pub fn after(event: impl Into<String>, event_at_ms: u64, at_ms: u64, what: What) -> Self {
+        Self { event: event.into(), at_ms, event_at_ms: Some(event_at_ms), what }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

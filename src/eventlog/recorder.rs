@@ -367,7 +367,7 @@ mod tests {
     use crate::eventlog::{What, sqlite};
 
     fn refused(id: &str) -> Record {
-        Record { event: id.into(), at_ms: super::now_ms(), what: What::Refused { reason: "test".into() } }
+        Record::new(id, super::now_ms(), What::Refused { reason: "test".into() })
     }
 
     /// Each way in leaves its records in the store by the time it returns

@@ -162,8 +162,7 @@ async fn receive(
                 routed,
             };
             // The event's own `received_at`: `resend` finds it in the archive by it.
-            let at_ms = envelope.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            (unrouted, Some(Record { event: envelope.id.clone(), at_ms, what }))
+            (unrouted, Some(Record::new(envelope.id.clone(), envelope.received_at_ms(), what)))
         }
         None => (!topology.subscriptions.iter().any(|s| matches(&s)), None),
     };
@@ -190,7 +189,7 @@ async fn receive(
         // meanwhile, accepted or not).
         if let (Some(recorder), Some(at_ms)) = (&state.recorder, received_ms) {
             let what = What::Refused { reason: reason.to_owned() };
-            let record = Record { event: envelope.id.clone(), at_ms, what };
+            let record = Record::new(envelope.id.clone(), at_ms, what);
             recorder.commit_now(vec![record], RECORD_WAIT).await;
         }
         return Err(error);

@@ -290,7 +290,7 @@ fn purged(event: &str, subscription: &str) -> Option<Record> {
         outcome: "purged".to_owned(),
         reason: Some("operator".to_owned()),
     };
-    Some(Record { event: event.to_owned(), at_ms: crate::eventlog::now_ms(), what })
+    Some(Record::new(event, crate::eventlog::now_ms(), what))
 }
 
 /// What a scan has done that still needs settling.

@@ -441,6 +441,7 @@ async fn retention_drops_days_past_max_age(backend: Backend) {
     let received = |event: &str, at_ms: u64| Record {
         event: event.to_owned(),
         at_ms,
+        event_at_ms: None,
         what: What::Received {
             source: "acme".into(),
             event_type: "old.x".into(),
