@@ -20,7 +20,12 @@ set -euo pipefail
 MINUTES="${1:-120}"
 case $MINUTES in '' | *[!0-9]*) echo "usage: $0 [MINUTES]" >&2; exit 2 ;; esac
 
-if ! command -v rabbitmqctl >/dev/null 2>&1 || ! rabbitmqctl -q status >/dev/null 2>&1; then
+# Every call is bounded: a broker in trouble must not hang the test run
+# here. (`rabbitmqctl status` hangs on a broker out of file handles: it asks
+# the file handle cache, which is what is stuck; `eval` does not.)
+ctl() { timeout 120 rabbitmqctl "$@"; }
+
+if ! command -v rabbitmqctl >/dev/null 2>&1 || ! ctl -q eval 'ok.' >/dev/null 2>&1; then
   echo "sweep: rabbitmqctl cannot reach the broker here; nothing swept" >&2
   exit 0
 fi
@@ -44,8 +49,8 @@ print("[" + ",".join("<<\"%s\">>" % n for n in names) + "]")
 ' "$MINUTES"
 }
 
-{ read -r queue_count; read -r queues; } < <(rabbitmqctl -q list_queues name --no-table-headers | stale)
-{ read -r exchange_count; read -r exchanges; } < <(rabbitmqctl -q list_exchanges name --no-table-headers | stale)
+{ read -r queue_count; read -r queues; } < <(ctl -q list_queues name --no-table-headers | stale)
+{ read -r exchange_count; read -r exchanges; } < <(ctl -q list_exchanges name --no-table-headers | stale)
 
 if [ "$queue_count" -eq 0 ] && [ "$exchange_count" -eq 0 ]; then
   echo "sweep: no test namespaces older than $MINUTES minutes"
@@ -53,7 +58,7 @@ if [ "$queue_count" -eq 0 ] && [ "$exchange_count" -eq 0 ]; then
 fi
 # One call for all of them: rabbitmqctl starts an Erlang VM each time, about
 # a second, and there may be hundreds.
-rabbitmqctl -q eval "
+ctl -q eval "
   Queues = $queues,
   [catch rabbit_amqqueue:delete(Q, false, false, <<\"sweep\">>)
    || Q <- rabbit_amqqueue:list(<<\"/\">>), lists:member(element(4, amqqueue:get_name(Q)), Queues)],
