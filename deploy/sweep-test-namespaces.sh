@@ -10,7 +10,7 @@
 #
 #   deploy/sweep-test-namespaces.sh [MINUTES]
 #
-# Only namespaces the test code names (hwtest-, hwbench-, bench-, chaos-,
+# Only namespaces the test code names (hwtest-, hwbench-, bench-, chaos-, it-acks-,
 # each followed by a UUIDv7) and older than MINUTES (default 120) are
 # deleted: the age is read from the UUIDv7 in the name, so a run in progress
 # is never touched. Needs rabbitmqctl (root or the rabbitmq user); without it
@@ -36,7 +36,7 @@ stale() {
   python3 -c '
 import re, sys, time
 cutoff_ms = (time.time() - int(sys.argv[1]) * 60) * 1000
-pattern = re.compile(r"^(?:hwtest|hwbench|bench|bench-raw|bench-fan|chaos)-([0-9a-f]{32})(?:[.-]|$)")
+pattern = re.compile(r"^(?:hwtest|hwbench|bench|bench-raw|bench-fan|chaos|it-acks)-([0-9a-f]{32})(?:[.-]|$)")
 names = []
 for line in sys.stdin:
     name = line.strip()
