@@ -33,7 +33,12 @@ use super::{publisher::ChannelPool, topology::Topology};
 use crate::{config::RabbitConfig, telemetry::metric};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest pause between attempts. Shorter than the ingress's default
+/// `Retry-After` (5 s), so a sender told to come back finds the process
+/// connected if the broker was back a few seconds before: with 10 s, the
+/// process was ready 4-6 s after the broker (docs/RELIABILITY.md). An
+/// attempt against a broker that is down is a refused TCP connect.
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
 /// How often the supervisor double-checks the connection status, in case a
 /// failure event is missed.
 const STATUS_POLL: Duration = Duration::from_millis(500);
