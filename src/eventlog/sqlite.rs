@@ -54,6 +54,19 @@ enum Layout {
     ByArrival,
 }
 
+impl Layout {
+    /// The condition that keeps a query on `column`'s table to the rows
+    /// filed by event id alone (`received`, `refused`), so SQLite can use
+    /// that partial index: `column` is the table's `event_at_ms`, as the
+    /// query names it. Nothing in the old layout, where every row is.
+    fn filed_by_id(self, column: &str) -> String {
+        match self {
+            Layout::ById => String::new(),
+            Layout::ByArrival => format!(" AND {column} IS NULL"),
+        }
+    }
+}
+
 fn table(day: u64) -> String {
     format!("event_log_d{day}")
 }
@@ -154,10 +167,9 @@ impl Store {
         // with a read (`CREATE TABLE IF NOT EXISTS` of a table that exists)
         // and then writes gets SQLITE_BUSY at once, without waiting.
         let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut created = Vec::new();
         for record in records {
             let day = day(record.at_ms);
-            let layout = match days.get(&day).or_else(|| created.iter().find(|(d, _)| *d == day).map(|(_, l)| l)) {
+            let layout = match days.get(&day) {
                 Some(&layout) => layout,
                 None => {
                     let t = table(day);
@@ -182,7 +194,9 @@ impl Store {
                     ))?;
                     // Another process may have made it first, the old way.
                     let layout = day_tables(&transaction)?.get(&day).copied().unwrap_or(Layout::ByArrival);
-                    created.push((day, layout));
+                    // Known before the commit: if it fails, `write` forgets
+                    // every day, and the next write looks again.
+                    days.insert(day, layout);
                     layout
                 }
             };
@@ -218,7 +232,6 @@ impl Store {
             };
         }
         transaction.commit()?;
-        days.extend(created);
         Ok(())
     }
 
@@ -279,12 +292,8 @@ impl Store {
         let days = Self::days_between(&inner, query.from_ms, query.to_ms.min(before_at as u64 + 1));
         let mut out = Vec::new();
         for (i, &day) in days.iter().enumerate() {
-            // `refused` and `received` rows are the ones filed by event id
-            // alone: saying so lets SQLite use that (partial) index.
-            let by_id = match inner.days.get(&day) {
-                Some(Layout::ByArrival) => " AND x.event_at_ms IS NULL",
-                _ => "",
-            };
+            let layout = inner.days[&day];
+            let by_id = layout.filed_by_id("x.event_at_ms");
             let mut sql = format!(
                 "SELECT at_ms, rowid, record FROM {t} \
                  WHERE kind = 'received' AND at_ms >= ?1 AND at_ms < ?2 \
@@ -322,7 +331,7 @@ impl Store {
                     .iter()
                     .map(|&later| format!("SELECT event_id FROM {} WHERE {filter} AND at_ms >= ?1", table(later)))
                     .collect();
-                let by_id = by_id.replace("x.", "r.");
+                let by_id = layout.filed_by_id("r.event_at_ms");
                 sql += &format!(
                     " AND rowid IN (SELECT r.rowid FROM ({}) s JOIN {} r ON r.event_id = s.event_id \
                      WHERE r.kind = 'received'{by_id})",
@@ -353,10 +362,7 @@ impl Store {
         let mut found: Vec<((u64, i64, i64), String)> = Vec::new();
         let mut arrivals: Vec<i64> = Vec::new();
         for (&day, &layout) in &inner.days {
-            let by_id = match layout {
-                Layout::ById => "",
-                Layout::ByArrival => " AND event_at_ms IS NULL",
-            };
+            let by_id = layout.filed_by_id("event_at_ms");
             let mut select = inner.connection.prepare_cached(&format!(
                 "SELECT at_ms, rowid, record, kind FROM {} WHERE event_id = ?1{by_id}",
                 table(day)
