@@ -443,16 +443,12 @@ async fn raw_variants(duration: Duration, rounds: usize) {
     }
     println!("medians of {rounds} rounds:");
     for ((label, _), rows) in variants.iter().zip(&results) {
-        let median = |f: &dyn Fn(&Raw) -> f64| {
-            let mut values: Vec<f64> = rows.iter().map(f).collect();
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
+        let median_of = |f: &dyn Fn(&Raw) -> f64| median(rows.iter().map(f).collect());
         println!(
             "  {label:<32} {:>7.0} msg/s, RabbitMQ {:.0} µs/msg, publishers {:.0} µs/msg",
-            median(&|r| r.rate),
-            median(&|r| r.rabbitmq_cores * 1e6 / r.rate),
-            median(&|r| r.publishers_cores * 1e6 / r.rate)
+            median_of(&|r| r.rate),
+            median_of(&|r| r.rabbitmq_cores * 1e6 / r.rate),
+            median_of(&|r| r.publishers_cores * 1e6 / r.rate)
         );
     }
 }
@@ -517,11 +513,7 @@ async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels
         [0, 1].map(|i| std::mem::take(&mut saturated[i]).into_iter().zip(std::mem::take(&mut paced[i])).collect());
     /// One number out of a round's (saturated, paced) pair.
     type Pick<'a> = &'a dyn Fn(&(EndToEnd, EndToEnd)) -> f64;
-    let median = |second: bool, value: Pick| {
-        let mut values: Vec<f64> = results[usize::from(second)].iter().map(value).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let median_of = |second: bool, value: Pick| median(results[usize::from(second)].iter().map(value).collect());
     let rows: [(&str, Pick); 7] = [
         ("saturated delivered/s", &|r| r.0.delivered_rate),
         ("hookwire CPU µs/delivery", &|r| r.0.hookwire_us()),
@@ -533,7 +525,7 @@ async fn compare(duration: Duration, rounds: usize, subscriptions: usize, labels
     ];
     println!("medians of {rounds} rounds:     {:>10} {:>10}     change", labels[0], labels[1]);
     for (label, value) in rows {
-        let (first, second) = (median(false, value), median(true, value));
+        let (first, second) = (median_of(false, value), median_of(true, value));
         println!("  {label:<26} {first:>10.2} {second:>10.2} {:>+9.1}%", 100.0 * (second - first) / first);
     }
 }
@@ -1026,6 +1018,14 @@ async fn drive_keeping_ids(
     load
 }
 
+/// The median of the rounds' values: of an even number, the mean of the
+/// two middle ones (the upper one alone leaned every 4-round median up).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1130,14 +1130,8 @@ async fn ingress_rounds(duration: Duration, rounds: usize, baseline: Option<Stri
     let names = ["accepted/s", "% of raw", "% of two writes", "hookwire µs/request", "RabbitMQ µs/request", "p50 ms"];
     println!("medians of {rounds} rounds: {}", builds.iter().map(label).collect::<Vec<_>>().join(" | "));
     for (k, name) in names.iter().enumerate() {
-        let medians: Vec<String> = results
-            .iter()
-            .map(|rows| {
-                let mut values: Vec<f64> = rows.iter().map(|r| r[k]).collect();
-                values.sort_by(f64::total_cmp);
-                format!("{:>10.1}", values[values.len() / 2])
-            })
-            .collect();
+        let medians: Vec<String> =
+            results.iter().map(|rows| format!("{:>10.1}", median(rows.iter().map(|r| r[k]).collect()))).collect();
         println!("  {name:<22} {}", medians.join(" "));
     }
 }
